@@ -1,0 +1,56 @@
+"""The model card: a pure function from the conversion summary to a ``ModelCard``."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = resources.files(__package__) / "templates" / "model_card.md"
+_MODEL_CLASS = {
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+}
+
+
+def build_model_card(summary: dict) -> ModelCard:
+    """Render the card for a conversion ``summary`` (the same dict ``--json`` prints)."""
+    source, target = summary["source_base"], summary["target_base"]
+    tags = ["peft", "adapter-convert", summary["peft_type"].lower(), source["model_type"], target["model_type"]]
+    card_data = ModelCardData(
+        base_model=target["id"],
+        library_name="peft",
+        tags=list(dict.fromkeys(tags)),
+        base_model_relation="adapter",
+        pipeline_tag={"TOKEN_CLS": "token-classification", "SEQ_CLS": "text-classification", "CAUSAL_LM": "text-generation"}.get(
+            summary["task_type"] or ""
+        ),
+    )
+    target_id = target["id"]
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE.read_text(),
+        title=f"{summary['peft_type']} adapter for {target_id}",
+        peft_type=summary["peft_type"],
+        target_base=target_id,
+        target_base_revision=target.get("revision"),
+        target_model_type=target["model_type"],
+        target_layers=target["layers"],
+        source_adapter=summary["source_adapter"]["id"],
+        source_adapter_revision=summary["source_adapter"].get("revision"),
+        source_base=source["id"],
+        source_base_revision=source.get("revision"),
+        source_model_type=source["model_type"],
+        source_layers=source["layers"],
+        method=summary["method"],
+        layer_strategy=summary["layer_map"]["strategy"],
+        layer_rows=[(row["target"], row["sources"]) for row in summary["layer_map"]["rows"]],
+        module_rows=summary["modules"],
+        heads=list(summary["heads"].items()),
+        tool_version=summary["tool_version"],
+        command_line=summary["command_line"],
+        model_class=_MODEL_CLASS.get(summary["task_type"] or "", "AutoModel"),
+        num_labels=summary.get("num_labels"),
+    )

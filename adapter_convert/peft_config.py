@@ -1,0 +1,99 @@
+"""The target adapter's config, built through peft's own config classes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from peft import PeftConfig
+
+from .architectures import Architecture
+from .errors import UnsupportedError
+from .plan import ConversionPlan
+from .transform import ConvertedAdapter, ConvertedModule, Ia3Module, LoraModule, lora_alpha_for
+
+# Config fields that name modules of the source model in ways we cannot carry over.
+_REFUSED_FIELDS = ("layer_replication", "trainable_token_indices", "target_parameters")
+
+
+def check_source_config(config: PeftConfig) -> None:
+    for name in _REFUSED_FIELDS:
+        if getattr(config, name, None):
+            raise UnsupportedError(
+                f"The adapter config sets {name}={getattr(config, name)!r}, which adapter-convert cannot carry over.",
+                f"Retrain without {name}.",
+            )
+    if getattr(config, "bias", "none") != "none" or getattr(config, "lora_bias", False):
+        raise UnsupportedError(
+            f"The adapter trains biases (bias={config.bias!r}); only bias='none' adapters convert.",
+            "Retrain with bias='none', or convert the bias-free part by editing the adapter.",
+        )
+
+
+def minimal_suffix(path: str, others: list[str]) -> str | None:
+    """The shortest dotted suffix of ``path`` that peft's suffix matching finds in no other module path."""
+    parts = path.split(".")
+    for n in range(1, len(parts) + 1):
+        suffix = ".".join(parts[-n:])
+        if not any(o == suffix or o.endswith("." + suffix) for o in others if o != path):
+            return suffix
+    return None
+
+
+def target_module_names(modules: list[ConvertedModule], arch: Architecture, num_layers: int, prefix: str) -> list[str]:
+    """peft ``target_modules`` entries that select exactly ``modules`` in the target model.
+
+    A role adapted in every layer is named by its shortest unambiguous suffix (``query``); a role
+    adapted in some layers only, or with no unambiguous suffix (bert's ``output.dense``), is named
+    module by module, so no ``layers_to_transform`` is needed.
+    """
+    all_paths = list(arch.modules.values()) + list(arch.embeddings.values())
+    names: list[str] = []
+    for role in dict.fromkeys(m.role for m in modules):
+        chosen = [m for m in modules if m.role == role]
+        if chosen[0].layer is None:  # embeddings
+            names.append(minimal_suffix(arch.embeddings[role], all_paths) or chosen[0].name[len(prefix) :])
+            continue
+        suffix = minimal_suffix(arch.modules[role], all_paths)
+        if suffix and len({m.layer for m in chosen}) == num_layers:
+            names.append(suffix)
+        else:
+            names.extend(m.name[len(prefix) :] for m in chosen)
+    return names
+
+
+def build_target_config(
+    source: PeftConfig, plan: ConversionPlan, converted: ConvertedAdapter, *, target_base: str
+) -> PeftConfig:
+    arch, prefix = plan.target_arch, plan.target_prefix
+    modules = converted.modules
+    changes: dict = dict(
+        base_model_name_or_path=target_base,
+        revision=None,
+        target_modules=target_module_names(modules, arch, plan.target_dims.layers, prefix),
+        layers_to_transform=None,
+        layers_pattern=None,
+        modules_to_save=list(plan.heads.values()) or None,
+        fan_in_fan_out=arch.conv1d,
+        exclude_modules=None,
+    )
+    if plan.peft_type == "IA3":
+        input_side = [m for m in modules if isinstance(m.module, Ia3Module) and m.module.scales_inputs]
+        changes["feedforward_modules"] = target_module_names(input_side, arch, plan.target_dims.layers, prefix)
+    else:
+        changes["rank_pattern"], changes["alpha_pattern"] = _patterns(source, modules, prefix)
+    return dataclasses.replace(source, **changes)
+
+
+def _patterns(source: PeftConfig, modules: list[ConvertedModule], prefix: str) -> tuple[dict, dict]:
+    """Per-module rank and alpha wherever they differ from the config's r and lora_alpha."""
+    rank_pattern, alpha_pattern = {}, {}
+    for m in modules:
+        if not isinstance(m.module, LoraModule):
+            continue
+        key = m.name[len(prefix) :]
+        if m.module.rank != source.r:
+            rank_pattern[key] = m.module.rank
+        alpha = lora_alpha_for(source, m.module.scaling, m.module.rank)
+        if alpha != source.lora_alpha:
+            alpha_pattern[key] = alpha
+    return rank_pattern, alpha_pattern

@@ -1,0 +1,165 @@
+"""The conversion pipeline: resolve, read, plan; then transform, write atomically, verify, card.
+
+``prepare`` does everything that reads (configs and the adapter, never base weights) and returns
+the plan; ``execute`` runs it. The CLI's ``--dry-run`` stops after ``prepare``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+from transformers import PretrainedConfig
+
+from . import __version__
+from .adapter_io import WEIGHTS_NAME, AdapterCheckpoint, read_adapter
+from .architectures import get_architecture
+from .card import build_model_card
+from .errors import SourceNotFoundError
+from .layer_maps import build_layer_map
+from .peft_config import build_target_config, check_source_config
+from .plan import ConversionPlan, ParsedAdapter, parse_adapter, plan_conversion
+from .sources import ResolvedSource, read_model_config, resolve
+from .transform import convert_tensors
+from .verify import head_labels, verify_adapter_folder
+from .writer import check_output_free, write_folder_atomically
+
+
+class Reporter:
+    """Where the pipeline reports progress. The default says nothing; the CLI draws bars."""
+
+    def stage(self, message: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
+        yield lambda: None
+
+
+@dataclass
+class ConversionRequest:
+    adapter: str
+    target: str
+    out: Path | None = None
+    source_base: str | None = None
+    layer_map: str = "auto"
+    force: bool = False
+    allow_pickle: bool = False
+    command_line: str | None = None
+
+
+@dataclass
+class PreparedConversion:
+    request: ConversionRequest
+    adapter_source: ResolvedSource
+    source_base: ResolvedSource
+    target_base: ResolvedSource
+    adapter: AdapterCheckpoint
+    source_config: PretrainedConfig
+    target_config: PretrainedConfig
+    parsed: ParsedAdapter
+    plan: ConversionPlan
+
+
+def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
+    reporter = reporter or Reporter()
+    if request.out is not None:
+        check_output_free(Path(request.out), force=request.force)
+    adapter_source = resolve(request.adapter, what="adapter")
+    reporter.stage(f"Reading adapter {request.adapter}")
+    adapter = read_adapter(adapter_source.path, allow_pickle=request.allow_pickle)
+    check_source_config(adapter.config)
+    source_ref = request.source_base or adapter.config.base_model_name_or_path
+    if not source_ref:
+        raise SourceNotFoundError(
+            "The adapter config does not name its base model (base_model_name_or_path is empty).",
+            "Pass the base it was trained on with --source-base.",
+        )
+    source_base = resolve(source_ref, what="source base")
+    target_base = resolve(request.target, what="target base")
+    source_config = read_model_config(source_base, what="source base")
+    target_config = read_model_config(target_base, what="target base")
+    source_arch, target_arch = get_architecture(source_config.model_type), get_architecture(target_config.model_type)
+    source_dims, target_dims = source_arch.dims(source_config), target_arch.dims(target_config)
+    parsed = parse_adapter(adapter.tensors, arch=source_arch, dims=source_dims, modules_to_save=adapter.config.modules_to_save)
+    layer_map = build_layer_map(request.layer_map, source_layers=source_dims.layers, target_layers=target_dims.layers)
+    plan = plan_conversion(
+        parsed,
+        peft_type=_enum_value(adapter.config.peft_type),
+        task_type=_enum_value(adapter.config.task_type),
+        source_arch=source_arch,
+        target_arch=target_arch,
+        source_dims=source_dims,
+        target_dims=target_dims,
+        layer_map=layer_map,
+    )
+    return PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan)
+
+
+def _enum_value(value) -> str | None:
+    """peft stores peft_type and task_type as str enums; plain strings in JSON and the card."""
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> dict:
+    """The machine-readable account of a conversion: printed by --json, rendered into the card."""
+    plan, request = prepared.plan, prepared.request
+
+    def base(source: ResolvedSource, arch, dims) -> dict:
+        return {"id": source.reference, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden}
+
+    modules = []
+    for mapping in plan.modules:
+        sources = [plan.source_arch.modules[r] for r in mapping.source_roles]
+        modules.append({"target": plan.target_arch.modules[mapping.target_role], "role": mapping.target_role, "operation": mapping.operation, "sources": sources})
+    for role in plan.embeddings:
+        modules.append({"target": plan.target_arch.embeddings[role], "role": role, "operation": "copy", "sources": [plan.source_arch.embeddings[role]]})
+    return {
+        "tool_version": __version__,
+        "command_line": request.command_line or "",
+        "peft_type": plan.peft_type,
+        "task_type": _enum_value(prepared.adapter.config.task_type),
+        "source_adapter": {"id": prepared.adapter_source.reference, "revision": prepared.adapter_source.revision, "bytes": prepared.adapter.nbytes},
+        "source_base": base(prepared.source_base, plan.source_arch, plan.source_dims),
+        "target_base": base(prepared.target_base, plan.target_arch, plan.target_dims),
+        "method": "direct tensor mapping (same widths)",
+        "layer_map": {"strategy": plan.layer_map.strategy, "rows": [{"target": t, "sources": list(s)} for t, s in plan.layer_map.rows()]},
+        "modules": modules,
+        "heads": dict(plan.heads),
+        "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
+        "output": written,
+    }
+
+
+def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> dict:
+    """Convert, write to a temporary folder, verify with peft, add the card, move into place."""
+    reporter = reporter or Reporter()
+    request, plan = prepared.request, prepared.plan
+    if request.out is None:
+        raise ValueError("execute() needs request.out")
+    total = len(plan.layer_map.sources) * len(plan.modules)
+    with reporter.progress("Converting modules", total) as advance:
+        converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance)
+    config = build_target_config(prepared.adapter.config, plan, converted, target_base=request.target)
+    out = Path(request.out)
+    written = {
+        "path": str(out),
+        "files": ["adapter_config.json", WEIGHTS_NAME, "README.md"],
+        "tensors": len(converted.tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in converted.tensors.values()),
+    }
+    summary = summarize(prepared, written=written)
+
+    def fill(folder: Path) -> None:
+        config.save_pretrained(str(folder))
+        save_file(converted.tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        reporter.stage("Verifying: loading the result with peft onto an empty target model")
+        verify_adapter_folder(folder, prepared.target_config, bare=not plan.target_prefix)
+        build_model_card(summary).save(folder / "README.md")
+
+    reporter.stage(f"Writing {out}")
+    write_folder_atomically(out, fill, force=request.force)
+    return summary

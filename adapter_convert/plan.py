@@ -1,0 +1,231 @@
+"""Read an adapter's tensors as (layer, role) slots, then plan how they land on the target.
+
+Planning is pure: it reads configs and tensor shapes, never weights, and never touches files.
+The CLI's ``--dry-run`` prints this plan; the run executes the same plan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .architectures import Architecture, Dims, role_shape, roles
+from .errors import BadAdapterError, UnsupportedError, WidthMismatchError
+from .layer_maps import LayerMap
+
+PEFT_PREFIX = "base_model.model."
+LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+EMBEDDING_PARAMS = ("lora_embedding_A", "lora_embedding_B")
+IA3_PARAMS = ("ia3_l",)
+ADAPTER_PARAMS = LORA_PARAMS + EMBEDDING_PARAMS + IA3_PARAMS
+
+
+@dataclass
+class ParsedAdapter:
+    """An adapter's tensors sorted by where they live in the base model."""
+
+    prefix: str  # "<backbone>." when saved from a task model (BertForTokenClassification), else ""
+    layers: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)  # (layer, role) -> params
+    embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # role -> params
+    heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param path: tensor}
+
+    @property
+    def roles(self) -> list[str]:
+        seen = {role for _, role in self.layers}
+        return [r for r in (*roles().plain, *roles().fused) if r in seen]
+
+
+def _key_mismatch(key: str, arch: Architecture, why: str) -> BadAdapterError:
+    return BadAdapterError(
+        f"Adapter key {key!r} does not match its declared base ({arch.model_type}): {why}.",
+        "Check that the adapter was trained on that base, or pass the right one with --source-base.",
+    )
+
+
+def parse_adapter(
+    tensors: dict[str, torch.Tensor], *, arch: Architecture, dims: Dims, modules_to_save: list[str] | None
+) -> ParsedAdapter:
+    layer_re = re.compile(rf"^{re.escape(arch.layers)}\.(\d+)\.(.+)$")
+    embedding_roles = {path: role for role, path in arch.embeddings.items()}
+    heads = sorted(set(modules_to_save or []), key=len, reverse=True)
+    prefixes: set[str] = set()
+    parsed = ParsedAdapter(prefix="")
+    for key, tensor in tensors.items():
+        if not key.startswith(PEFT_PREFIX):
+            raise _key_mismatch(key, arch, f"it does not start with {PEFT_PREFIX!r}")
+        rest = key[len(PEFT_PREFIX) :]
+        head = next((h for h in heads if rest.startswith(h + ".")), None)
+        if head is not None:
+            parsed.heads.setdefault(head, {})[rest[len(head) + 1 :]] = tensor
+            continue
+        param = next((p for p in ADAPTER_PARAMS if rest.endswith("." + p)), None)
+        if param is None:
+            raise UnsupportedError(
+                f"Adapter key {key!r} is not a LoRA, DoRA or IA3 weight (trained biases and other extras are not supported).",
+                "Train the adapter with bias='none' and lora_bias=False, or list the module in modules_to_save.",
+            )
+        module = rest[: -len(param) - 1]
+        prefix = arch.backbone + "." if module.startswith(arch.backbone + ".") else ""
+        prefixes.add(prefix)
+        module = module[len(prefix) :]
+        if match := layer_re.match(module):
+            layer, path = int(match.group(1)), match.group(2)
+            role = arch.role_of(path)
+            if role is None:
+                raise _key_mismatch(key, arch, f"{arch.model_type} layers have no module {path!r}")
+            if layer >= dims.layers:
+                raise _key_mismatch(key, arch, f"layer {layer} does not exist, the base has {dims.layers} layers")
+            _check_shape(key, tensor, param, role_shape(role, dims))
+            parsed.layers.setdefault((layer, role), {})[param] = tensor
+        elif module in embedding_roles:
+            _check_shape(key, tensor, param, role_shape(embedding_roles[module], dims))
+            parsed.embeddings.setdefault(embedding_roles[module], {})[param] = tensor
+        else:
+            raise _key_mismatch(key, arch, f"{module!r} is not a known layer module or embedding")
+    if len(prefixes) > 1:
+        raise BadAdapterError("Adapter keys mix a task-model prefix and a bare-model prefix.", "Re-save the adapter with peft.")
+    parsed.prefix = prefixes.pop() if prefixes else ""
+    for (layer, role), params in parsed.layers.items():
+        has_a, has_b = "lora_A.weight" in params, "lora_B.weight" in params
+        if has_a != has_b:
+            raise BadAdapterError(f"Layer {layer} {role} has only half of a LoRA pair.", "Re-save the adapter with peft.")
+        if has_a and params["lora_A.weight"].shape[0] != params["lora_B.weight"].shape[1]:
+            raise BadAdapterError(f"lora_A and lora_B of layer {layer} {role} disagree on the rank.", "Re-save the adapter.")
+    return parsed
+
+
+def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, int]) -> None:
+    in_f, out_f = shape
+    shape_ok = {
+        "lora_A.weight": lambda s: len(s) == 2 and s[1] == in_f,
+        "lora_B.weight": lambda s: len(s) == 2 and s[0] == out_f,
+        "lora_magnitude_vector": lambda s: tuple(s) == (out_f,),
+        "lora_embedding_A": lambda s: len(s) == 2 and s[1] == in_f,
+        "lora_embedding_B": lambda s: len(s) == 2 and s[0] == out_f,
+        "ia3_l": lambda s: tuple(s) in {(out_f, 1), (1, in_f)},
+    }[param]
+    if not shape_ok(tensor.shape):
+        raise BadAdapterError(
+            f"Tensor {key!r} has shape {tuple(tensor.shape)}, which disagrees with the base config "
+            f"(that module maps {in_f} -> {out_f} features).",
+            "The adapter and its declared base do not belong together: pass the right one with --source-base.",
+        )
+
+
+@dataclass(frozen=True)
+class ModuleMapping:
+    """How one target role is built from source roles in a mapped layer."""
+
+    target_role: str
+    operation: str  # copy | fuse | split | relayout
+    source_roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    peft_type: str
+    source_arch: Architecture
+    target_arch: Architecture
+    source_dims: Dims
+    target_dims: Dims
+    layer_map: LayerMap
+    modules: tuple[ModuleMapping, ...]
+    embeddings: tuple[str, ...]
+    heads: dict[str, str]  # source head module -> target head module
+    source_prefix: str
+    target_prefix: str
+
+    def module_path(self, role: str, layer: int, *, target: bool) -> str:
+        """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
+        arch, prefix = (self.target_arch, self.target_prefix) if target else (self.source_arch, self.source_prefix)
+        return f"{prefix}{arch.layers}.{layer}.{arch.modules[role]}"
+
+
+def map_roles(source_roles: list[str], source: Architecture, target: Architecture) -> tuple[ModuleMapping, ...]:
+    """Join source and target on role: copy, fuse parts, split a fused module, or re-order one."""
+    all_roles = roles()
+    mappings, used = [], set()
+    for target_role in target.modules:
+        target_parts = set(all_roles.parts(target_role))
+        sources = tuple(r for r in source_roles if target_parts & set(all_roles.parts(r)))
+        if not sources:
+            continue
+        fused_target = len(target_parts) > 1
+        if sources == (target_role,):
+            same_layout = not fused_target or source.layout(target_role) == target.layout(target_role)
+            operation = "copy" if same_layout else "relayout"
+        elif fused_target and all(len(all_roles.parts(r)) == 1 for r in sources):
+            operation = "fuse"
+        elif len(sources) == 1 and not fused_target:
+            operation = "split"
+        else:
+            raise UnsupportedError(
+                f"Cannot build {target.model_type} {target_role} from {source.model_type} {', '.join(sources)}.",
+                "Convert onto an architecture whose projections are fused the same way.",
+            )
+        mappings.append(ModuleMapping(target_role, operation, sources))
+        used |= {p for r in sources for p in all_roles.parts(r) if p in target_parts}
+    lost = [p for r in source_roles for p in all_roles.parts(r) if p not in used]
+    if lost:
+        raise UnsupportedError(
+            f"The adapter adapts {', '.join(sorted(set(lost)))} of {source.model_type}, which {target.model_type} "
+            f"has no module for (its roles: {', '.join(target.modules)}).",
+            "Pick a target architecture with those modules, or retrain the adapter without them.",
+        )
+    return tuple(mappings)
+
+
+def check_widths(plan_modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], source: Dims, target: Dims) -> None:
+    for role in [p for m in plan_modules for r in m.source_roles for p in roles().parts(r)] + list(embeddings):
+        src, tgt = role_shape(role, source), role_shape(role, target)
+        if src != tgt:
+            raise WidthMismatchError(
+                f"Source and target differ in width: {role} maps {src[0]} -> {src[1]} features in the source "
+                f"but {tgt[0]} -> {tgt[1]} in the target (hidden {source.hidden} vs {target.hidden}).",
+                "A direct tensor mapping needs equal widths; hidden-space alignment (--align) is needed for this pair "
+                "and is not available in this version.",
+            )
+
+
+def plan_conversion(
+    parsed: ParsedAdapter,
+    *,
+    peft_type: str,
+    task_type: str | None,
+    source_arch: Architecture,
+    target_arch: Architecture,
+    source_dims: Dims,
+    target_dims: Dims,
+    layer_map: LayerMap,
+) -> ConversionPlan:
+    modules = map_roles(parsed.roles, source_arch, target_arch)
+    for role in parsed.embeddings:
+        if role not in target_arch.embeddings:
+            raise UnsupportedError(f"{target_arch.model_type} has no {role} module to carry the adapted embedding to.")
+    embeddings = tuple(parsed.embeddings)
+    check_widths(modules, embeddings, source_dims, target_dims)
+    heads = {}
+    for head, params in parsed.heads.items():
+        target_head = target_arch.heads.get(task_type or "") if head == source_arch.heads.get(task_type or "") else head
+        weight = params.get("weight")
+        if weight is not None and weight.ndim == 2 and weight.shape[1] != target_dims.hidden:
+            raise WidthMismatchError(
+                f"Task head {head!r} reads {weight.shape[1]} features but the target's hidden size is {target_dims.hidden}.",
+                "Heads carry over only between models of the same hidden size.",
+            )
+        heads[head] = target_head or head
+    return ConversionPlan(
+        peft_type=peft_type,
+        source_arch=source_arch,
+        target_arch=target_arch,
+        source_dims=source_dims,
+        target_dims=target_dims,
+        layer_map=layer_map,
+        modules=modules,
+        embeddings=embeddings,
+        heads=heads,
+        source_prefix=parsed.prefix,
+        target_prefix=target_arch.backbone + "." if parsed.prefix else "",
+    )

@@ -1,0 +1,72 @@
+"""Load a written adapter with peft onto an empty-weights target model: the proof it is usable.
+
+The target model is built on the meta device from its config, so no base weights are read and
+no memory is spent on them; peft's own loader then reports missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PretrainedConfig,
+)
+
+from .adapter_io import WEIGHTS_NAME
+from .errors import VerificationError
+
+TASK_MODEL_CLASSES = {
+    "TOKEN_CLS": AutoModelForTokenClassification,
+    "SEQ_CLS": AutoModelForSequenceClassification,
+    "CAUSAL_LM": AutoModelForCausalLM,
+    "QUESTION_ANS": AutoModelForQuestionAnswering,
+}
+_ADAPTER_KEY_MARKERS = ("lora_", "ia3_", ".modules_to_save.")
+
+
+def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
+    """Number of labels a classification head was trained with (its last weight's rows)."""
+    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"base_model.model.{h}.") and t.ndim == 2]
+    return weights[-1].shape[0] if weights else None
+
+
+def empty_target_model(model_config: PretrainedConfig, *, task_type: str | None, bare: bool, num_labels: int | None):
+    model_config = copy.deepcopy(model_config)
+    if num_labels is not None and task_type in ("TOKEN_CLS", "SEQ_CLS"):
+        model_config.num_labels = num_labels
+    model_class = AutoModel if bare else TASK_MODEL_CLASSES.get(task_type or "", AutoModelForCausalLM)
+    with torch.device("meta"):
+        return model_class.from_config(model_config)
+
+
+def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool) -> int:
+    """Load ``folder`` with peft onto the target; return the number of adapter tensors loaded."""
+    config = PeftConfig.from_pretrained(str(folder))
+    tensors = load_file(folder / WEIGHTS_NAME)
+    num_labels = head_labels(tensors, config.modules_to_save)
+    model = empty_target_model(model_config, task_type=config.task_type, bare=bare, num_labels=num_labels)
+    try:
+        peft_model = get_peft_model(model, config, low_cpu_mem_usage=True)
+        result = set_peft_model_state_dict(peft_model, tensors, low_cpu_mem_usage=True)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise VerificationError(
+            f"peft could not load the converted adapter onto {model_config.model_type}: {err}",
+            "This is a bug in adapter-convert's mapping for this pair; please report it with the --dry-run plan.",
+        ) from None
+    missing = [k for k in result.missing_keys if any(m in k for m in _ADAPTER_KEY_MARKERS)]
+    if missing or result.unexpected_keys:
+        raise VerificationError(
+            f"peft loaded the converted adapter with {len(missing)} missing and {len(result.unexpected_keys)} "
+            f"unexpected keys (first: {(missing or result.unexpected_keys)[0]!r}).",
+            "Nothing was written. Please report this with the --dry-run plan.",
+        )
+    return len(tensors)
