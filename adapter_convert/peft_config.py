@@ -81,7 +81,8 @@ def build_target_config(
         changes["feedforward_modules"] = target_module_names(input_side, arch, plan.target_dims.layers, prefix)
     else:
         changes["rank_pattern"], changes["alpha_pattern"] = _patterns(source, modules, prefix)
-    return dataclasses.replace(source, **changes)
+    fields = {f.name for f in dataclasses.fields(source)}
+    return dataclasses.replace(source, **{k: v for k, v in changes.items() if k in fields})
 
 
 def _patterns(source: PeftConfig, modules: list[ConvertedModule], prefix: str) -> tuple[dict, dict]:

@@ -81,7 +81,7 @@ class Architecture:
     heads: dict[str, str] = field(default_factory=dict)  # peft task_type -> head module
     fused_layout: dict[str, str] = field(default_factory=dict)  # fused role -> concat | per_head
     conv1d: bool = False  # weights stored (in, out), as transformers' Conv1D
-    config: dict[str, str] = field(default_factory=dict)
+    config: dict[str, str | None] = field(default_factory=dict)  # size -> config attribute
 
     @property
     def layers_pattern(self) -> str:
@@ -95,10 +95,12 @@ class Architecture:
         return self.fused_layout.get(fused_role, "concat")
 
     def dims(self, model_config: Any) -> Dims:
+        # a family maps a size to null when it has no such setting (bert has no grouped-query heads),
+        # so a stray attribute in its config is never read
         keys = {**_DEFAULT_CONFIG_KEYS, **self.config}
 
         def read(name: str) -> Any:
-            return getattr(model_config, keys[name], None)
+            return None if keys[name] is None else getattr(model_config, keys[name], None)
 
         hidden, heads = int(read("hidden")), int(read("heads"))
         return Dims(

@@ -1,0 +1,60 @@
+"""Tiny random models and real PEFT adapters for tests, made on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import AutoConfig, AutoModelForTokenClassification
+
+from adapter_convert.architectures import get_architecture
+
+ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "electra"]
+DECODERS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox"]
+GQA = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"}
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 32, 4, 2, 8, 64
+
+
+def tiny_config(model_type: str, layers: int, **overrides):
+    kwargs = dict(
+        vocab_size=128, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, num_labels=5,
+    )
+    if model_type in GQA:
+        kwargs |= dict(num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM)
+    if model_type == "distilbert":
+        kwargs["hidden_dim"] = INTERMEDIATE
+    if model_type == "gpt2":
+        kwargs["n_inner"] = INTERMEDIATE
+    return AutoConfig.for_model(model_type, **(kwargs | overrides))
+
+
+def save_tiny_model(folder: Path, model_type: str, layers: int, *, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = AutoModelForTokenClassification.from_config(tiny_config(model_type, layers, **overrides))
+    model.save_pretrained(folder)
+    return model
+
+
+def all_module_names(model_type: str) -> list[str]:
+    """In-layer module paths of every role the family has (full paths: no suffix ambiguity)."""
+    return list(get_architecture(model_type).modules.values())
+
+
+def save_adapter(folder: Path, model, peft_config, base_path: Path, *, seed: int = 1):
+    """Wrap ``model`` with ``peft_config`` (random, non-zero weights) and save it naming ``base_path``."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, peft_config)
+    with torch.no_grad():  # non-trivial values everywhere, so a wrong mapping cannot pass
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name or "ia3_" in name:
+                param.copy_(torch.randn_like(param) * 0.5 + (1.0 if "ia3_" in name or "magnitude" in name else 0.0))
+    peft_model.save_pretrained(folder)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(base_path)
+    config_path.write_text(json.dumps(config))
+    return peft_model
