@@ -165,7 +165,10 @@ def convert(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where to build the demo models and adapters.")] = Path("adapter-convert-demo"),
-    steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 60,
+    steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 150,
+    data: Annotated[
+        Path | None, typer.Option(help="WikiNEuRal folder with val.conllu and test.conllu. Default: ../shared/data/wikineural-en.")
+    ] = None,
 ) -> None:
     """Offline demo: build a 6-layer teacher and a 3-layer DistilBERT student from the installed
     all-MiniLM-L6-v2, train a small NER LoRA on the teacher, and convert it with SKIP."""
@@ -173,7 +176,7 @@ def demo(
 
     console = Console()
     try:
-        run_demo(workdir, steps=steps, console=console, reporter=ConsoleReporter(console))
+        run_demo(workdir, steps=steps, data=data, console=console, reporter=ConsoleReporter(console))
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
 
@@ -190,6 +193,7 @@ def _quiet_libraries() -> None:
     if not os.environ.get("ADAPTER_CONVERT_DEBUG"):
         warnings.simplefilter("ignore")
         transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
 
 
 def main() -> None:

@@ -91,6 +91,4 @@ def _explicit(spec: str, source_layers: int, target_layers: int) -> LayerMap:
                 f"Target layer {tgt} appears twice in the layer map {spec!r}.", "Give each target layer one source layer."
             )
         sources[tgt] = (src,)
-    if not sources:
-        raise LayerMapError(f"The layer map {spec!r} names no layers.", "Write pairs such as '0:0,2:1'.")
     return LayerMap("explicit", sources)
