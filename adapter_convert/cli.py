@@ -92,6 +92,8 @@ def plan_table(summary: dict) -> Table:
         table.add_row(f"{module['role']} ({module['operation']})", ", ".join(module["sources"]), module["target"])
     for source_head, target_head in summary["heads"].items():
         table.add_row("task head", source_head, target_head)
+    for key in summary["dropped"]:
+        table.add_row("dropped (base weights)", key, "-")
     return table
 
 

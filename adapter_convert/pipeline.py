@@ -129,6 +129,7 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "layer_map": {"strategy": plan.layer_map.strategy, "rows": [{"target": t, "sources": list(s)} for t, s in plan.layer_map.rows()]},
         "modules": modules,
         "heads": dict(plan.heads),
+        "dropped": list(plan.dropped),
         "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
         "output": written,
     }

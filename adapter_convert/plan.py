@@ -30,6 +30,7 @@ class ParsedAdapter:
     layers: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)  # (layer, role) -> params
     embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # role -> params
     heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param path: tensor}
+    dropped: list[str] = field(default_factory=list)  # keys deliberately not carried over
 
     @property
     def roles(self) -> list[str]:
@@ -61,6 +62,11 @@ def parse_adapter(
             parsed.heads.setdefault(head, {})[rest[len(head) + 1 :]] = tensor
             continue
         param = next((p for p in ADAPTER_PARAMS if rest.endswith("." + p)), None)
+        if param is None and rest.endswith(".base_layer.weight") and _is_embedding(rest, arch):
+            # peft's save_embedding_layers stores the source's own embedding matrix next to an
+            # embedding LoRA: base weights, which must not overwrite the target's
+            parsed.dropped.append(key)
+            continue
         if param is None:
             raise UnsupportedError(
                 f"Adapter key {key!r} is not a LoRA, DoRA or IA3 weight (trained biases and other extras are not supported).",
@@ -94,6 +100,10 @@ def parse_adapter(
         if has_a and params["lora_A.weight"].shape[0] != params["lora_B.weight"].shape[1]:
             raise BadAdapterError(f"lora_A and lora_B of layer {layer} {role} disagree on the rank.", "Re-save the adapter.")
     return parsed
+
+
+def _is_embedding(module_key: str, arch: Architecture) -> bool:
+    return any(module_key.endswith(f"{path}.base_layer.weight") for path in arch.embeddings.values())
 
 
 def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, int]) -> None:
@@ -136,6 +146,7 @@ class ConversionPlan:
     heads: dict[str, str]  # source head module -> target head module
     source_prefix: str
     target_prefix: str
+    dropped: tuple[str, ...] = ()
 
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
@@ -228,4 +239,5 @@ def plan_conversion(
         heads=heads,
         source_prefix=parsed.prefix,
         target_prefix=target_arch.backbone + "." if parsed.prefix else "",
+        dropped=tuple(parsed.dropped),
     )

@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import IA3Config, LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification
 
 from adapter_convert.architectures import get_architecture
@@ -134,7 +135,7 @@ def test_rslora_alpha_and_rank_patterns_survive_fusion(tmp_path):
     assert_same_effects(student, teacher, {0: 0, 1: 2}, student_type="phi3", teacher_type="llama")
 
 
-@pytest.mark.parametrize("teacher_type,student_type", [("bert", "bert"), ("bert", "distilbert"), ("phi3", "llama")])
+@pytest.mark.parametrize("teacher_type,student_type", [("bert", "bert"), ("bert", "distilbert"), ("phi3", "llama"), ("llama", "phi3")])
 def test_dora_and_ia3_reproduce_full_outputs_on_shared_base_weights(tmp_path, teacher_type, student_type):
     """With the student's base weights copied from the teacher's mapped layers, DoRA and IA3
     modules must reproduce the teacher's full outputs, not only the LoRA delta."""
@@ -211,3 +212,19 @@ def test_gqa_width_mismatch_is_refused(tmp_path):
 def test_role_without_counterpart_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="mlp.gate"):
         convert(tmp_path, "llama", "gpt2", lora_on_everything("llama"))
+
+
+@pytest.mark.parametrize("teacher_type,student_type", [("bert", "distilbert"), ("llama", "qwen2"), ("gpt2", "bert")])
+def test_adapted_token_embeddings_carry_over(tmp_path, teacher_type, student_type):
+    embedding = get_architecture(teacher_type).embeddings["embed.tokens"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=[embedding, *all_module_names(teacher_type)[:1]], task_type="TOKEN_CLS")
+    teacher, student, plan = convert(tmp_path, teacher_type, student_type, config)
+    assert plan.embeddings == ("embed.tokens",)
+    # a saved copy of the source's embedding matrix is base weight: never carried onto the target
+    assert all("base_layer" not in key for key in load_file(tmp_path / "out" / "adapter_model.safetensors"))
+    ids = torch.tensor([[3, 5, 7, 11]])
+    t_emb = teacher.base_model.model.get_submodule(get_architecture(teacher_type).backbone).get_submodule(embedding)
+    s_arch = get_architecture(student_type)
+    s_emb = student.base_model.model.get_submodule(s_arch.backbone).get_submodule(s_arch.embeddings["embed.tokens"])
+    with torch.no_grad():
+        torch.testing.assert_close(s_emb(ids) - s_emb.base_layer(ids), t_emb(ids) - t_emb.base_layer(ids))
