@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import sys
 import traceback
 import warnings
@@ -20,9 +19,9 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
-from .errors import AdapterConvertError
+from .errors import AdapterConvertError, UsageError
 from .layer_maps import STRATEGIES
-from .pipeline import ConversionRequest, Reporter, execute, prepare, summarize
+from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
 app = typer.Typer(
     name="adapter-convert",
@@ -34,7 +33,18 @@ app = typer.Typer(
 )
 
 EXIT_CODES = """Exit codes: 0 ok; 1 internal error; 2 bad usage; 3 bad adapter; 4 unsupported input;
-5 bad layer map; 6 output exists; 7 verification failed; 8 widths differ; 9 source not found."""
+5 bad layer map; 6 output exists; 7 verification failed; 8 widths differ; 9 source not found;
+10 Hub repo not found; 11 Hub authentication; 12 gated repo; 13 revision not found;
+14 file missing on the Hub; 15 Hub unreachable (network, timeouts, server errors after retries, offline)."""
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", help="Hub token. Default: HF_TOKEN, else a cached 'hf auth login'. Never printed.", show_default=False),
+]
+PrivateOption = Annotated[bool, typer.Option("--private", help="Create the repo as private (if it does not exist yet).")]
+BranchOption = Annotated[str | None, typer.Option("--branch", "--revision", help="Push to this branch (created if missing).")]
+CreatePrOption = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")]
+CommitMessageOption = Annotated[str | None, typer.Option("--commit-message", help="Commit message for the push.")]
 
 
 class ConsoleReporter(Reporter):
@@ -97,17 +107,24 @@ def plan_table(summary: dict) -> Table:
     return table
 
 
-def _command_line(adapter: str, target: str, out: Path, source_base: str | None, layer_map: str) -> str:
-    words = ["adapter-convert", "convert", adapter, "--target", target, "--out", str(out), "--layer-map", layer_map]
-    if source_base:
-        words += ["--source-base", source_base]
-    return shlex.join(words)
+def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
+    from .hub import push_folder
+
+    console.print(f"- Pushing {folder} to {repo_id}", highlight=False)
+    result = push_folder(folder, repo_id, **options)
+    if not result.changed:
+        console.print(f"No changes: {repo_id} already holds these files; no commit was made ({result.commit_sha}).", highlight=False)
+    elif result.pr_url:
+        console.print(f"Opened pull request: {result.pr_url}", highlight=False)
+    else:
+        console.print(f"Pushed commit {result.commit_sha}: {result.commit_url}", highlight=False)
+    return {"repo": repo_id, "commit": result.commit_sha, "commit_url": result.commit_url, "pr_url": result.pr_url, "changed": result.changed}
 
 
 @app.command(epilog=EXIT_CODES)
 def convert(
-    adapter: Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto (a folder with config.json).")],
+    adapter: Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name[@revision]).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name[@revision]).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the converted adapter and its model card to.")],
     source_base: Annotated[
         str | None, typer.Option(help="The base the adapter was trained on. Default: the adapter's base_model_name_or_path.")
@@ -126,19 +143,32 @@ def convert(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept a pickled adapter_model.bin (loaded with weights_only=True).")
     ] = False,
+    push: Annotated[str | None, typer.Option("--push", help="After a verified conversion, push --out to this Hub repo (user/name).")] = None,
+    private: PrivateOption = False,
+    branch: BranchOption = None,
+    create_pr: CreatePrOption = False,
+    commit_message: CommitMessageOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Convert ADAPTER onto --target and write a PEFT-loadable adapter with a model card to --out."""
+    """Convert ADAPTER onto --target and write a PEFT-loadable adapter with a model card to --out.
+
+    ADAPTER, --source-base and --target are local folders or Hub ids; from the Hub only the
+    adapter files and the bases' config and tokenizer files are downloaded, and every revision is
+    pinned to its commit sha in the model card and the --json summary."""
     console = Console(stderr=json_output)
     errors = Console(stderr=True)
+    if dry_run and push:
+        raise _fail(UsageError("--dry-run writes nothing, so there is nothing to --push.", "Drop one of them."), errors)
     request = ConversionRequest(
         adapter=adapter,
         target=target,
-        out=None if dry_run else out,
+        out=out,
         source_base=source_base,
         layer_map=layer_map,
         force=force,
         allow_pickle=allow_pickle,
-        command_line=_command_line(adapter, target, out, source_base, layer_map),
+        dry_run=dry_run,
+        token=token,
     )
     reporter = ConsoleReporter(console)
     try:
@@ -146,9 +176,12 @@ def convert(
         plan_summary = summarize(prepared)
         console.print(plan_table(plan_summary))
         if dry_run:
-            summary = plan_summary | {"dry_run": True}
+            summary = plan_summary | {"dry_run": True, "output": None}
         else:
             summary = execute(prepared, reporter) | {"dry_run": False}
+            if push:  # only ever after a complete, verified write
+                summary["push"] = _push(console, out, push, token=token, private=private, branch=branch,
+                                        create_pr=create_pr, commit_message=commit_message)
     except Exception as err:  # one clean message and an exit code a CI job can act on
         raise _fail(err, errors) from None
     if json_output:
@@ -162,6 +195,32 @@ def convert(
             f"model card: {Path(written['path']) / 'README.md'}",
             highlight=False,
         )
+
+
+@app.command(epilog=EXIT_CODES)
+def push(
+    folder: Annotated[Path, typer.Argument(help="A converted adapter folder (as written by 'convert --out').")],
+    repo_id: Annotated[str, typer.Argument(help="Destination Hub repo, user/name; created if missing.")],
+    private: PrivateOption = False,
+    branch: BranchOption = None,
+    create_pr: CreatePrOption = False,
+    commit_message: CommitMessageOption = None,
+    token: TokenOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.")] = False,
+) -> None:
+    """Push a converted adapter folder to the Hub as one commit (or a pull request with --create-pr).
+
+    The folder is checked first (adapter config, weights, model card); pushing identical content
+    again makes no commit. Lets a CI job convert, check, then publish."""
+    console = Console(stderr=json_output)
+    try:
+        check_publishable(folder)
+        result = _push(console, folder, repo_id, token=token, private=private, branch=branch, create_pr=create_pr,
+                       commit_message=commit_message)
+    except Exception as err:
+        raise _fail(err, Console(stderr=True)) from None
+    if json_output:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
 @app.command()

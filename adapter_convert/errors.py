@@ -17,6 +17,12 @@ class AdapterConvertError(Exception):
         super().__init__(f"{problem} {fix}" if fix else problem)
 
 
+class UsageError(AdapterConvertError, ValueError):
+    """Options that cannot go together."""
+
+    exit_code = 2
+
+
 class BadAdapterError(AdapterConvertError, ValueError):
     """The adapter folder is missing, malformed, corrupt or inconsistent with its base."""
 
@@ -57,3 +63,37 @@ class SourceNotFoundError(AdapterConvertError, FileNotFoundError):
     """A model or adapter location that does not exist."""
 
     exit_code = 9
+
+
+class HubError(AdapterConvertError, OSError):
+    """A Hub operation failed; subclasses say which way."""
+
+    exit_code = 15
+
+
+class HubRepoNotFoundError(HubError):
+    exit_code = 10
+
+
+class HubAuthError(HubError):
+    """No token, or a token that may not read or write the repo."""
+
+    exit_code = 11
+
+
+class HubGatedError(HubError):
+    exit_code = 12
+
+
+class HubRevisionNotFoundError(HubError):
+    exit_code = 13
+
+
+class HubFileMissingError(HubError):
+    exit_code = 14
+
+
+class HubUnreachableError(HubError):
+    """Network down, timeouts, server errors after retries, or offline mode without a cached copy."""
+
+    exit_code = 15

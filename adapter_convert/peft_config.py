@@ -62,13 +62,13 @@ def target_module_names(modules: list[ConvertedModule], arch: Architecture, num_
 
 
 def build_target_config(
-    source: PeftConfig, plan: ConversionPlan, converted: ConvertedAdapter, *, target_base: str
+    source: PeftConfig, plan: ConversionPlan, converted: ConvertedAdapter, *, target_base: str, target_revision: str | None = None
 ) -> PeftConfig:
     arch, prefix = plan.target_arch, plan.target_prefix
     modules = converted.modules
     changes: dict = dict(
         base_model_name_or_path=target_base,
-        revision=None,
+        revision=target_revision,  # the target's commit, when it came from the Hub
         target_modules=target_module_names(modules, arch, plan.target_dims.layers, prefix),
         layers_to_transform=None,
         layers_pattern=None,

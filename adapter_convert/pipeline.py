@@ -7,6 +7,7 @@ the plan; ``execute`` runs it. The CLI's ``--dry-run`` stops after ``prepare``.
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,11 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from . import __version__
-from .adapter_io import WEIGHTS_NAME, AdapterCheckpoint, read_adapter
+from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
+from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES
 from .architectures import get_architecture
 from .card import build_model_card
-from .errors import SourceNotFoundError
+from .errors import BadAdapterError, SourceNotFoundError
 from .layer_maps import build_layer_map
 from .peft_config import build_target_config, check_source_config
 from .plan import ConversionPlan, ParsedAdapter, parse_adapter, plan_conversion
@@ -48,7 +50,8 @@ class ConversionRequest:
     layer_map: str = "auto"
     force: bool = False
     allow_pickle: bool = False
-    command_line: str | None = None
+    dry_run: bool = False
+    token: str | None = None  # passed to the Hub client only; never printed or stored
 
 
 @dataclass
@@ -66,10 +69,11 @@ class PreparedConversion:
 
 def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
     reporter = reporter or Reporter()
-    if request.out is not None:
+    if request.out is not None and not request.dry_run:
         check_output_free(Path(request.out), force=request.force)
-    adapter_source = resolve(request.adapter, what="adapter")
     reporter.stage(f"Reading adapter {request.adapter}")
+    adapter_files = ADAPTER_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
+    adapter_source = resolve(request.adapter, what="adapter", patterns=adapter_files, required=CONFIG_NAME, token=request.token)
     adapter = read_adapter(adapter_source.path, allow_pickle=request.allow_pickle)
     check_source_config(adapter.config)
     source_ref = request.source_base or adapter.config.base_model_name_or_path
@@ -78,8 +82,10 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
             "The adapter config does not name its base model (base_model_name_or_path is empty).",
             "Pass the base it was trained on with --source-base.",
         )
-    source_base = resolve(source_ref, what="source base")
-    target_base = resolve(request.target, what="target base")
+    base_files = CONFIG_FILES + TOKENIZER_FILES
+    what = "source base" if request.source_base else "source base (the adapter's base_model_name_or_path; override with --source-base)"
+    source_base = resolve(source_ref, what=what, patterns=base_files, required="config.json", token=request.token)
+    target_base = resolve(request.target, what="target base", patterns=base_files, required="config.json", token=request.token)
     source_config = read_model_config(source_base, what="source base")
     target_config = read_model_config(target_base, what="target base")
     source_arch, target_arch = get_architecture(source_config.model_type), get_architecture(target_config.model_type)
@@ -109,7 +115,7 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
     plan, request = prepared.plan, prepared.request
 
     def base(source: ResolvedSource, arch, dims) -> dict:
-        return {"id": source.reference, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden}
+        return {"id": source.id, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden}
 
     modules = []
     for mapping in plan.modules:
@@ -119,10 +125,10 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         modules.append({"target": plan.target_arch.embeddings[role], "role": role, "operation": "copy", "sources": [plan.source_arch.embeddings[role]]})
     return {
         "tool_version": __version__,
-        "command_line": request.command_line or "",
+        "command_line": reproduce_command(prepared),
         "peft_type": plan.peft_type,
         "task_type": _enum_value(prepared.adapter.config.task_type),
-        "source_adapter": {"id": prepared.adapter_source.reference, "revision": prepared.adapter_source.revision, "bytes": prepared.adapter.nbytes},
+        "source_adapter": {"id": prepared.adapter_source.id, "revision": prepared.adapter_source.revision, "bytes": prepared.adapter.nbytes},
         "source_base": base(prepared.source_base, plan.source_arch, plan.source_dims),
         "target_base": base(prepared.target_base, plan.target_arch, plan.target_dims),
         "method": "direct tensor mapping (same widths)",
@@ -135,6 +141,16 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
     }
 
 
+def reproduce_command(prepared: PreparedConversion) -> str:
+    """The command that redoes this conversion, with every Hub source pinned to its commit."""
+    request = prepared.request
+    words = ["adapter-convert", "convert", prepared.adapter_source.pinned, "--target", prepared.target_base.pinned,
+             "--out", str(request.out or "OUT"), "--layer-map", request.layer_map]
+    if request.source_base or prepared.source_base.repo_id:
+        words += ["--source-base", prepared.source_base.pinned]
+    return shlex.join(words)
+
+
 def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> dict:
     """Convert, write to a temporary folder, verify with peft, add the card, move into place."""
     reporter = reporter or Reporter()
@@ -144,7 +160,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     total = len(plan.layer_map.sources) * len(plan.modules)
     with reporter.progress("Converting modules", total) as advance:
         converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance)
-    config = build_target_config(prepared.adapter.config, plan, converted, target_base=request.target)
+    config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target_base.id, target_revision=prepared.target_base.revision)
     out = Path(request.out)
     written = {
         "path": str(out),
@@ -164,3 +180,15 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     reporter.stage(f"Writing {out}")
     write_folder_atomically(out, fill, force=request.force)
     return summary
+
+
+def check_publishable(folder: Path) -> None:
+    """Refuse to publish a folder that is not a complete, readable adapter with its card."""
+    folder = Path(folder)
+    adapter = read_adapter(folder)  # config parses, weights load, no NaN/Inf
+    if not (folder / "README.md").is_file():
+        raise BadAdapterError(
+            f"{str(folder)!r} has no README.md model card.", "Publish folders written by 'adapter-convert convert', which adds one."
+        )
+    if not adapter.config.base_model_name_or_path:
+        raise BadAdapterError(f"{str(folder)!r}'s adapter_config.json names no base model.", "Re-run the conversion.")

@@ -1,4 +1,5 @@
-"""Resolve what the user named (a local folder; Hub ids come later) to a local folder and config."""
+"""Resolve what the user named, a local folder or a Hub id (``user/repo@revision``), to a local
+folder holding just the files a step needs, and read model configs from it."""
 
 from __future__ import annotations
 
@@ -9,24 +10,46 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from .architectures import get_architecture
-from .errors import BadAdapterError, SourceNotFoundError
+from .errors import BadAdapterError, HubFileMissingError, SourceNotFoundError
+from .hub import download, parse_hub_reference
 
 
 @dataclass(frozen=True)
 class ResolvedSource:
     reference: str  # what the user typed
     path: Path  # local folder holding the files
-    revision: str | None = None  # commit sha, when it came from the Hub
+    repo_id: str | None = None  # set when it came from the Hub
+    revision: str | None = None  # the commit sha it resolved to, when it came from the Hub
+
+    @property
+    def id(self) -> str:
+        """The Hub repo id, or the local path as typed."""
+        return self.repo_id or self.reference
+
+    @property
+    def pinned(self) -> str:
+        """A reference that names exactly this content again."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id else self.reference
 
 
-def resolve(reference: str, *, what: str) -> ResolvedSource:
+def resolve(reference: str, *, what: str, patterns: list[str], required: str, token: str | None = None) -> ResolvedSource:
+    """A local folder as it is, or a Hub repo downloaded (only ``patterns``) through the cache."""
     path = Path(reference).expanduser()
-    if not path.is_dir():
+    if path.is_dir():
+        return ResolvedSource(reference=reference, path=path.resolve())
+    hub_ref = parse_hub_reference(reference)
+    if hub_ref is None:
         raise SourceNotFoundError(
-            f"The {what} {reference!r} is not a folder on this machine.",
-            "Give the path of a local folder (Hub ids are not supported in this version).",
+            f"The {what} {reference!r} is neither a folder on this machine nor a Hub repo id.",
+            "Give a local folder, or a Hub id such as user/name or user/name@revision.",
         )
-    return ResolvedSource(reference=reference, path=path.resolve())
+    folder = download(hub_ref, what=what, patterns=patterns, token=token)
+    if not (folder / required).is_file():
+        raise HubFileMissingError(
+            f"The {what} {hub_ref.repo_id}@{folder.name} has no {required} on the Hub.",
+            "Check that the repo id names the right repo (an adapter repo for ADAPTER, a model repo for the bases).",
+        )
+    return ResolvedSource(reference=reference, path=folder, repo_id=hub_ref.repo_id, revision=folder.name)
 
 
 def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:

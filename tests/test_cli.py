@@ -181,7 +181,7 @@ def test_skip_needs_a_multiple(tiny_pair):
 def test_missing_source_base(tiny_pair):
     result = run(*convert_args(tiny_pair, "--source-base", tiny_pair / "nowhere"))
     assert result.exit_code == 9
-    assert "is not a folder on this machine" in result.output
+    assert "is neither a folder on this machine nor a Hub repo id" in result.output
 
 
 def test_verification_failure_leaves_nothing(tiny_pair, monkeypatch):

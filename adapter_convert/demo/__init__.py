@@ -65,10 +65,7 @@ def run_demo(workdir: Path, *, steps: int, console: Console, reporter, data: Pat
         build_student(student, model_type="distilbert")
     if not adapter.is_dir():
         train_example_adapter(teacher, adapter, data=data, steps=steps, reporter=reporter)
-    request = ConversionRequest(
-        adapter=str(adapter), target=str(student), out=converted, layer_map="skip", force=True,
-        command_line=f"adapter-convert convert {adapter} --target {student} --out {converted} --layer-map skip",
-    )
+    request = ConversionRequest(adapter=str(adapter), target=str(student), out=converted, layer_map="skip", force=True)
     from ..cli import plan_table
     from ..pipeline import summarize
 
