@@ -41,7 +41,8 @@ CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "*.model"]
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json"]
-HUB_RETRIES = 5  # huggingface_hub retries 408/429/5xx this many times, with backoff
+HUB_RETRIES = 5  # huggingface_hub retries metadata requests on 408/429/5xx this many times, with backoff;
+# file downloads it retries on 408/429 only, and resumes them after a dropped connection
 
 _HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@(?P<revision>[^@\s]+))?$")
 
@@ -118,9 +119,11 @@ def hub_error(err: BaseException, ref: HubReference, *, what: str, token: str | 
             action = "write to" if writing else "read"
             fix = "Pass a token with write access (--token or HF_TOKEN)." if writing else "Pass a token with access."
             return HubAuthError(f"The Hub refused to let this token {action} {where} (HTTP {status}).", fix)
+        downloading = "/resolve/" in str(err.response.request.url)
+        retried = "" if downloading or status < 500 else f", after {HUB_RETRIES} retries"
         return HubUnreachableError(
-            f"The Hub answered HTTP {status} for {where}" + (f", after {HUB_RETRIES} retries." if status >= 500 else "."),
-            "Try again later." if status >= 500 else "Check the request.",
+            f"The Hub answered HTTP {status} {'while downloading a file of' if downloading else 'for'} the {what} {where}{retried}.",
+            "Try again later; files already downloaded stay in the Hub cache." if status >= 500 else "Check the request.",
         )
     if isinstance(err, (httpx2.TransportError, OSError)):
         return HubUnreachableError(

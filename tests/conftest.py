@@ -1,20 +1,58 @@
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import tempfile
 from pathlib import Path
 
-import pytest
-from peft import LoraConfig
+# huggingface_hub reads these when it is imported, so they are set before anything imports it:
+# every Hub call of the test session goes to the local server below, never to the network.
+_sock = socket.socket()
+_sock.bind(("127.0.0.1", 0))
+HUB_PORT = _sock.getsockname()[1]
+_sock.close()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="adapter-convert-tests-hf-home-")
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
 
-from helpers import save_adapter, save_tiny_model
+import pytest  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+
+from helpers import save_adapter, save_tiny_model  # noqa: E402
+from hub_server import HubServer, HubState  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _isolated_hub_home(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's Hugging Face cache or token."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+def _isolated_hub_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty Hub cache; none reads the user's cache or token."""
+    from huggingface_hub import constants
+
+    cache = tmp_path_factory.mktemp("hub_cache")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # for CLI runs in subprocesses
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture(scope="session")
+def _hub_server():
+    with HubServer(HUB_PORT) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(_hub_server) -> HubState:
+    """The local Hub, emptied for this test. Users: alice (token tok-alice), bob (tok-bob)."""
+    state = _hub_server.state
+    with state.lock:
+        state.repos.clear()
+        state.faults.clear()
+        state.requests.clear()
+        state.tokens.clear()
+        state.tokens.update({"tok-alice": "alice", "tok-bob": "bob"})
+    return state
 
 
 @pytest.fixture(scope="session")
