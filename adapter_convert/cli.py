@@ -57,15 +57,18 @@ class ConsoleReporter(Reporter):
         self.console.print(f"[dim]-[/dim] {message}", highlight=False)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         if not self.console.is_terminal:
             self.console.print(f"- {description} ({total} steps)", highlight=False)
-            yield lambda: None
+            last: list[str | None] = [None]
+            yield lambda info=None: last.__setitem__(0, info)
+            if last[0]:
+                self.console.print(f"  {description}: {last[0]}", highlight=False)
             return
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
         with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda: bar.advance(task)
+            task = bar.add_task(description, total=total, info="")
+            yield lambda info=None: bar.update(task, advance=1, info=info or "")
 
 
 def _fail(err: BaseException, console: Console) -> typer.Exit:
@@ -92,6 +95,7 @@ def plan_table(summary: dict) -> Table:
     table.add_row("base", source["id"], target["id"])
     table.add_row("architecture", source["model_type"], target["model_type"])
     table.add_row("layers / hidden", f"{source['layers']} / {source['hidden']}", f"{target['layers']} / {target['hidden']}")
+    table.add_row("method", summary["method"], "")
     rows = summary["layer_map"]["rows"]
     table.add_row(
         f"layer map ({summary['layer_map']['strategy']})",
@@ -104,6 +108,21 @@ def plan_table(summary: dict) -> Table:
         table.add_row("task head", source_head, target_head)
     for key in summary["dropped"]:
         table.add_row("dropped (base weights)", key, "-")
+    return table
+
+
+def alignment_table(report: dict) -> Table:
+    table = Table(title=f"Alignment ({report['method']}): {report['score']} of the fitted maps", title_justify="left")
+    for column in ("target layer", "source layer", "module", "input fit", "output fit"):
+        table.add_column(column, justify="right" if "fit" in column or "layer" in column else "left")
+    for row in report["modules"]:
+        table.add_row(str(row["target_layer"]), str(row["source_layer"]), row["role"], f"{row['input_fit']:.3f}", f"{row['output_fit']:.3f}")
+    table.add_row("", "", "task head / last hidden", f"{report['head_input_fit']:.3f}", "")
+    agreement = report.get("agreement")
+    if agreement:
+        before = report.get("agreement_before_distill")
+        extra = f" (before distillation {before['value']:.3f})" if before else ""
+        table.caption = f"{agreement['metric']} on {agreement['held_out_tokens']} held-out tokens: {agreement['value']:.3f}{extra}"
     return table
 
 
@@ -143,6 +162,24 @@ def convert(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept a pickled adapter_model.bin (loaded with weights_only=True).")
     ] = False,
+    align: Annotated[
+        str,
+        typer.Option(
+            help="How to handle modules whose shapes differ: auto (direct when shapes agree, else lstsq), none, "
+            "correlation (the paper's Prune & Align), lstsq (ridge least-squares maps), distill (lstsq, or direct for "
+            "equal shapes, refined by a short distillation). Alignment runs both base models on calibration text.",
+            rich_help_panel="Alignment",
+        ),
+    ] = "auto",
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Calibration text: .txt, .jsonl (text field), .conll/.conllu. Default: a built-in multilingual sample.",
+                     rich_help_panel="Alignment"),
+    ] = None,
+    calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
+    distill_steps: Annotated[int, typer.Option(help="Steps of --align distill.", rich_help_panel="Alignment", min=0)] = 100,
+    lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
     push: Annotated[str | None, typer.Option("--push", help="After a verified conversion, push --out to this Hub repo (user/name).")] = None,
     private: PrivateOption = False,
     branch: BranchOption = None,
@@ -169,6 +206,12 @@ def convert(
         allow_pickle=allow_pickle,
         dry_run=dry_run,
         token=token,
+        align=align,
+        calibration_data=calibration_data,
+        calibration_tokens=calibration_tokens,
+        distill_steps=distill_steps,
+        lr=lr,
+        seed=seed,
     )
     reporter = ConsoleReporter(console)
     try:
@@ -179,6 +222,8 @@ def convert(
             summary = plan_summary | {"dry_run": True, "output": None}
         else:
             summary = execute(prepared, reporter) | {"dry_run": False}
+            if summary.get("alignment") and summary["alignment"].get("modules"):
+                console.print(alignment_table(summary["alignment"]))
             if push:  # only ever after a complete, verified write
                 summary["push"] = _push(console, out, push, token=token, private=private, branch=branch,
                                         create_pr=create_pr, commit_message=commit_message)

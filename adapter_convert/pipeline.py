@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 
 from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
-from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES
+from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .architectures import get_architecture
 from .card import build_model_card
 from .errors import BadAdapterError, SourceNotFoundError
@@ -37,8 +37,9 @@ class Reporter:
         pass
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
-        yield lambda: None
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """Yields ``advance(info=None)``; ``info`` (a loss, say) may be shown beside the bar."""
+        yield lambda info=None: None
 
 
 @dataclass
@@ -52,6 +53,13 @@ class ConversionRequest:
     allow_pickle: bool = False
     dry_run: bool = False
     token: str | None = None  # passed to the Hub client only; never printed or stored
+    align: str = "auto"
+    calibration_data: Path | None = None
+    calibration_tokens: int = 4096
+    ridge: float = 1e-3
+    distill_steps: int = 100
+    lr: float = 1e-3
+    seed: int = 0
 
 
 @dataclass
@@ -101,7 +109,12 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         source_dims=source_dims,
         target_dims=target_dims,
         layer_map=layer_map,
+        align=request.align,
     )
+    if plan.alignment.needs_models:  # activations need base weights (and tokenizers)
+        weight_files = base_files + WEIGHT_FILES
+        source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
+        target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
     return PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan)
 
 
@@ -131,14 +144,21 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "source_adapter": {"id": prepared.adapter_source.id, "revision": prepared.adapter_source.revision, "bytes": prepared.adapter.nbytes},
         "source_base": base(prepared.source_base, plan.source_arch, plan.source_dims),
         "target_base": base(prepared.target_base, plan.target_arch, plan.target_dims),
-        "method": "direct tensor mapping (same widths)",
+        "method": _method(plan),
         "layer_map": {"strategy": plan.layer_map.strategy, "rows": [{"target": t, "sources": list(s)} for t, s in plan.layer_map.rows()]},
         "modules": modules,
         "heads": dict(plan.heads),
         "dropped": list(plan.dropped),
         "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
         "output": written,
+        "alignment": {"method": "direct", "reason": plan.alignment.reason} if not plan.alignment.needs_models else None,
     }
+
+
+def _method(plan: ConversionPlan) -> str:
+    alignment = plan.alignment
+    base = f"{alignment.method} alignment" if alignment.method else "direct tensor mapping"
+    return base + (" + distillation" if alignment.refine else "")
 
 
 def reproduce_command(prepared: PreparedConversion) -> str:
@@ -148,6 +168,14 @@ def reproduce_command(prepared: PreparedConversion) -> str:
              "--out", str(request.out or "OUT"), "--layer-map", request.layer_map]
     if request.source_base or prepared.source_base.repo_id:
         words += ["--source-base", prepared.source_base.pinned]
+    if request.align != "auto":
+        words += ["--align", request.align]
+    if prepared.plan.alignment.needs_models:
+        if request.calibration_data:
+            words += ["--calibration-data", str(request.calibration_data)]
+        words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
+        if prepared.plan.alignment.refine:
+            words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
     return shlex.join(words)
 
 
@@ -157,10 +185,21 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     request, plan = prepared.request, prepared.plan
     if request.out is None:
         raise ValueError("execute() needs request.out")
+    session = None
+    adjust = {}
+    if plan.alignment.needs_models:
+        from .align.session import AlignmentSession
+
+        session = AlignmentSession(prepared, reporter)
+        if plan.alignment.method:
+            session.fit()
+            adjust = {"adjust_module": session.adjust_module, "adjust_head": session.adjust_head}
     total = len(plan.layer_map.sources) * len(plan.modules)
     with reporter.progress("Converting modules", total) as advance:
-        converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance)
+        converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance, **adjust)
     config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target_base.id, target_revision=prepared.target_base.revision)
+    if session is not None:
+        converted.tensors = session.evaluate_and_refine(converted.tensors, config)
     out = Path(request.out)
     written = {
         "path": str(out),
@@ -169,6 +208,8 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
         "bytes": sum(t.numel() * t.element_size() for t in converted.tensors.values()),
     }
     summary = summarize(prepared, written=written)
+    if session is not None:
+        summary["alignment"] = session.report
 
     def fill(folder: Path) -> None:
         config.save_pretrained(str(folder))

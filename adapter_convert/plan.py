@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .architectures import Architecture, Dims, role_shape, roles
-from .errors import BadAdapterError, UnsupportedError, WidthMismatchError
+from .errors import BadAdapterError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap
 
 PEFT_PREFIX = "base_model.model."
@@ -124,6 +124,47 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
         )
 
 
+def width_mismatch(plan_modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], source: Dims, target: Dims) -> str | None:
+    """The first module whose shapes differ between source and target, described; None if all agree."""
+    for role in [p for m in plan_modules for r in m.source_roles for p in roles().parts(r)] + list(embeddings):
+        src, tgt = role_shape(role, source), role_shape(role, target)
+        if src != tgt:
+            return (f"{role} maps {src[0]} -> {src[1]} features in the source but {tgt[0]} -> {tgt[1]} in the target "
+                    f"(hidden {source.hidden} vs {target.hidden})")
+    return None
+
+
+@dataclass(frozen=True)
+class AlignmentPlan:
+    method: str | None  # correlation | lstsq, or None for a direct tensor mapping
+    refine: bool  # distill after mapping
+    reason: str
+
+    @property
+    def needs_models(self) -> bool:
+        return self.method is not None or self.refine
+
+
+def plan_alignment(align: str, mismatch: str | None) -> AlignmentPlan:
+    """What ``--align`` means for this pair: ``auto`` maps directly when shapes agree, else lstsq."""
+    if align == "none" or (align == "auto" and mismatch is None):
+        if mismatch:
+            raise WidthMismatchError(
+                f"Source and target differ in width: {mismatch}.",
+                "A direct tensor mapping needs equal widths: use --align lstsq (or auto, correlation, distill).",
+            )
+        return AlignmentPlan(None, False, "shapes agree: direct tensor mapping")
+    if align == "auto":
+        return AlignmentPlan("lstsq", False, f"shapes differ ({mismatch}): least-squares alignment")
+    if align == "distill":
+        if mismatch is None:
+            return AlignmentPlan(None, True, "shapes agree: direct tensor mapping, refined by distillation")
+        return AlignmentPlan("lstsq", True, f"shapes differ ({mismatch}): least-squares alignment refined by distillation")
+    if align in ("correlation", "lstsq"):
+        return AlignmentPlan(align, False, f"--align {align} requested" + (f"; shapes differ ({mismatch})" if mismatch else ""))
+    raise UsageError(f"Unknown alignment {align!r}.", "Use one of auto, none, correlation, lstsq, distill.")
+
+
 @dataclass(frozen=True)
 class ModuleMapping:
     """How one target role is built from source roles in a mapped layer."""
@@ -146,6 +187,8 @@ class ConversionPlan:
     heads: dict[str, str]  # source head module -> target head module
     source_prefix: str
     target_prefix: str
+    task_type: str | None = None
+    alignment: AlignmentPlan = AlignmentPlan(None, False, "shapes agree: direct tensor mapping")
     dropped: tuple[str, ...] = ()
 
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
@@ -188,18 +231,6 @@ def map_roles(source_roles: list[str], source: Architecture, target: Architectur
     return tuple(mappings)
 
 
-def check_widths(plan_modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], source: Dims, target: Dims) -> None:
-    for role in [p for m in plan_modules for r in m.source_roles for p in roles().parts(r)] + list(embeddings):
-        src, tgt = role_shape(role, source), role_shape(role, target)
-        if src != tgt:
-            raise WidthMismatchError(
-                f"Source and target differ in width: {role} maps {src[0]} -> {src[1]} features in the source "
-                f"but {tgt[0]} -> {tgt[1]} in the target (hidden {source.hidden} vs {target.hidden}).",
-                "A direct tensor mapping needs equal widths; hidden-space alignment (--align) is needed for this pair "
-                "and is not available in this version.",
-            )
-
-
 def plan_conversion(
     parsed: ParsedAdapter,
     *,
@@ -210,18 +241,21 @@ def plan_conversion(
     source_dims: Dims,
     target_dims: Dims,
     layer_map: LayerMap,
+    align: str = "auto",
 ) -> ConversionPlan:
     modules = map_roles(parsed.roles, source_arch, target_arch)
     for role in parsed.embeddings:
         if role not in target_arch.embeddings:
             raise UnsupportedError(f"{target_arch.model_type} has no {role} module to carry the adapted embedding to.")
     embeddings = tuple(parsed.embeddings)
-    check_widths(modules, embeddings, source_dims, target_dims)
+    alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims))
+    if alignment.method is not None:
+        _check_alignable(modules, embeddings, layer_map)
     heads = {}
     for head, params in parsed.heads.items():
         target_head = target_arch.heads.get(task_type or "") if head == source_arch.heads.get(task_type or "") else head
         weight = params.get("weight")
-        if weight is not None and weight.ndim == 2 and weight.shape[1] != target_dims.hidden:
+        if alignment.method is None and weight is not None and weight.ndim == 2 and weight.shape[1] != target_dims.hidden:
             raise WidthMismatchError(
                 f"Task head {head!r} reads {weight.shape[1]} features but the target's hidden size is {target_dims.hidden}.",
                 "Heads carry over only between models of the same hidden size.",
@@ -239,5 +273,20 @@ def plan_conversion(
         heads=heads,
         source_prefix=parsed.prefix,
         target_prefix=target_arch.backbone + "." if parsed.prefix else "",
+        task_type=task_type,
+        alignment=alignment,
         dropped=tuple(parsed.dropped),
     )
+
+
+def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], layer_map: LayerMap) -> None:
+    fused = [m.target_role for m in modules if m.operation != "copy" or m.target_role in roles().fused]
+    if fused:
+        raise UnsupportedError(
+            f"Alignment across fused projections ({', '.join(fused)}) is not supported yet.",
+            "Align between architectures with separate q/k/v and gate/up projections.",
+        )
+    if embeddings:
+        raise UnsupportedError("An adapted embedding cannot be aligned across widths.", "Retrain the adapter without the embedding LoRA.")
+    if any(len(sources) > 1 for sources in layer_map.sources.values()):
+        raise UnsupportedError("Alignment needs one source layer per target layer; AVG maps several.", "Use --layer-map skip or uniform.")

@@ -194,8 +194,11 @@ class ConvertedAdapter:
     tensors: dict[str, torch.Tensor]  # peft state-dict keys, ready to save
 
 
-def convert_tensors(plan: ConversionPlan, parsed: ParsedAdapter, config, on_module=lambda: None) -> ConvertedAdapter:
-    """Apply ``plan`` to the parsed adapter. ``on_module`` is called once per target module (progress)."""
+def convert_tensors(
+    plan: ConversionPlan, parsed: ParsedAdapter, config, on_module=lambda: None, *, adjust_module=None, adjust_head=None
+) -> ConvertedAdapter:
+    """Apply ``plan`` to the parsed adapter. ``on_module`` is called once per target module (progress);
+    ``adjust_module(target_layer, role, module)`` and ``adjust_head(params)`` fold an alignment in."""
     converted: list[ConvertedModule] = []
     tensors: dict[str, torch.Tensor] = {}
     for target_layer, source_layers in plan.layer_map.rows():
@@ -211,6 +214,8 @@ def convert_tensors(plan: ConversionPlan, parsed: ParsedAdapter, config, on_modu
                     "Use --layer-map skip or an explicit map.",
                 )
             module = average(per_layer)
+            if adjust_module is not None:
+                module = adjust_module(target_layer, mapping.target_role, module)
             name = plan.module_path(mapping.target_role, target_layer, target=True)
             converted.append(ConvertedModule(name, mapping.target_role, target_layer, module))
             tensors |= {f"{PEFT_PREFIX}{name}.{k}": v for k, v in module_tensors(module).items()}
@@ -223,7 +228,8 @@ def convert_tensors(plan: ConversionPlan, parsed: ParsedAdapter, config, on_modu
         converted.append(ConvertedModule(name, role, None, module))
         tensors |= {f"{PEFT_PREFIX}{name}.{k}": v.clone() for k, v in params.items()}
     for source_head, target_head in plan.heads.items():
-        tensors |= {f"{PEFT_PREFIX}{target_head}.{k}": v.clone() for k, v in parsed.heads[source_head].items()}
+        params = parsed.heads[source_head] if adjust_head is None else adjust_head(parsed.heads[source_head])
+        tensors |= {f"{PEFT_PREFIX}{target_head}.{k}": v.clone() for k, v in params.items()}
     return ConvertedAdapter(converted, tensors)
 
 

@@ -1,0 +1,108 @@
+"""Run source and target base models over paired calibration tokens and accumulate, per mapped
+layer and adapted module, the statistics of their inputs and outputs (and of the last hidden
+state, which task heads read). Activations live one batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..architectures import Architecture, roles
+from ..calibration import PairedBatch
+from .stats import PairStats
+
+LAST_HIDDEN = "last_hidden"
+
+
+def input_point(role: str) -> str:
+    """Roles reading the same tensor share one capture point (q, k and v read the attention input)."""
+    spec = roles().plain[role]
+    return f"{role.split('.')[0]}:{spec.in_space}:in"
+
+
+def output_point(role: str) -> str:
+    return f"{role}:out"
+
+
+@dataclass(frozen=True)
+class CapturePoint:
+    point: str  # e.g. "attn:hidden:in", "attn.q:out", LAST_HIDDEN
+    teacher_layer: int | None
+    student_layer: int | None
+
+
+def capture_points(role_names: list[str], layer_pairs: list[tuple[int, int]], *, head: bool) -> list[CapturePoint]:
+    points = []
+    for target_layer, source_layer in layer_pairs:
+        for name in dict.fromkeys(p for role in role_names for p in (input_point(role), output_point(role))):
+            points.append(CapturePoint(name, source_layer, target_layer))
+    if head:
+        points.append(CapturePoint(LAST_HIDDEN, None, None))
+    return points
+
+
+class _Recorder:
+    """Forward hooks that keep one batch of module inputs and outputs."""
+
+    def __init__(self, model, arch: Architecture, wanted: dict[int, set[str]]):
+        self.seen: dict[tuple[int, str], torch.Tensor] = {}
+        self.handles = []
+        layers = model.get_submodule(arch.layers)
+        for layer, points in wanted.items():
+            for role, path in arch.modules.items():
+                if role not in roles().plain:
+                    continue
+                module = layers[layer].get_submodule(path)
+                if input_point(role) in points:
+                    self.handles.append(module.register_forward_hook(self._hook(layer, input_point(role), use_input=True)))
+                if output_point(role) in points:
+                    self.handles.append(module.register_forward_hook(self._hook(layer, output_point(role), use_input=False)))
+
+    def _hook(self, layer: int, point: str, *, use_input: bool):
+        def hook(_module, inputs, output):
+            self.seen.setdefault((layer, point), (inputs[0] if use_input else output).detach())
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def collect_statistics(
+    teacher, student, teacher_arch: Architecture, student_arch: Architecture, points: list[CapturePoint],
+    batches: Iterable[PairedBatch], on_batch: Callable[[int], None] = lambda tokens: None,
+) -> dict[tuple[int | None, str], PairStats]:
+    """Statistics keyed by (student layer, point); the models are bare backbones (AutoModel)."""
+    teacher_wanted: dict[int, set[str]] = {}
+    student_wanted: dict[int, set[str]] = {}
+    for p in points:
+        if p.teacher_layer is not None:
+            teacher_wanted.setdefault(p.teacher_layer, set()).add(p.point)
+            student_wanted.setdefault(p.student_layer, set()).add(p.point)
+    stats: dict[tuple[int | None, str], PairStats] = {}
+    teacher_rec, student_rec = _Recorder(teacher, teacher_arch, teacher_wanted), _Recorder(student, student_arch, student_wanted)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                teacher_rec.seen.clear()
+                student_rec.seen.clear()
+                teacher_out = teacher(**batch.teacher_inputs).last_hidden_state
+                student_out = student(**batch.student_inputs).last_hidden_state
+                for p in points:
+                    if p.point == LAST_HIDDEN:
+                        t, s = teacher_out, student_out
+                    else:
+                        t, s = teacher_rec.seen[(p.teacher_layer, p.point)], student_rec.seen[(p.student_layer, p.point)]
+                    x_t, x_s = t[batch.teacher_index], s[batch.student_index]
+                    key = (p.student_layer, p.point)
+                    if key not in stats:
+                        stats[key] = PairStats(x_s.shape[-1], x_t.shape[-1])
+                    stats[key].update(x_s, x_t)
+                on_batch(batch.tokens)
+    finally:
+        teacher_rec.close()
+        student_rec.close()
+    return stats

@@ -1,0 +1,95 @@
+"""Evaluate and refine a converted adapter against the teacher with its adapter, on paired tokens.
+
+Both models are real (weights loaded) PEFT models. With a task head that both sides share
+(token or sequence classification) the comparison is the head's output; otherwise it is the
+change the adapter makes to the last hidden state, read in the teacher's space through the
+head-input map ``M`` (``h_t ~ M h_s``; the identity for same-width conversions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..calibration import PairedBatch
+
+
+def uses_logits(task_type: str | None, has_head: bool) -> bool:
+    return has_head and task_type in ("TOKEN_CLS", "SEQ_CLS")
+
+
+def _outputs(model, batch_inputs, index, *, logits: bool, task_type: str | None, adapter: bool = True):
+    context = contextlib.nullcontext() if adapter else model.disable_adapter()
+    with context:
+        out = model(**batch_inputs, output_hidden_states=not logits)
+    if logits:
+        return out.logits if task_type == "SEQ_CLS" else out.logits[index]
+    return out.hidden_states[-1][index]
+
+
+def _hidden_delta(model, inputs, index, *, grad: bool) -> torch.Tensor:
+    with torch.no_grad():
+        base = _outputs(model, inputs, index, logits=False, task_type=None, adapter=False)
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        adapted = _outputs(model, inputs, index, logits=False, task_type=None)
+    return adapted - base
+
+
+def agreement(teacher, student, batches: list[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor) -> dict:
+    """How often the student with its converted adapter agrees with the teacher with its own."""
+    teacher.eval(), student.eval()
+    if uses_logits(task_type, has_head):
+        same = total = 0
+        with torch.no_grad():
+            for batch in batches:
+                t = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
+                s = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
+                same += int((t.argmax(-1) == s.argmax(-1)).sum())
+                total += t.shape[0]
+        return {"metric": "predicted-label agreement", "value": same / max(total, 1), "count": total}
+    cosines = []
+    for batch in batches:
+        dt = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
+        ds = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=False)
+        cosines.append(F.cosine_similarity(ds.double() @ head_map.T, dt.double(), dim=-1))
+    values = torch.cat(cosines) if cosines else torch.zeros(0)
+    return {"metric": "cosine of last-hidden-state changes", "value": float(values.mean()) if len(values) else 0.0, "count": len(values)}
+
+
+def distill(
+    teacher, student, batches: list[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor,
+    steps: int, lr: float, seed: int, on_step: Callable[[float], None] = lambda loss: None,
+) -> float:
+    """Train only the student's adapter (and head) to reproduce the teacher-with-adapter's outputs.
+
+    Deterministic for a seed: batches are visited in a seeded order, nothing else is random
+    (both models run without dropout).
+    """
+    torch.manual_seed(seed)
+    teacher.eval(), student.eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    logits = uses_logits(task_type, has_head)
+    head_map = head_map.float()
+    loss_value = float("nan")
+    for step in range(steps):
+        batch = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+        if logits:
+            with torch.no_grad():
+                target = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
+            predicted = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
+            loss = F.kl_div(F.log_softmax(predicted, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean")
+        else:
+            target = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
+            predicted = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=True) @ head_map.T
+            loss = F.mse_loss(predicted, target) / target.pow(2).mean().clamp_min(1e-12)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss_value = float(loss)
+        on_step(loss_value)
+    return loss_value

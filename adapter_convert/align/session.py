@@ -1,0 +1,110 @@
+"""One alignment run: load both base models and tokenizers, calibrate, fit the maps, and later
+evaluate (and optionally distill) the converted adapter. The only part of alignment that reads
+weights; the math lives in stats.py, correlation.py, lstsq.py, fold.py and refine.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoTokenizer
+
+from ..calibration import load_texts, paired_batches
+from ..transform import AdapterModule
+from ..verify import TASK_MODEL_CLASSES, head_labels
+from . import student_to_teacher, teacher_to_student
+from .capture import LAST_HIDDEN, capture_points, collect_statistics, input_point, output_point
+from .fold import fold_head, fold_module
+from .refine import agreement, distill
+
+HELD_OUT_SHARE = 0.2
+
+
+class AlignmentSession:
+    def __init__(self, prepared, reporter):
+        from transformers import AutoModel
+
+        self.prepared, self.reporter = prepared, reporter
+        request, plan = prepared.request, prepared.plan
+        self.method = plan.alignment.method
+        self.task_type = plan.task_type
+        self.has_head = bool(plan.heads)
+        heads = list(prepared.parsed.heads)
+        self.num_labels = head_labels(prepared.adapter.tensors, heads)
+        texts = load_texts(request.calibration_data)
+        held = max(1, int(len(texts) * HELD_OUT_SHARE)) if len(texts) > 1 else 0
+        self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
+        reporter.stage("Loading source and target base models for calibration")
+        self.teacher_tokenizer = AutoTokenizer.from_pretrained(prepared.source_base.path)
+        self.student_tokenizer = AutoTokenizer.from_pretrained(prepared.target_base.path)
+        model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix else AutoModel
+        kwargs = {"num_labels": self.num_labels} if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS") else {}
+        self.teacher = model_class.from_pretrained(prepared.source_base.path, **kwargs).eval()
+        self.student = model_class.from_pretrained(prepared.target_base.path, **kwargs).eval()
+        self.maps: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.head_map: torch.Tensor | None = None
+        self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason}
+
+    def batches(self, texts: list[str], max_tokens: int) -> list:
+        return list(paired_batches(texts, self.teacher_tokenizer, self.student_tokenizer, max_tokens=max_tokens))
+
+    def fit(self) -> None:
+        """Calibrate and fit P_in / P_out for every mapped module, and the head's input map."""
+        request, plan = self.prepared.request, self.prepared.plan
+        fit_batches = self.batches(self.fit_texts, request.calibration_tokens)
+        role_names = [m.target_role for m in plan.modules]
+        layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
+        points = capture_points(role_names, layer_pairs, head=True)
+        with self.reporter.progress("Calibrating", len(fit_batches)) as advance:
+            stats = collect_statistics(
+                self.teacher.base_model, self.student.base_model, plan.source_arch, plan.target_arch, points,
+                fit_batches, on_batch=lambda tokens: advance(),
+            )
+        tokens = stats[(None, LAST_HIDDEN)].n
+        rows = []
+        options = {"ridge": request.ridge}
+        for target_layer, source_layer in layer_pairs:
+            for role in role_names:
+                p_in = student_to_teacher(self.method, stats[(target_layer, input_point(role))], **options)
+                p_out = teacher_to_student(self.method, stats[(target_layer, output_point(role))], **options)
+                self.maps[(target_layer, role)] = (p_in.matrix, p_out.matrix)
+                rows.append({"target_layer": target_layer, "source_layer": source_layer, "role": role,
+                             "input_fit": round(p_in.score, 4), "output_fit": round(p_out.score, 4), "score": p_in.score_name})
+        head = student_to_teacher(self.method, stats[(None, LAST_HIDDEN)], **options)
+        self.head_map = head.matrix
+        self.report |= {
+            "calibration": {"source": str(request.calibration_data or "built-in multilingual sample"), "tokens": tokens},
+            "modules": rows,
+            "head_input_fit": round(head.score, 4),
+            "score": head.score_name,
+        }
+
+    def adjust_module(self, target_layer: int, role: str, module: AdapterModule) -> AdapterModule:
+        p_in, p_out = self.maps[(target_layer, role)]
+        return fold_module(module, p_in, p_out)
+
+    def adjust_head(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return fold_head(params, self.head_map)
+
+    def evaluate_and_refine(self, tensors: dict[str, torch.Tensor], peft_config) -> dict[str, torch.Tensor]:
+        """Agreement on held-out text, and with ``refine`` a short distillation; returns the final tensors."""
+        request, plan = self.prepared.request, self.prepared.plan
+        head_map = self.head_map if self.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
+        teacher = PeftModel.from_pretrained(self.teacher, self.prepared.adapter_source.path).eval()
+        student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
+        set_peft_model_state_dict(student, tensors)
+        held_out = self.batches(self.held_texts, 10**9)
+        compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
+        self.report["agreement"] = agreement(teacher, student, held_out, **compare) | {"held_out_tokens": sum(b.tokens for b in held_out)}
+        if not plan.alignment.refine:
+            return tensors
+        self.report["agreement_before_distill"] = self.report.pop("agreement")
+        fit_batches = self.batches(self.fit_texts, request.calibration_tokens)
+        with self.reporter.progress("Distilling", request.distill_steps) as advance:
+            final_loss = distill(teacher, student, fit_batches, steps=request.distill_steps, lr=request.lr, seed=request.seed,
+                                 on_step=lambda loss: advance(f"loss {loss:.4f}"), **compare)
+        self.report["distill"] = {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)}
+        self.report["agreement"] = agreement(teacher, student, held_out, **compare) | {"held_out_tokens": sum(b.tokens for b in held_out)}
+        trained = get_peft_model_state_dict(student)
+        return {key: trained[key].detach().clone().contiguous() if key in trained else value for key, value in tensors.items()}

@@ -1,0 +1,116 @@
+"""Calibration text, and tokens paired across two tokenizers by their character spans.
+
+Sources: the small multilingual sample shipped here (``default.txt``, written for this project,
+so calibration works offline), or a local ``.txt`` (one text per line), ``.jsonl`` (a ``text``
+field per line) or ``.conll``/``.conllu`` file (tokens in the second tab-separated column,
+sentences separated by blank lines).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..errors import BadAdapterError, UnsupportedError
+
+DEFAULT_TEXT = resources.files(__package__) / "default.txt"
+MAX_LENGTH = 128
+
+
+def load_texts(source: Path | None = None) -> list[str]:
+    if source is None:
+        return [line for line in DEFAULT_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    source = Path(source)
+    if not source.is_file():
+        raise BadAdapterError(f"Calibration data {str(source)!r} is not a file.", "Give a .txt, .jsonl, .conll or .conllu file.")
+    suffix = source.suffix.lower()
+    if suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise BadAdapterError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
+        return texts
+    if suffix in (".conll", ".conllu"):
+        texts, words = [], []
+        for line in source.read_text(encoding="utf-8").splitlines():
+            columns = line.split("\t")
+            if not line.strip():
+                if words:
+                    texts.append(" ".join(words))
+                words = []
+            elif not line.startswith("#"):
+                words.append(columns[1] if len(columns) > 1 else columns[0])
+        if words:
+            texts.append(" ".join(words))
+        return texts
+    if suffix in (".txt", ""):
+        return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raise BadAdapterError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
+
+
+@dataclass
+class PairedBatch:
+    teacher_inputs: dict[str, torch.Tensor]
+    student_inputs: dict[str, torch.Tensor]
+    teacher_index: tuple[torch.Tensor, torch.Tensor]  # (row, position) of each paired token
+    student_index: tuple[torch.Tensor, torch.Tensor]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.teacher_index[0])
+
+
+def _encode(tokenizer, texts: list[str]):
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedError(
+            f"Calibration pairs tokens by character offsets, which the slow tokenizer {type(tokenizer).__name__} cannot give.",
+            "Use a model that ships a fast tokenizer (tokenizer.json).",
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True,
+                     max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+
+
+def pair_positions(teacher_enc, student_enc, row: int) -> list[tuple[int, int]]:
+    """Positions of tokens whose character spans are identical in both tokenizations."""
+    def spans(enc) -> dict[tuple[int, int], int]:
+        out = {}
+        for pos, ((start, end), special, mask) in enumerate(zip(enc["offset_mapping"][row].tolist(), enc["special_tokens_mask"][row].tolist(), enc["attention_mask"][row].tolist())):
+            if mask and not special and end > start:
+                out.setdefault((start, end), pos)
+        return out
+
+    teacher_spans, student_spans = spans(teacher_enc), spans(student_enc)
+    return [(teacher_spans[span], student_spans[span]) for span in teacher_spans if span in student_spans]
+
+
+def paired_batches(texts: list[str], teacher_tokenizer, student_tokenizer, *, max_tokens: int, batch_size: int = 8) -> Iterator[PairedBatch]:
+    """Batches of both tokenizations with their paired token positions, up to ``max_tokens`` pairs."""
+    total = 0
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        teacher_enc, student_enc = _encode(teacher_tokenizer, chunk), _encode(student_tokenizer, chunk)
+        pairs = [(row, t, s) for row in range(len(chunk)) for t, s in pair_positions(teacher_enc, student_enc, row)]
+        pairs = pairs[: max(0, max_tokens - total)]
+        if not pairs:
+            break
+        rows = torch.tensor([p[0] for p in pairs])
+        batch = PairedBatch(
+            {k: teacher_enc[k] for k in ("input_ids", "attention_mask")},
+            {k: student_enc[k] for k in ("input_ids", "attention_mask")},
+            (rows, torch.tensor([p[1] for p in pairs])),
+            (rows, torch.tensor([p[2] for p in pairs])),
+        )
+        total += batch.tokens
+        yield batch
+        if total >= max_tokens:
+            break
