@@ -53,4 +53,5 @@ def build_model_card(summary: dict) -> ModelCard:
         command_line=summary["command_line"],
         model_class=_MODEL_CLASS.get(summary["task_type"] or "", "AutoModel"),
         num_labels=summary.get("num_labels"),
+        alignment=summary.get("alignment"),
     )

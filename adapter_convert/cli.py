@@ -95,7 +95,7 @@ def plan_table(summary: dict) -> Table:
     table.add_row("base", source["id"], target["id"])
     table.add_row("architecture", source["model_type"], target["model_type"])
     table.add_row("layers / hidden", f"{source['layers']} / {source['hidden']}", f"{target['layers']} / {target['hidden']}")
-    table.add_row("method", summary["method"], "")
+    table.add_row("method", summary["method"], summary["alignment"]["reason"])
     rows = summary["layer_map"]["rows"]
     table.add_row(
         f"layer map ({summary['layer_map']['strategy']})",

@@ -151,7 +151,7 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "dropped": list(plan.dropped),
         "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
         "output": written,
-        "alignment": {"method": "direct", "reason": plan.alignment.reason} if not plan.alignment.needs_models else None,
+        "alignment": {"method": plan.alignment.method or "direct", "reason": plan.alignment.reason},
     }
 
 

@@ -1,0 +1,129 @@
+"""Alignment end to end on tiny random decoders of two families with different widths, grouped
+key/value heads, and different tokenizers (llama with WordPiece -> qwen2 with a small BPE)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerFast
+from typer.testing import CliRunner
+
+from adapter_convert.calibration import load_texts
+from adapter_convert.cli import app
+from adapter_convert.demo.minilm import minilm_dir
+from helpers import all_module_names, save_adapter, tiny_config
+
+ALL_LLAMA = all_module_names("llama")
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(load_texts(), trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[PAD]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", pad_token="[PAD]")
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoders")
+    wordpiece = AutoTokenizer.from_pretrained(minilm_dir())
+    other = bpe_tokenizer()
+    torch.manual_seed(0)
+    for task, model_class in (("CAUSAL_LM", AutoModelForCausalLM), ("TOKEN_CLS", AutoModelForTokenClassification)):
+        teacher = model_class.from_config(tiny_config("llama", 4, vocab_size=len(wordpiece), pad_token_id=0))
+        teacher.save_pretrained(root / task / "teacher")
+        wordpiece.save_pretrained(root / task / "teacher")
+        student_config = tiny_config("qwen2", 2, vocab_size=len(other), hidden_size=48, num_attention_heads=6,
+                                     num_key_value_heads=3, head_dim=8, intermediate_size=96, pad_token_id=1)
+        model_class.from_config(student_config).save_pretrained(root / task / "student")
+        other.save_pretrained(root / task / "student")
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=ALL_LLAMA, task_type=task)
+        save_adapter(root / task / "adapter", teacher, config, root / task / "teacher")
+    return root
+
+
+def convert(decoders, task, out, *options):
+    folder = decoders / task
+    return CliRunner().invoke(app, ["convert", str(folder / "adapter"), "--target", str(folder / "student"), "--out", str(out), "--json", *options])
+
+
+@pytest.mark.parametrize("method", ["lstsq", "correlation", "distill"])
+def test_other_widths_convert_end_to_end_and_load(decoders, tmp_path, method):
+    out = tmp_path / "out"
+    result = convert(decoders, "CAUSAL_LM", out, "--align", method, "--distill-steps", "5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    report = summary["alignment"]
+    assert report["method"] == ("lstsq" if method == "distill" else method)
+    assert len(report["modules"]) == 2 * 7  # two student layers x seven modules, each with its fits
+    assert all(-1.0 <= row["input_fit"] <= 1.0 + 1e-9 for row in report["modules"])
+    assert report["calibration"]["tokens"] > 100
+    assert report["agreement"]["metric"] == "cosine of last-hidden-state changes"
+    assert (method == "distill") == ("distill" in report)
+    # same rank, student shapes: the converted adapter costs what a native one would
+    tensors = load_file(out / "adapter_model.safetensors")
+    assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (24, 4)
+    assert tensors["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"].shape == (4, 96)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(decoders / "CAUSAL_LM" / "student"), out)
+    ids = torch.tensor([[2, 3, 4, 5]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_task_head_follows_the_last_hidden_map_and_agreement_is_reported(decoders, tmp_path):
+    out = tmp_path / "out"
+    result = convert(decoders, "TOKEN_CLS", out, "--align", "lstsq")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["heads"] == {"score": "score"}
+    assert summary["alignment"]["agreement"]["metric"] == "predicted-label agreement"
+    assert load_file(out / "adapter_model.safetensors")["base_model.model.score.weight"].shape == (5, 48)
+    card = ModelCard.load(out / "README.md")
+    assert "### Alignment" in card.text and "predicted-label agreement" in card.text
+    assert "--align lstsq --calibration-tokens 4096 --seed 0" in card.text
+
+
+def test_auto_picks_lstsq_for_other_widths_and_says_why(decoders, tmp_path):
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "lstsq alignment"
+    assert "shapes differ" in result.output
+
+
+def test_no_alignment_for_other_widths_is_refused(decoders, tmp_path):
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--align", "none")
+    assert result.exit_code == 8
+    assert "--align lstsq" in result.output
+
+
+def test_distillation_is_reproducible(decoders, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = convert(decoders, "TOKEN_CLS", tmp_path / name, "--align", "distill", "--distill-steps", "8", "--seed", "3")
+        assert result.exit_code == 0, result.output
+        runs.append(load_file(tmp_path / name / "adapter_model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    undistilled = convert(decoders, "TOKEN_CLS", tmp_path / "c", "--align", "lstsq")
+    assert undistilled.exit_code == 0
+    assert not torch.equal(load_file(tmp_path / "c" / "adapter_model.safetensors")["base_model.model.score.weight"], runs[0]["base_model.model.score.weight"])
+
+
+def test_calibration_data_files(decoders, tmp_path):
+    data = tmp_path / "calibration.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in load_texts()[:30]))
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--calibration-data", str(data), "--calibration-tokens", "60")
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.stdout)["alignment"]["calibration"]
+    assert calibration["source"] == str(data) and 40 <= calibration["tokens"] <= 60
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": 1}\n')
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", str(bad))
+    assert result.exit_code == 3 and "has no JSON 'text' field" in result.output

@@ -1,0 +1,118 @@
+"""The alignment numerics on synthetic data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from adapter_convert.align import student_to_teacher, teacher_to_student
+from adapter_convert.align.fold import fold_head, fold_module, is_selection
+from adapter_convert.align.stats import PairStats
+from adapter_convert.calibration import load_texts, pair_positions, paired_batches
+from adapter_convert.transform import Ia3Module, LoraModule
+
+
+def stats_of(student: torch.Tensor, teacher: torch.Tensor, chunks: int = 5) -> PairStats:
+    stats = PairStats(student.shape[1], teacher.shape[1])
+    for s, t in zip(student.chunk(chunks), teacher.chunk(chunks)):
+        stats.update(s, t)
+    return stats
+
+
+def test_streamed_statistics_equal_the_batch_computation_and_do_not_grow():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(1000, 6, generator=g), torch.randn(1000, 9, generator=g)
+    stats = stats_of(s, t, chunks=7)
+    torch.testing.assert_close(stats.st, s.double().T @ t.double())
+    size = sum(x.numel() for x in (stats.ss, stats.tt, stats.st, stats.sum_s, stats.sum_t))
+    stats.update(s, t)  # ten times the data later, the same memory
+    assert size == sum(x.numel() for x in (stats.ss, stats.tt, stats.st, stats.sum_s, stats.sum_t)) == 36 + 81 + 54 + 15
+
+
+def test_correlation_is_pearson():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(500, 4, generator=g)
+    t = torch.cat([s[:, :2] * 3 + 1 + 0.1 * torch.randn(500, 2, generator=g), torch.randn(500, 3, generator=g)], 1)
+    expected = np.corrcoef(s.T.numpy(), t.T.numpy())[:4, 4:]
+    np.testing.assert_allclose(stats_of(s, t).correlation().numpy(), expected, atol=1e-10)
+
+
+def test_correlation_recovers_a_permutation_and_selects_the_wider_teachers_dims():
+    g = torch.Generator().manual_seed(2)
+    teacher = torch.randn(400, 10, generator=g)
+    picked = torch.tensor([7, 2, 9, 0, 4])  # the student holds these teacher dims, in this order
+    fit = student_to_teacher("correlation", stats_of(teacher[:, picked], teacher))
+    assert is_selection(fit.matrix) and fit.score == pytest.approx(1.0)
+    assert fit.matrix.shape == (10, 5)
+    assert torch.equal(fit.matrix.argmax(0), picked)
+
+
+def test_lstsq_recovers_a_linear_map_and_reports_r2():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2000, 5, generator=g)
+    mixing = torch.randn(8, 5, generator=g)
+    fit = student_to_teacher("lstsq", stats_of(student, student @ mixing.T), ridge=1e-9)
+    torch.testing.assert_close(fit.matrix, mixing.double(), atol=1e-5, rtol=1e-5)
+    assert fit.score == pytest.approx(1.0, abs=1e-6)
+    noisy = student_to_teacher("lstsq", stats_of(student, student @ mixing.T + torch.randn(2000, 8, generator=g) * 3))
+    assert 0.0 < noisy.score < 0.9
+
+
+def test_output_maps_run_teacher_to_student():
+    g = torch.Generator().manual_seed(4)
+    teacher = torch.randn(1000, 6, generator=g)
+    squeeze = torch.randn(4, 6, generator=g)
+    fit = teacher_to_student("lstsq", stats_of(teacher @ squeeze.T, teacher), ridge=1e-9)
+    torch.testing.assert_close(fit.matrix, squeeze.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_folding_keeps_the_rank_and_conjugates_the_delta():
+    g = torch.Generator().manual_seed(5)
+    lora = LoraModule(torch.randn(3, 8, generator=g), torch.randn(10, 3, generator=g), scaling=0.5)
+    p_in, p_out = torch.randn(8, 6, generator=g).double(), torch.randn(7, 10, generator=g).double()
+    folded = fold_module(lora, p_in, p_out)
+    assert folded.rank == 3 and folded.A.shape == (3, 6) and folded.B.shape == (7, 3)
+    torch.testing.assert_close(folded.delta_weight(), p_out @ lora.delta_weight() @ p_in, atol=1e-5, rtol=1e-5)
+
+
+def test_selection_folds_ia3_and_dora_by_picking():
+    select_in = torch.zeros(4, 3, dtype=torch.float64)
+    select_in[[3, 0, 1], [0, 1, 2]] = 1  # student dim j reads teacher dim [3, 0, 1][j]
+    select_out = select_in.T.clone()
+    out_scaling = Ia3Module(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+    assert fold_module(out_scaling, select_in, select_out).vector.flatten().tolist() == [4.0, 1.0, 2.0]
+    in_scaling = Ia3Module(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert fold_module(in_scaling, select_in, select_out).vector.flatten().tolist() == [4.0, 1.0, 2.0]
+    dora = LoraModule(torch.ones(2, 4), torch.ones(4, 2), 1.0, magnitude=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert fold_module(dora, select_in, select_out).magnitude.tolist() == [4.0, 1.0, 2.0]
+
+
+def test_a_head_reads_through_the_hidden_map():
+    weight, bias = torch.randn(3, 4), torch.randn(3)
+    p = torch.randn(4, 2).double()
+    folded = fold_head({"weight": weight, "bias": bias}, p)
+    torch.testing.assert_close(folded["weight"], (weight.double() @ p).float())
+    assert torch.equal(folded["bias"], bias)
+
+
+def test_tokens_pair_by_character_spans_across_tokenizers(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from adapter_convert.demo.minilm import minilm_dir
+
+    wordpiece = AutoTokenizer.from_pretrained(minilm_dir())
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(load_texts(), trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "[PAD]"]))
+    other = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", pad_token="[PAD]")
+    texts = ["Marie Curie was born in Warsaw.", "Le Louvre accueille des visiteurs."]
+    batch = next(paired_batches(texts, wordpiece, other, max_tokens=1000))
+    t_ids, s_ids = batch.teacher_inputs["input_ids"], batch.student_inputs["input_ids"]
+    for row, t_pos, s_pos in zip(batch.teacher_index[0], batch.teacher_index[1], batch.student_index[1]):
+        t_piece = wordpiece.convert_ids_to_tokens(int(t_ids[row, t_pos])).removeprefix("##")
+        s_piece = other.convert_ids_to_tokens(int(s_ids[row, s_pos]))
+        assert t_piece.lower() == s_piece.lower()
+    assert 4 <= batch.tokens < int(batch.teacher_inputs["attention_mask"].sum())  # some, not all, tokens pair
