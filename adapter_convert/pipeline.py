@@ -56,7 +56,7 @@ class ConversionRequest:
     align: str = "auto"
     calibration_data: Path | None = None
     calibration_tokens: int = 4096
-    ridge: float = 1e-3
+    ridge: float = 1e-2
     distill_steps: int = 100
     lr: float = 1e-3
     seed: int = 0

@@ -75,12 +75,12 @@ def assert_same_effects(student, teacher, layer_sources: dict[int, int], *, full
     assert compared == len(teacher_roles), "some teacher modules did not reach the student"
 
 
-def convert(tmp_path, teacher_type, student_type, peft_config, *, teacher_layers=4, student_layers=2, layer_map="skip", student_seed=7):
+def convert(tmp_path, teacher_type, student_type, peft_config, *, teacher_layers=4, student_layers=2, layer_map="skip", student_seed=7, align="auto"):
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
     teacher = save_tiny_model(teacher_dir, teacher_type, teacher_layers)
     save_tiny_model(student_dir, student_type, student_layers, seed=student_seed)
     teacher_peft = save_adapter(tmp_path / "adapter", teacher, peft_config, teacher_dir)
-    request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(student_dir), out=tmp_path / "out", layer_map=layer_map)
+    request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(student_dir), out=tmp_path / "out", layer_map=layer_map, align=align)
     prepared = prepare(request)
     execute(prepared)
     student = PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(student_dir), tmp_path / "out").eval()
@@ -206,6 +206,13 @@ def test_gqa_width_mismatch_is_refused(tmp_path):
     """llama's grouped k/v heads (2 of 4) are narrower than bert's: no direct mapping exists."""
     config = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], task_type="TOKEN_CLS")
     with pytest.raises(WidthMismatchError, match="attn.k maps 32 -> 16 features in the source but 32 -> 32"):
+        convert(tmp_path, "llama", "bert", config, align="none")
+
+
+def test_alignment_without_a_tokenizer_says_what_is_missing(tmp_path):
+    """auto aligns other widths, which needs tokenizers; these tiny models ship none."""
+    config = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], task_type="TOKEN_CLS")
+    with pytest.raises(UnsupportedError, match="has no usable tokenizer"):
         convert(tmp_path, "llama", "bert", config)
 
 

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from adapter_convert.demo import ner, train_example_adapter
 from adapter_convert.demo.minilm import build_student, build_teacher
@@ -21,6 +21,7 @@ from adapter_convert.pipeline import ConversionRequest, execute, prepare
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikineural-en"
 TEACHER_STEPS = 200
 TEST_SENTENCES = 500
+FINE_TUNE_STEPS = 100
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,89 @@ def test_demo_without_data_says_where_to_find_it(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--data", str(tmp_path / "none")])
     assert result.exit_code == 9
     assert "No WikiNEuRal data" in result.output and "--data" in result.output
+
+
+# ---- other widths: alignment (issue: "Models of other widths and families") -------------------
+
+def _cached(minilm, name: str, build) -> Path:
+    folder = minilm["teacher"].parent / name
+    if not folder.is_dir():
+        partial = folder.with_name(name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build(partial)
+        partial.rename(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method", ["correlation", "lstsq"])
+def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method):
+    """The student is the teacher with its hidden dimensions permuted in every weight: the same
+    function. The alignment must find the permutation, and the converted adapter (LoRA on every
+    module, plus the head) must reproduce the teacher-with-adapter's outputs."""
+    import torch
+    from peft import LoraConfig
+
+    from adapter_convert.demo.minilm import build_permuted_student
+    from helpers import all_module_names, save_adapter
+
+    perm_box = {}
+    student = _cached(minilm, "student-permuted", lambda f: perm_box.setdefault("perm", build_permuted_student(f)))
+    perm = torch.randperm(384, generator=torch.Generator().manual_seed(0))  # build_permuted_student's default seed
+    teacher_model = AutoModelForTokenClassification.from_pretrained(minilm["teacher"])
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=all_module_names("bert"), modules_to_save=["classifier"], task_type="TOKEN_CLS")
+    teacher = save_adapter(tmp_path / "adapter", teacher_model, config, minilm["teacher"], seed=5).eval()
+    for module in teacher.modules():  # keep the random adapter's effect moderate
+        if hasattr(module, "lora_B"):
+            module.lora_B["default"].weight.data *= 0.1
+    teacher.save_pretrained(tmp_path / "adapter")
+
+    out = tmp_path / "out"
+    options = {"calibration_data": DATA / "val.conllu", "calibration_tokens": 2048} if method == "lstsq" else {}
+    summary = execute(prepare(ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(student), out=out,
+                                                source_base=str(minilm["teacher"]), align=method, **options)))
+    from safetensors.torch import load_file
+
+    converted, source = load_file(out / "adapter_model.safetensors"), load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    key = "base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight"
+    if method == "correlation":
+        assert torch.equal(converted[key], source[key][:, perm])  # the permutation, recovered exactly
+        down = "base_model.model.bert.encoder.layer.3.output.dense.lora_B.weight"
+        assert torch.equal(converted[down], source[down][perm])
+    rows = summary["alignment"]["modules"]
+    assert min(r["input_fit"] for r in rows) > 0.999 and min(r["output_fit"] for r in rows) > 0.999
+    assert summary["alignment"]["agreement"]["value"] > 0.99
+
+    converted_model = ner.load_lora_model(student, out)
+    tokenizer = AutoTokenizer.from_pretrained(minilm["teacher"])
+    batch = ner.encode(tokenizer, ner.read_conll(DATA / "test.conllu", limit=32))
+    batch.pop("labels")
+    with torch.no_grad():
+        expected, got = teacher(**batch).logits, converted_model(**batch).logits
+    torch.testing.assert_close(got, expected, atol=2e-3 if method == "correlation" else 2e-2, rtol=1e-3)
+
+
+def test_narrow_student_every_method_beats_untrained_and_helps_fine_tuning(minilm, tmp_path):
+    """MiniLM cut to hidden 256 (8 heads, intermediate 1024) and 3 layers: each --align method
+    beats an untrained adapter zero-shot; the aligned adapter fine-tuned briefly beats a student
+    LoRA trained from scratch for the same steps."""
+    from adapter_convert.demo.minilm import build_narrow_student
+
+    student = _cached(minilm, "student-narrow-256", build_narrow_student)
+    tokenizer = AutoTokenizer.from_pretrained(minilm["teacher"])
+    test = ner.read_conll(DATA / "test.conllu", limit=TEST_SENTENCES)
+    scores = {"untrained": ner.token_f1(ner.new_lora_model(student), tokenizer, test)}
+    for method in ("correlation", "lstsq", "distill"):
+        out = tmp_path / method
+        execute(prepare(ConversionRequest(adapter=str(minilm["adapter"]), target=str(student), out=out, layer_map="skip",
+                                          align=method, calibration_data=DATA / "val.conllu", calibration_tokens=4096)))
+        scores[method] = ner.token_f1(ner.load_lora_model(student, out), tokenizer, test)
+    train = ner.read_conll(DATA / "val.conllu")
+    scratch = ner.train(ner.new_lora_model(student), tokenizer, train, steps=FINE_TUNE_STEPS)
+    scores["scratch+ft"] = ner.token_f1(scratch, tokenizer, test)
+    aligned = ner.train(ner.load_lora_model(student, tmp_path / "lstsq", trainable=True), tokenizer, train, steps=FINE_TUNE_STEPS)
+    scores["lstsq+ft"] = ner.token_f1(aligned, tokenizer, test)
+    print("narrow student token F1:", {k: round(v, 3) for k, v in scores.items()})
+
+    for method in ("correlation", "lstsq", "distill"):
+        assert scores[method] > scores["untrained"] + 0.03, scores
+    assert scores["lstsq+ft"] > scores["scratch+ft"] + 0.02, scores

@@ -90,6 +90,6 @@ def distill(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        loss_value = float(loss)
+        loss_value = loss.item()
         on_step(loss_value)
     return loss_value

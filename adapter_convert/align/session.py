@@ -11,6 +11,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from transformers import AutoTokenizer
 
 from ..calibration import load_texts, paired_batches
+from ..errors import UnsupportedError
 from ..transform import AdapterModule
 from ..verify import TASK_MODEL_CLASSES, head_labels
 from . import student_to_teacher, teacher_to_student
@@ -18,7 +19,11 @@ from .capture import LAST_HIDDEN, capture_points, collect_statistics, input_poin
 from .fold import fold_head, fold_module
 from .refine import agreement, distill
 
-HELD_OUT_SHARE = 0.2
+HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
+
+
+def held_out_tokens(calibration_tokens: int) -> int:
+    return max(512, calibration_tokens // 2)
 
 
 class AlignmentSession:
@@ -36,12 +41,26 @@ class AlignmentSession:
         held = max(1, int(len(texts) * HELD_OUT_SHARE)) if len(texts) > 1 else 0
         self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
         reporter.stage("Loading source and target base models for calibration")
-        self.teacher_tokenizer = AutoTokenizer.from_pretrained(prepared.source_base.path)
-        self.student_tokenizer = AutoTokenizer.from_pretrained(prepared.target_base.path)
         model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix else AutoModel
         kwargs = {"num_labels": self.num_labels} if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS") else {}
-        self.teacher = model_class.from_pretrained(prepared.source_base.path, **kwargs).eval()
-        self.student = model_class.from_pretrained(prepared.target_base.path, **kwargs).eval()
+        loaded = {}
+        for side, source in (("source base", prepared.source_base), ("target base", prepared.target_base)):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source.path)
+            except (OSError, ValueError, TypeError) as err:
+                raise UnsupportedError(
+                    f"Alignment runs both models on calibration text, but the {side} {source.reference!r} has no usable tokenizer ({type(err).__name__}).",
+                    "Save the model's tokenizer into its folder (tokenizer.save_pretrained), or convert between models of equal widths.",
+                ) from None
+            try:
+                model = model_class.from_pretrained(source.path, **kwargs).eval()
+            except (OSError, ValueError) as err:
+                raise UnsupportedError(
+                    f"Alignment needs the weights of the {side} {source.reference!r}, which could not be loaded ({err}).",
+                    "Point it at a complete model folder or Hub repo.",
+                ) from None
+            loaded[side] = (tokenizer, model)
+        (self.teacher_tokenizer, self.teacher), (self.student_tokenizer, self.student) = loaded["source base"], loaded["target base"]
         self.maps: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.head_map: torch.Tensor | None = None
         self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason}
@@ -94,7 +113,7 @@ class AlignmentSession:
         teacher = PeftModel.from_pretrained(self.teacher, self.prepared.adapter_source.path).eval()
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
-        held_out = self.batches(self.held_texts, 10**9)
+        held_out = self.batches(self.held_texts, held_out_tokens(request.calibration_tokens))
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
         self.report["agreement"] = agreement(teacher, student, held_out, **compare) | {"held_out_tokens": sum(b.tokens for b in held_out)}
         if not plan.alignment.refine:

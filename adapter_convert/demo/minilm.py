@@ -138,3 +138,28 @@ def build_narrow_student(folder: Path, *, hidden: int = 256, layers: tuple[int, 
     student.save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
+
+
+def build_permuted_student(folder: Path, *, seed: int = 0) -> torch.Tensor:
+    """The teacher with its hidden dimensions permuted consistently in every weight: the same
+    function in a shuffled basis. Returns the permutation (student dim j = teacher dim perm[j])."""
+    source = minilm_dir()
+    torch.manual_seed(0)
+    model = BertForTokenClassification.from_pretrained(source, **_label_kwargs())
+    perm = torch.randperm(model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+    reads_hidden = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                    "embeddings.token_type_embeddings.weight", "attention.self.query.weight", "attention.self.key.weight",
+                    "attention.self.value.weight", "intermediate.dense.weight", "classifier.weight")
+    writes_hidden = ("LayerNorm.weight", "LayerNorm.bias", "attention.output.dense.weight", "attention.output.dense.bias",
+                     "output.dense.weight", "output.dense.bias")
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(reads_hidden):
+            tensor = tensor[:, perm]
+        elif name.endswith(writes_hidden):  # includes the mlp's output.dense: rows are hidden dims
+            tensor = tensor[perm]
+        state[name] = tensor.clone()
+    model.load_state_dict(state)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return perm
