@@ -35,7 +35,7 @@ def train_example_adapter(teacher: Path, out: Path, *, data: Path, steps: int, r
         ner.train(model, tokenizer, sentences, steps=steps, seed=seed)
     else:
         with reporter.progress("Training the example teacher LoRA", steps) as advance:
-            ner.train(model, tokenizer, sentences, steps=steps, seed=seed, on_step=lambda loss: advance())
+            ner.train(model, tokenizer, sentences, steps=steps, seed=seed, on_step=lambda step, loss: advance(f"loss {loss:.3f}"))
     model.save_pretrained(out)
     _set_base(out, teacher)
     return out

@@ -79,39 +79,56 @@ def load_lora_model(base: Path, adapter: Path, *, trainable: bool = False):
 
 
 def train(model, tokenizer, sentences: list[Sentence], *, steps: int, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
-          on_step: Callable[[float], None] = lambda loss: None):
-    """A short AdamW run over random batches; only the adapter (and head) train."""
+          on_step: Callable[[int, float], None] = lambda step, loss: None):
+    """A short AdamW run over random batches; only the adapter (and head) train.
+    ``on_step(step, loss)`` runs after each step (1-based); it may evaluate, train mode is restored."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         batch = encode(tokenizer, rng.sample(sentences, batch_size))
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        on_step(loss.item())
+        on_step(step, loss.item())
+        model.train()
     model.eval()
     return model
 
 
 @torch.no_grad()
-def token_f1(model, tokenizer, sentences: list[Sentence], *, batch_size: int = 64) -> float:
-    """Micro F1 over entity-labelled words (first sub-token), ignoring O: the paper's token-level score."""
+def predict(model, tokenizer, sentences: list[Sentence], *, batch_size: int = 64) -> list[list[str]]:
+    """One predicted tag per word, read at the word's first sub-token."""
     model.eval()
-    true_positive = predicted = gold = 0
+    tags = []
     for start in range(0, len(sentences), batch_size):
         batch = encode(tokenizer, sentences[start : start + batch_size])
         labels = batch.pop("labels")
         predictions = model(**batch).logits.argmax(-1)
-        mask = labels != -100
-        pred, true = predictions[mask], labels[mask]
-        outside = LABEL_IDS["O"]
-        true_positive += int(((pred == true) & (true != outside)).sum())
-        predicted += int((pred != outside).sum())
-        gold += int((true != outside).sum())
-    precision = true_positive / predicted if predicted else 0.0
-    recall = true_positive / gold if gold else 0.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        for row in range(len(predictions)):
+            tags.append([NER_LABELS[i] for i in predictions[row][labels[row] != -100].tolist()])
+    return tags
+
+
+def scores(model, tokenizer, sentences: list[Sentence]) -> dict[str, float]:
+    """Token-level F1 (micro over entity-labelled words, O ignored: the paper's score) and
+    entity-level F1 (exact IOB2 spans, seqeval's definition). Words cut by truncation count as O."""
+    from seqeval.metrics import f1_score
+
+    predicted = predict(model, tokenizer, sentences)
+    gold = [s.tags for s in sentences]
+    predicted = [p + ["O"] * (len(g) - len(p)) for p, g in zip(predicted, gold)]
+    pairs = [(p, g) for ps, gs in zip(predicted, gold) for p, g in zip(ps, gs)]
+    true_positive = sum(p == g != "O" for p, g in pairs)
+    n_predicted, n_gold = sum(p != "O" for p, _ in pairs), sum(g != "O" for _, g in pairs)
+    precision = true_positive / n_predicted if n_predicted else 0.0
+    recall = true_positive / n_gold if n_gold else 0.0
+    token = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"token_f1": token, "entity_f1": float(f1_score(gold, predicted))}
+
+
+def token_f1(model, tokenizer, sentences: list[Sentence]) -> float:
+    return scores(model, tokenizer, sentences)["token_f1"]
