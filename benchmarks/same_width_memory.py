@@ -56,22 +56,36 @@ def make_inputs(root: Path, layers: int, rank: int = 16) -> dict[str, Path]:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # the lazy imports verification needs
+import threading, os
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+class PeakRSS:
+    # peak resident memory while the block runs, sampled every 5 ms
+    def __enter__(self):
+        self.start = self.peak = _rss_mb(); self.stop = threading.Event()
+        def sample():
+            while not self.stop.wait(0.005):
+                self.peak = max(self.peak, _rss_mb())
+        self.thread = threading.Thread(target=sample, daemon=True); self.thread.start(); return self
+    def __exit__(self, *exc):
+        self.stop.set(); self.thread.join(); self.peak = max(self.peak, _rss_mb())
+
 mode = sys.argv[1]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
-if mode == "convert":
-    request = ConversionRequest(adapter=sys.argv[2], target=sys.argv[3], out=Path(sys.argv[4]), force=True)
-    execute(prepare(request))
-elif mode == "copy":
-    import shutil
-    shutil.copytree(sys.argv[2], sys.argv[4], dirs_exist_ok=True)
+with PeakRSS() as rss:
+    if mode == "convert":
+        request = ConversionRequest(adapter=sys.argv[2], target=sys.argv[3], out=Path(sys.argv[4]), force=True)
+        execute(prepare(request))
+    elif mode == "copy":
+        import shutil
+        shutil.copytree(sys.argv[2], sys.argv[4], dirs_exist_ok=True)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "max_rss_mb": peak, "above_mb": peak - before}))
+print(json.dumps({"seconds": seconds, "max_rss_mb": rss.peak, "above_mb": rss.peak - rss.start}))
 """
 
 
@@ -84,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "same_width_memory.md")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "same_width_memory.md")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-same-width-"))
     try:
@@ -101,7 +115,7 @@ def main() -> None:
             f"Synthetic LoRA for a llama-7B config ({args.layers} layers, r=16 on q,k,v,o,gate,up,down, fp32): "
             f"**{adapter_mb:.0f} MiB**. Medians of {args.repeats} runs, each in a fresh process. "
             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, Python {platform.python_version()}, torch {torch.__version__}.",
-            "Above imports = the process's peak RSS after the run minus its peak RSS once the libraries were imported.",
+            "Above imports = peak resident memory during the run (sampled every 5 ms) minus the RSS once the libraries were imported.",
             "",
             "| run | wall time (s) | peak RSS (MiB) | above imports (MiB) | x adapter size | throughput (GB/s) |",
             "|---|---|---|---|---|---|",

@@ -15,3 +15,29 @@ def test_same_width_memory_benchmark_runs(tmp_path):
     )
     text = results.read_text()
     assert "convert SKIP -> half-depth llama" in text and "copy files" in text
+
+
+def test_transfer_quality_benchmark_runs_tiny(tmp_path):
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "transfer_quality.py"), "--tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+        check=True, capture_output=True, timeout=600,
+    )
+    report = (tmp_path / "out" / "transfer_quality.md").read_text()
+    for method in ("teacher", "scratch (3-layer)", "skip", "avg", "naive-copy", "skip+distill (no labels)", "correlation", "lstsq", "distill"):
+        assert f"| {method} |" in report
+    assert (tmp_path / "out" / "transfer_quality_three.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "transfer_quality_narrow.png").stat().st_size > 10_000
+
+
+def test_alignment_speed_and_calibration_benchmarks_run_tiny(tmp_path):
+    work = tmp_path / "work"
+    speed, memory = tmp_path / "speed.md", tmp_path / "memory.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "alignment_speed.py"), "--tokens", "300", "--repeats", "1",
+                    "--widths", "64,128", "--work", str(work), "--results", str(speed)], check=True, capture_output=True, timeout=600)
+    text = speed.read_text()
+    assert "per-dimension r_regression loop" in text and "| 128 |" in text
+    difference = float(text.split("Largest absolute difference between the two matrices: ")[1].split(",")[0])
+    assert difference < 1e-9  # the vectorized statistics give the loop's numbers
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "calibration_memory.py"), "--tokens", "64,128", "--repeats", "1",
+                    "--work", str(work), "--results", str(memory)], check=True, capture_output=True, timeout=600)
+    assert "| 128 | 128 |" in memory.read_text()

@@ -39,6 +39,9 @@ class PairStats:
         n = self.n
         mean_s, mean_t = self.sum_s / n, self.sum_t / n
         cov = self.st / n - torch.outer(mean_s, mean_t)
-        std_s = (self.ss.diagonal() / n - mean_s**2).clamp_min(1e-12).sqrt()
-        std_t = (self.tt.diagonal() / n - mean_t**2).clamp_min(1e-12).sqrt()
-        return cov / torch.outer(std_s, std_t)
+        var_s = self.ss.diagonal() / n - mean_s**2
+        var_t = self.tt.diagonal() / n - mean_t**2
+        # a constant dimension correlates with nothing: 0, not noise divided by ~0
+        live_s, live_t = var_s > 1e-12 * var_s.max().clamp_min(1e-30), var_t > 1e-12 * var_t.max().clamp_min(1e-30)
+        corr = cov / torch.outer(var_s.clamp_min(1e-30).sqrt(), var_t.clamp_min(1e-30).sqrt())
+        return corr * torch.outer(live_s, live_t)

@@ -103,13 +103,15 @@ def train(model, tokenizer, sentences: list[Sentence], *, steps: int, batch_size
 def predict(model, tokenizer, sentences: list[Sentence], *, batch_size: int = 64) -> list[list[str]]:
     """One predicted tag per word, read at the word's first sub-token."""
     model.eval()
-    tags = []
-    for start in range(0, len(sentences), batch_size):
-        batch = encode(tokenizer, sentences[start : start + batch_size])
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].words))  # similar lengths: little padding
+    tags: list[list[str]] = [[] for _ in sentences]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = encode(tokenizer, [sentences[i] for i in chunk])
         labels = batch.pop("labels")
         predictions = model(**batch).logits.argmax(-1)
-        for row in range(len(predictions)):
-            tags.append([NER_LABELS[i] for i in predictions[row][labels[row] != -100].tolist()])
+        for row, index in enumerate(chunk):
+            tags[index] = [NER_LABELS[i] for i in predictions[row][labels[row] != -100].tolist()]
     return tags
 
 
