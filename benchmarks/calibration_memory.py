@@ -26,24 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 
 CHILD = """
+import sys
+sys.path.insert(0, BENCHMARKS_DIR)
 import json, sys, time
 from pathlib import Path
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from transformers import BertModel, BertForTokenClassification  # imported before measuring
-import threading, os
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-class PeakRSS:
-    # peak resident memory while the block runs, sampled every 5 ms
-    def __enter__(self):
-        self.start = self.peak = _rss_mb(); self.stop = threading.Event()
-        def sample():
-            while not self.stop.wait(0.005):
-                self.peak = max(self.peak, _rss_mb())
-        self.thread = threading.Thread(target=sample, daemon=True); self.thread.start(); return self
-    def __exit__(self, *exc):
-        self.stop.set(); self.thread.join(); self.peak = max(self.peak, _rss_mb())
+from _peak_rss import PeakRSS
 
 request = ConversionRequest(adapter=sys.argv[1], target=sys.argv[2], out=Path(sys.argv[3]), force=True, align="lstsq",
                             calibration_data=Path(sys.argv[4]), calibration_tokens=int(sys.argv[5]), layer_map="skip")
@@ -52,7 +41,7 @@ with PeakRSS() as rss:
     summary = execute(prepare(request))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "above_mb": rss.peak - rss.start, "tokens": summary["alignment"]["calibration"]["tokens"]}))
-"""
+""".replace("BENCHMARKS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
 def main() -> None:

@@ -56,24 +56,13 @@ def make_inputs(root: Path, layers: int, rank: int = 16) -> dict[str, Path]:
 
 
 CHILD = """
+import sys
+sys.path.insert(0, BENCHMARKS_DIR)
 import json, sys, time
 from pathlib import Path
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # the lazy imports verification needs
-import threading, os
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-class PeakRSS:
-    # peak resident memory while the block runs, sampled every 5 ms
-    def __enter__(self):
-        self.start = self.peak = _rss_mb(); self.stop = threading.Event()
-        def sample():
-            while not self.stop.wait(0.005):
-                self.peak = max(self.peak, _rss_mb())
-        self.thread = threading.Thread(target=sample, daemon=True); self.thread.start(); return self
-    def __exit__(self, *exc):
-        self.stop.set(); self.thread.join(); self.peak = max(self.peak, _rss_mb())
+from _peak_rss import PeakRSS
 
 mode = sys.argv[1]
 start = time.perf_counter()
@@ -86,7 +75,7 @@ with PeakRSS() as rss:
         shutil.copytree(sys.argv[2], sys.argv[4], dirs_exist_ok=True)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "max_rss_mb": rss.peak, "above_mb": rss.peak - rss.start}))
-"""
+""".replace("BENCHMARKS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
 def child(*args: str) -> dict:
