@@ -172,9 +172,9 @@ def convert(
         ),
     ] = "auto",
     calibration_data: Annotated[
-        Path | None,
-        typer.Option(help="Calibration text: .txt, .jsonl (text field), .conll/.conllu. Default: a built-in multilingual sample.",
-                     rich_help_panel="Alignment"),
+        str | None,
+        typer.Option(help="Calibration text: a .txt, .jsonl (text field) or .conll/.conllu file, or a Hub dataset id "
+                     "(user/name[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
     ] = None,
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
     distill_steps: Annotated[int, typer.Option(help="Steps of --align distill.", rich_help_panel="Alignment", min=0)] = 100,

@@ -24,7 +24,7 @@ from .errors import BadAdapterError, SourceNotFoundError
 from .layer_maps import build_layer_map
 from .peft_config import build_target_config, check_source_config
 from .plan import ConversionPlan, ParsedAdapter, parse_adapter, plan_conversion
-from .sources import ResolvedSource, read_model_config, resolve
+from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
 from .transform import convert_tensors
 from .verify import head_labels, verify_adapter_folder
 from .writer import check_output_free, write_folder_atomically
@@ -54,7 +54,7 @@ class ConversionRequest:
     dry_run: bool = False
     token: str | None = None  # passed to the Hub client only; never printed or stored
     align: str = "auto"
-    calibration_data: Path | None = None
+    calibration_data: str | None = None  # a local file, or a Hub dataset id (user/name[@revision])
     calibration_tokens: int = 4096
     ridge: float = 1e-2
     distill_steps: int = 100
@@ -73,6 +73,7 @@ class PreparedConversion:
     target_config: PretrainedConfig
     parsed: ParsedAdapter
     plan: ConversionPlan
+    calibration: CalibrationSource | None = None  # None: the built-in sample
 
 
 def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
@@ -111,11 +112,14 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         layer_map=layer_map,
         align=request.align,
     )
+    calibration = None
+    if plan.alignment.needs_models and request.calibration_data:
+        calibration = resolve_calibration_data(request.calibration_data, token=request.token)
     if plan.alignment.needs_models:  # activations need base weights (and tokenizers)
         weight_files = base_files + WEIGHT_FILES
         source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
         target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
-    return PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan)
+    return PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan, calibration)
 
 
 def _enum_value(value) -> str | None:
@@ -171,8 +175,8 @@ def reproduce_command(prepared: PreparedConversion) -> str:
     if request.align != "auto":
         words += ["--align", request.align]
     if prepared.plan.alignment.needs_models:
-        if request.calibration_data:
-            words += ["--calibration-data", str(request.calibration_data)]
+        if prepared.calibration:
+            words += ["--calibration-data", prepared.calibration.pinned]
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]

@@ -63,3 +63,39 @@ def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
         raise BadAdapterError(f"{str(path)!r} is not valid JSON ({err}).", "Re-save the model's config.") from None
     get_architecture(str(model_type))  # unknown model types fail here, naming the supported ones
     return AutoConfig.from_pretrained(source.path)
+
+
+CALIBRATION_SUFFIXES = (".txt", ".jsonl", ".conll", ".conllu")
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    reference: str
+    file: Path
+    revision: str | None = None  # the dataset's commit sha, when it came from the Hub
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.reference.split('@')[0]}@{self.revision}" if self.revision else self.reference
+
+
+def resolve_calibration_data(reference: str, *, token: str | None = None) -> CalibrationSource:
+    """A local text file, or a Hub dataset repo holding one (the first .txt/.jsonl/.conll/.conllu file)."""
+    reference = str(reference)
+    path = Path(reference).expanduser()
+    if path.is_file():
+        return CalibrationSource(reference, path)
+    hub_ref = parse_hub_reference(reference)
+    if hub_ref is None:
+        raise SourceNotFoundError(
+            f"Calibration data {reference!r} is neither a file on this machine nor a Hub dataset id.",
+            "Give a .txt, .jsonl, .conll or .conllu file, or a dataset id such as user/name.",
+        )
+    folder = download(hub_ref, what="calibration dataset", patterns=[f"*{s}" for s in CALIBRATION_SUFFIXES], token=token, repo_type="dataset")
+    files = sorted(p for p in folder.rglob("*") if p.suffix in CALIBRATION_SUFFIXES)
+    if not files:
+        raise HubFileMissingError(
+            f"The dataset {hub_ref.repo_id}@{folder.name} has no .txt, .jsonl, .conll or .conllu file.",
+            "Point --calibration-data at a dataset with plain-text files, or at a local file.",
+        )
+    return CalibrationSource(reference, files[0], revision=folder.name)

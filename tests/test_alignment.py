@@ -127,3 +127,18 @@ def test_calibration_data_files(decoders, tmp_path):
     bad.write_text('{"txt": 1}\n')
     result = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", str(bad))
     assert result.exit_code == 3 and "has no JSON 'text' field" in result.output
+
+
+def test_calibration_data_from_a_hub_dataset_is_pinned(decoders, tmp_path, hub):
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "sentences.txt").write_text("\n".join(load_texts()))
+    repo = hub.upload_folder("alice/calibration-text", data, repo_type="dataset")
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--calibration-data", "alice/calibration-text", "--calibration-tokens", "100")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    pinned = f"alice/calibration-text@{repo.refs['main']}"
+    assert summary["alignment"]["calibration"]["source"] == pinned
+    assert f"--calibration-data {pinned}" in summary["command_line"]
+    missing = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", "alice/no-such-dataset")
+    assert missing.exit_code == 11 and "calibration dataset" in missing.output

@@ -37,7 +37,8 @@ class AlignmentSession:
         self.has_head = bool(plan.heads)
         heads = list(prepared.parsed.heads)
         self.num_labels = head_labels(prepared.adapter.tensors, heads)
-        texts = load_texts(request.calibration_data)
+        calibration = prepared.calibration
+        texts = load_texts(calibration.file if calibration else None)
         held = max(1, int(len(texts) * HELD_OUT_SHARE)) if len(texts) > 1 else 0
         self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
         reporter.stage("Loading source and target base models for calibration")
@@ -93,7 +94,8 @@ class AlignmentSession:
         head = student_to_teacher(self.method, stats[(None, LAST_HIDDEN)], **options)
         self.head_map = head.matrix
         self.report |= {
-            "calibration": {"source": str(request.calibration_data or "built-in multilingual sample"), "tokens": tokens},
+            "calibration": {"source": self.prepared.calibration.pinned if self.prepared.calibration else "built-in multilingual sample",
+                            "tokens": tokens},
             "modules": rows,
             "head_input_fit": round(head.score, 4),
             "score": head.score_name,
