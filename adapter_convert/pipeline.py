@@ -1,7 +1,8 @@
 """The conversion pipeline: resolve, read, plan; then transform, write atomically, verify, card.
 
-``prepare`` does everything that reads (configs and the adapter, never base weights) and returns
-the plan; ``execute`` runs it. The CLI's ``--dry-run`` stops after ``prepare``.
+``prepare`` reads configs and the adapter and returns the plan; base weights are only fetched
+when the plan aligns (activations need them), and never for a dry run. ``execute`` runs the
+plan. The CLI's ``--dry-run`` stops after ``prepare``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
-from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .architectures import get_architecture
 from .card import build_model_card
-from .errors import BadAdapterError, SourceNotFoundError
+from .errors import BadAdapterError, SourceNotFoundError, VerificationError
+from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .layer_maps import build_layer_map
 from .peft_config import build_target_config, check_source_config
 from .plan import ConversionPlan, ParsedAdapter, parse_adapter, plan_conversion
@@ -113,9 +115,9 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         align=request.align,
     )
     calibration = None
-    if plan.alignment.needs_models and request.calibration_data:
-        calibration = resolve_calibration_data(request.calibration_data, token=request.token)
-    if plan.alignment.needs_models:  # activations need base weights (and tokenizers)
+    if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
+        if request.calibration_data:
+            calibration = resolve_calibration_data(request.calibration_data, token=request.token)
         weight_files = base_files + WEIGHT_FILES
         source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
         target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
@@ -175,8 +177,8 @@ def reproduce_command(prepared: PreparedConversion) -> str:
     if request.align != "auto":
         words += ["--align", request.align]
     if prepared.plan.alignment.needs_models:
-        if prepared.calibration:
-            words += ["--calibration-data", prepared.calibration.pinned]
+        if prepared.calibration or request.calibration_data:
+            words += ["--calibration-data", prepared.calibration.pinned if prepared.calibration else str(request.calibration_data)]
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
@@ -204,6 +206,12 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target_base.id, target_revision=prepared.target_base.revision)
     if session is not None:
         converted.tensors = session.evaluate_and_refine(converted.tensors, config)
+    broken = [key for key, tensor in converted.tensors.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise VerificationError(
+            f"The converted adapter holds NaN or Inf values ({len(broken)} tensors, first {broken[0]!r}); nothing was written.",
+            "If --align distill diverged, lower --lr or --distill-steps; otherwise please report it.",
+        )
     out = Path(request.out)
     written = {
         "path": str(out),

@@ -142,3 +142,10 @@ def test_calibration_data_from_a_hub_dataset_is_pinned(decoders, tmp_path, hub):
     assert f"--calibration-data {pinned}" in summary["command_line"]
     missing = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", "alice/no-such-dataset")
     assert missing.exit_code == 11 and "calibration dataset" in missing.output
+
+
+def test_a_diverging_distillation_writes_nothing(decoders, tmp_path):
+    result = convert(decoders, "TOKEN_CLS", tmp_path / "out", "--align", "distill", "--distill-steps", "20", "--lr", "1e12")
+    assert result.exit_code == 7, result.output
+    assert "NaN or Inf" in result.output and "lower --lr" in result.output
+    assert not (tmp_path / "out").exists()
