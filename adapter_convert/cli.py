@@ -142,8 +142,8 @@ def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
 
 @app.command(epilog=EXIT_CODES)
 def convert(
-    adapter: Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name[@revision]).")],
-    target: Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name[@revision]).")],
+    adapter: Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name\\[@revision]).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name\\[@revision]).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the converted adapter and its model card to.")],
     source_base: Annotated[
         str | None, typer.Option(help="The base the adapter was trained on. Default: the adapter's base_model_name_or_path.")
@@ -174,7 +174,7 @@ def convert(
     calibration_data: Annotated[
         str | None,
         typer.Option(help="Calibration text: a .txt, .jsonl (text field) or .conll/.conllu file, or a Hub dataset id "
-                     "(user/name[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
+                     "(user/name\\[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
     ] = None,
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
     distill_steps: Annotated[int, typer.Option(help="Steps of --align distill.", rich_help_panel="Alignment", min=0)] = 100,
