@@ -8,7 +8,10 @@ Downloads go through the Hub cache (``HF_HOME``), so a second run is served from
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +44,6 @@ CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "*.model"]
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json"]
-HUB_RETRIES = 5  # huggingface_hub retries metadata requests on 408/429/5xx this many times, with backoff;
-# file downloads it retries on 408/429 only, and resumes them after a dropped connection
 
 _HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@(?P<revision>[^@\s]+))?$")
 
@@ -61,20 +62,55 @@ def parse_hub_reference(reference: str) -> HubReference | None:
     return HubReference(match["repo"], match["revision"])
 
 
+class _RetryCounter(logging.Handler):
+    """Counts the retries huggingface_hub logs (and keeps its per-retry warnings off the terminal)."""
+
+    MARKERS = ("Retrying in", "Trying to resume download", "Rate limited")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.retries = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(marker in record.getMessage() for marker in self.MARKERS):
+            self.retries += 1
+
+
+@contextlib.contextmanager
+def _counting_retries() -> Iterator[_RetryCounter]:
+    """During one Hub call, the counter stands in for huggingface_hub's own stderr handler: the
+    retries end up as a number in our error message instead of a line each on the terminal."""
+    logger = logging.getLogger("huggingface_hub")
+    counter, own_handlers = _RetryCounter(), list(logger.handlers)
+    for handler in own_handlers:
+        logger.removeHandler(handler)
+    logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        for handler in own_handlers:
+            logger.addHandler(handler)
+
+
 def download(ref: HubReference, *, what: str, patterns: list[str], token: str | None, repo_type: str = "model") -> Path:
     """Fetch the files matching ``patterns`` at one commit; return the snapshot folder.
 
     The folder is ``.../snapshots/<commit sha>``: its name is the resolved revision.
     """
-    try:
-        folder = snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token, repo_type=repo_type)
-    except Exception as err:  # the client raises many types; each becomes one typed error
-        raise hub_error(err, ref, what=what, token=token) from None
+    with _counting_retries() as counter:
+        try:
+            folder = snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token, repo_type=repo_type)
+        except Exception as err:  # the client raises many types; each becomes one typed error
+            raise hub_error(err, ref, what=what, token=token, retries=counter.retries) from None
     return Path(folder)
 
 
-def hub_error(err: BaseException, ref: HubReference, *, what: str, token: str | None, writing: bool = False) -> HubError:
+def hub_error(
+    err: BaseException, ref: HubReference, *, what: str, token: str | None, writing: bool = False, retries: int = 0
+) -> HubError:
     where = f"{ref.repo_id}" + (f"@{ref.revision}" if ref.revision else "")
+    after = f", after {retries} retries" if retries else ""
     have_token = bool(token or get_token())
     if isinstance(err, GatedRepoError):
         return HubGatedError(
@@ -104,11 +140,11 @@ def hub_error(err: BaseException, ref: HubReference, *, what: str, token: str | 
             )
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             return HubUnreachableError(
-                f"The Hub answered HTTP {cause.response.status_code} for the {what} {where}, after {HUB_RETRIES} retries.",
+                f"The Hub answered HTTP {cause.response.status_code} for the {what} {where}{after}.",
                 "The Hub may be down; try again later.",
             )
         return HubUnreachableError(
-            f"Could not reach the Hub at {constants.ENDPOINT} for the {what} {where} ({type(cause or err).__name__}).",
+            f"Could not reach the Hub at {constants.ENDPOINT} for the {what} {where} ({type(cause or err).__name__}{after}).",
             "Check the network (and HF_ENDPOINT), or use HF_HUB_OFFLINE=1 if it is cached.",
         )
     if isinstance(err, EntryNotFoundError):
@@ -120,14 +156,13 @@ def hub_error(err: BaseException, ref: HubReference, *, what: str, token: str | 
             fix = "Pass a token with write access (--token or HF_TOKEN)." if writing else "Pass a token with access."
             return HubAuthError(f"The Hub refused to let this token {action} {where} (HTTP {status}).", fix)
         downloading = "/resolve/" in str(err.response.request.url)
-        retried = "" if downloading or status < 500 else f", after {HUB_RETRIES} retries"
         return HubUnreachableError(
-            f"The Hub answered HTTP {status} {'while downloading a file of' if downloading else 'for'} the {what} {where}{retried}.",
+            f"The Hub answered HTTP {status} {'while downloading a file of' if downloading else 'for'} the {what} {where}{after}.",
             "Try again later; files already downloaded stay in the Hub cache." if status >= 500 else "Check the request.",
         )
     if isinstance(err, (httpx2.TransportError, OSError)):
         return HubUnreachableError(
-            f"Could not reach the Hub at {constants.ENDPOINT} for {where} ({type(err).__name__}: {err}).",
+            f"Could not reach the Hub at {constants.ENDPOINT} for {where} ({type(err).__name__}: {err}{after}).",
             "Check the network and HF_ENDPOINT; nothing was changed on the Hub.",
         )
     if isinstance(err, HFValidationError):
@@ -157,6 +192,13 @@ def push_folder(
     """Create the repo if missing and upload ``folder`` as one commit (or one pull request)."""
     api = HfApi(token=token)
     ref = HubReference(repo_id, branch)
+    with _counting_retries() as counter:
+        return _push(api, folder, ref, private=private, create_pr=create_pr, commit_message=commit_message, token=token, counter=counter)
+
+
+def _push(api: HfApi, folder: Path, ref: HubReference, *, private: bool, create_pr: bool, commit_message: str | None,
+          token: str | None, counter: _RetryCounter) -> PushResult:
+    repo_id, branch = ref.repo_id, ref.revision
     try:
         repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         if branch and branch != "main":
@@ -170,5 +212,5 @@ def push_folder(
             commit_message=commit_message or "Upload adapter converted by adapter-convert",
         )
     except Exception as err:
-        raise hub_error(err, ref, what="destination repo", token=token, writing=True) from None
+        raise hub_error(err, ref, what="destination repo", token=token, writing=True, retries=counter.retries) from None
     return PushResult(repo_url, info.oid, info.commit_url, info.pr_url, changed=info.oid != before or bool(info.pr_url))

@@ -12,7 +12,8 @@ Behaviour worth knowing:
 * A commit applies all of its operations or none.
 * ``server.fail(method, path_part, kind, times)`` injects faults into the next ``times``
   matching requests: ``"500"`` answers 500; ``"drop"`` closes the connection without an answer;
-  ``"cut"`` (GET of a file) sends the headers and half the body, then closes.
+  ``"cut"`` (GET of a file) sends the headers and half the body, then closes; ``"hang"`` waits
+  ``HANG_SECONDS`` before answering normally (for client time-outs).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Repo:
         self.commits[commit.sha] = commit
         self.refs[ref] = commit.sha
         return commit
+
+
+HANG_SECONDS = 4.0
 
 
 @dataclass
@@ -155,6 +159,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "500":
             self._body()
             return self._error(500, None, "injected server error")
+        if fault == "hang":
+            time.sleep(HANG_SECONDS)
         if fault == "drop":
             self._body()
             self.close_connection = True

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,25 @@ def test_commit_server_error_is_retried_then_succeeds(hub, on_hub, tmp_path):
     result = run("push", out, "alice/pushed", "--token", TOKEN)
     assert result.exit_code == 0, result.output
     assert b"adapter_config.json" in b"".join(k.encode() for k in hub.repos[("model", "alice/pushed")].resolve("main").files)
+
+
+def test_a_hub_that_times_out_fails_cleanly(hub, on_hub, tmp_path):
+    hub.fail("GET", "/alice/ner-lora/resolve/", "hang", times=100)  # file downloads use HF_HUB_DOWNLOAD_TIMEOUT
+    started = time.monotonic()
+    result = run_subprocess("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o",
+                            env={"HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
+    attempts = sum(1 for method, path in hub.requests if method == "GET" and "/alice/ner-lora/resolve/" in path)
+    print(f"gave up after {time.monotonic() - started:.1f}s and {attempts} attempts:", result.stderr.replace(chr(10), " ")[-400:])
+    assert result.returncode == 15, result.stderr
+    files = 2  # adapter_config.json and adapter_model.safetensors: each one first attempt, the rest retries
+    assert "timed out" in result.stderr.lower() and f"after {attempts - files} retries" in result.stderr
+    assert "Trying to resume download" not in result.stderr  # the client's own chatter stays out of the output
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_token_from_the_environment_reads_a_private_repo(hub, on_hub, tmp_path):
+    hub.repos[("model", "alice/ner-lora")].private = True
+    result = run_subprocess("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o", env={"HF_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
