@@ -235,3 +235,19 @@ def test_adapted_token_embeddings_carry_over(tmp_path, teacher_type, student_typ
     s_emb = student.base_model.model.get_submodule(s_arch.backbone).get_submodule(s_arch.embeddings["embed.tokens"])
     with torch.no_grad():
         torch.testing.assert_close(s_emb(ids) - s_emb.base_layer(ids), t_emb(ids) - t_emb.base_layer(ids))
+
+
+def test_an_adapter_trained_on_some_layers_lands_on_their_mapped_layers(tmp_path):
+    """layers_to_transform on the source: only teacher layers 0 and 2 are adapted; SKIP maps them to
+    student layers 0 and 1, and the target config selects exactly those modules."""
+    config = LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[0, 2], layers_pattern="layer", task_type="TOKEN_CLS")
+    teacher, student, _ = convert(tmp_path, "bert", "distilbert", config)
+    assert {layer for layer, _ in part_effects(student, "distilbert")} == {0, 1}
+    assert_same_effects(student, teacher, {0: 0, 1: 2}, student_type="distilbert", teacher_type="bert")
+    config = LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[2], layers_pattern="layer", task_type="TOKEN_CLS")
+    teacher, student, _ = convert(tmp_path / "one", "bert", "distilbert", config)
+    assert {layer for layer, _ in part_effects(student, "distilbert")} == {1}
+    import json
+
+    target_modules = json.loads((tmp_path / "one" / "out" / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(target_modules) == ["transformer.layer.1.attention.q_lin", "transformer.layer.1.attention.v_lin"]
