@@ -43,7 +43,10 @@ class AlignmentSession:
         self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
         reporter.stage("Loading source and target base models for calibration")
         model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix else AutoModel
-        kwargs = {"num_labels": self.num_labels} if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS") else {}
+        kwargs = {}
+        if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS"):
+            # the base's own head (if any) is replaced by the adapter's, whatever its size
+            kwargs = {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
         loaded = {}
         for side, source in (("source base", prepared.source_base), ("target base", prepared.target_base)):
             try:
