@@ -61,14 +61,14 @@ class ConsoleReporter(Reporter):
         if not self.console.is_terminal:
             self.console.print(f"- {description} ({total} steps)", highlight=False)
             last: list[str | None] = [None]
-            yield lambda info=None: last.__setitem__(0, info)
+            yield lambda info=None, amount=1: last.__setitem__(0, info)
             if last[0]:
                 self.console.print(f"  {description}: {last[0]}", highlight=False)
             return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
         with Progress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total, info="")
-            yield lambda info=None: bar.update(task, advance=1, info=info or "")
+            yield lambda info=None, amount=1: bar.update(task, advance=amount, info=info or "")
 
 
 def _fail(err: BaseException, console: Console) -> typer.Exit:

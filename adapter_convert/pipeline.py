@@ -40,8 +40,8 @@ class Reporter:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """Yields ``advance(info=None)``; ``info`` (a loss, say) may be shown beside the bar."""
-        yield lambda info=None: None
+        """Yields ``advance(info=None, amount=1)``; ``info`` (a loss, say) may be shown beside the bar."""
+        yield lambda info=None, amount=1: None
 
 
 @dataclass

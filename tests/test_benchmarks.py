@@ -40,4 +40,4 @@ def test_alignment_speed_and_calibration_benchmarks_run_tiny(tmp_path):
     assert difference < 1e-9  # the vectorized statistics give the loop's numbers
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "calibration_memory.py"), "--tokens", "64,128", "--repeats", "1",
                     "--work", str(work), "--results", str(memory)], check=True, capture_output=True, timeout=600)
-    assert "| 128 | 128 |" in memory.read_text()
+    assert "| 128 | 128 |" in memory.read_text() and "MALLOC_MMAP_THRESHOLD_" in memory.read_text()

@@ -9,7 +9,7 @@ head-input map ``M`` (``h_t ~ M h_s``; the identity for same-width conversions).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ def _hidden_delta(model, inputs, index, *, grad: bool) -> torch.Tensor:
     return adapted - base
 
 
-def agreement(teacher, student, batches: list[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor) -> dict:
+def agreement(teacher, student, batches: Iterable[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor) -> dict:
     """How often the student with its converted adapter agrees with the teacher with its own."""
     teacher.eval(), student.eval()
     if uses_logits(task_type, has_head):
@@ -49,35 +49,33 @@ def agreement(teacher, student, batches: list[PairedBatch], *, task_type: str | 
                 s = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
                 same += int((t.argmax(-1) == s.argmax(-1)).sum())
                 total += t.shape[0]
-        return {"metric": "predicted-label agreement", "value": same / max(total, 1), "count": total}
-    cosines = []
+        return {"metric": "predicted-label agreement", "value": same / max(total, 1), "tokens": total}
+    cosine_sum, total = 0.0, 0
     for batch in batches:
         dt = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
         ds = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=False)
-        cosines.append(F.cosine_similarity(ds.double() @ head_map.T, dt.double(), dim=-1))
-    values = torch.cat(cosines) if cosines else torch.zeros(0)
-    return {"metric": "cosine of last-hidden-state changes", "value": float(values.mean()) if len(values) else 0.0, "count": len(values)}
+        cosine_sum += float(F.cosine_similarity(ds.double() @ head_map.T, dt.double(), dim=-1).sum())
+        total += dt.shape[0]
+    return {"metric": "cosine of last-hidden-state changes", "value": cosine_sum / max(total, 1), "tokens": total}
 
 
 def distill(
-    teacher, student, batches: list[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor,
+    teacher, student, batches: Iterator[PairedBatch], *, task_type: str | None, has_head: bool, head_map: torch.Tensor,
     steps: int, lr: float, seed: int, on_step: Callable[[float], None] = lambda loss: None,
 ) -> float:
     """Train only the student's adapter (and head) to reproduce the teacher-with-adapter's outputs.
 
-    Deterministic for a seed: batches are visited in a seeded order, nothing else is random
-    (both models run without dropout).
+    ``batches`` is an endless stream, read in order: deterministic for a seed (both models run
+    without dropout, so nothing else is random).
     """
     torch.manual_seed(seed)
     teacher.eval(), student.eval()
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
     logits = uses_logits(task_type, has_head)
     head_map = head_map.float()
     loss_value = float("nan")
-    for step in range(steps):
-        batch = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+    for _, batch in zip(range(steps), batches):
         if logits:
             with torch.no_grad():
                 target = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)

@@ -10,7 +10,9 @@ import torch
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoTokenizer
 
-from ..calibration import load_texts, paired_batches
+from collections.abc import Iterator
+
+from ..calibration import PairedBatch, load_texts, paired_batches
 from ..errors import UnsupportedError
 from ..transform import AdapterModule
 from ..verify import TASK_MODEL_CLASSES, head_labels
@@ -69,20 +71,24 @@ class AlignmentSession:
         self.head_map: torch.Tensor | None = None
         self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason}
 
-    def batches(self, texts: list[str], max_tokens: int) -> list:
-        return list(paired_batches(texts, self.teacher_tokenizer, self.student_tokenizer, max_tokens=max_tokens))
+    def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
+        """Batches are made as they are used, never all held: memory does not grow with tokens."""
+        return paired_batches(texts, self.teacher_tokenizer, self.student_tokenizer, max_tokens=max_tokens)
+
+    def endless_batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
+        while True:  # distillation cycles through the calibration text, in order
+            yield from self.batches(texts, max_tokens)
 
     def fit(self) -> None:
         """Calibrate and fit P_in / P_out for every mapped module, and the head's input map."""
         request, plan = self.prepared.request, self.prepared.plan
-        fit_batches = self.batches(self.fit_texts, request.calibration_tokens)
         role_names = [m.target_role for m in plan.modules]
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
         points = capture_points(role_names, layer_pairs, head=True)
-        with self.reporter.progress("Calibrating", len(fit_batches)) as advance:
+        with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens) as advance:
             stats = collect_statistics(
                 self.teacher.base_model, self.student.base_model, plan.source_arch, plan.target_arch, points,
-                fit_batches, on_batch=lambda tokens: advance(),
+                self.batches(self.fit_texts, request.calibration_tokens), on_batch=lambda tokens: advance(amount=tokens),
             )
         tokens = stats[(None, LAST_HIDDEN)].n
         rows = []
@@ -118,17 +124,21 @@ class AlignmentSession:
         teacher = PeftModel.from_pretrained(self.teacher, self.prepared.adapter_source.path).eval()
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
-        held_out = self.batches(self.held_texts, held_out_tokens(request.calibration_tokens))
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
-        self.report["agreement"] = agreement(teacher, student, held_out, **compare) | {"held_out_tokens": sum(b.tokens for b in held_out)}
+
+        def held_out_agreement() -> dict:
+            result = agreement(teacher, student, self.batches(self.held_texts, held_out_tokens(request.calibration_tokens)), **compare)
+            return result | {"held_out_tokens": result["tokens"]}
+
+        self.report["agreement"] = held_out_agreement()
         if not plan.alignment.refine:
             return tensors
         self.report["agreement_before_distill"] = self.report.pop("agreement")
-        fit_batches = self.batches(self.fit_texts, request.calibration_tokens)
         with self.reporter.progress("Distilling", request.distill_steps) as advance:
-            final_loss = distill(teacher, student, fit_batches, steps=request.distill_steps, lr=request.lr, seed=request.seed,
+            final_loss = distill(teacher, student, self.endless_batches(self.fit_texts, request.calibration_tokens),
+                                 steps=request.distill_steps, lr=request.lr, seed=request.seed,
                                  on_step=lambda loss: advance(f"loss {loss:.4f}"), **compare)
         self.report["distill"] = {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)}
-        self.report["agreement"] = agreement(teacher, student, held_out, **compare) | {"held_out_tokens": sum(b.tokens for b in held_out)}
+        self.report["agreement"] = held_out_agreement()
         trained = get_peft_model_state_dict(student)
         return {key: trained[key].detach().clone().contiguous() if key in trained else value for key, value in tensors.items()}
