@@ -271,7 +271,7 @@ def push(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where to build the demo models and adapters.")] = Path("adapter-convert-demo"),
-    steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 150,
+    steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 100,
     data: Annotated[
         Path | None, typer.Option(help="WikiNEuRal folder with val.conllu and test.conllu. Default: ../shared/data/wikineural-en.")
     ] = None,
