@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,40 @@ def read_adapter_config(folder: Path) -> PeftConfig:
             f"Adapter type {raw['peft_type']!r} is not supported.",
             f"adapter-convert converts {', '.join(SUPPORTED_PEFT_TYPES)} adapters (LoRA including DoRA and rsLoRA).",
         )
+    _check_lora_numbers(raw, path)
     try:
         return PeftConfig.from_pretrained(str(folder))
     except (TypeError, ValueError) as err:
         raise BadAdapterError(f"peft cannot read {str(path)!r}: {err}", "Fix or re-save the adapter config.") from None
+
+
+def _check_lora_numbers(raw: dict, path: Path) -> None:
+    """peft takes r and lora_alpha as they come; a rank of "four" must not reach the output."""
+    if raw["peft_type"] != "LORA":
+        return
+
+    def bad(field: str, value) -> BadAdapterError:
+        return BadAdapterError(f"{str(path)!r} sets {field} to {value!r}, which is not a valid number here.",
+                               "Fix the adapter config: r is a whole number of 1 or more, lora_alpha a positive number.")
+
+    rank, alpha = raw.get("r", 8), raw.get("lora_alpha", 8)
+    if not _positive(rank, whole=True):
+        raise bad("r", rank)
+    if not _positive(alpha, whole=False):
+        raise bad("lora_alpha", alpha)
+    for field, whole in (("rank_pattern", True), ("alpha_pattern", False)):
+        pattern = raw.get(field) or {}
+        if not isinstance(pattern, dict):
+            raise bad(field, pattern)
+        for key, value in pattern.items():
+            if not _positive(value, whole=whole):
+                raise bad(f"{field}[{key!r}]", value)
+
+
+def _positive(value, *, whole: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def read_adapter(folder: Path, *, allow_pickle: bool = False) -> AdapterCheckpoint:
@@ -77,11 +108,23 @@ def read_adapter(folder: Path, *, allow_pickle: bool = False) -> AdapterCheckpoi
             tensors = torch.load(folder / PICKLE_WEIGHTS_NAME, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a bad pickle
             raise BadAdapterError(f"Cannot load {PICKLE_WEIGHTS_NAME}: {err}", "Re-save the adapter as safetensors.") from None
+        if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+            what = type(tensors).__name__ if not isinstance(tensors, dict) else "a dict holding non-tensor values"
+            raise BadAdapterError(
+                f"{str(folder / PICKLE_WEIGHTS_NAME)!r} holds {what}, not a state dict of tensors.",
+                "Point ADAPTER at a folder saved by PeftModel.save_pretrained.",
+            )
     else:
         raise BadAdapterError(f"{str(folder)!r} has no {WEIGHTS_NAME}.", "Point ADAPTER at a complete adapter folder.")
     if not tensors:
         raise BadAdapterError(f"The adapter in {str(folder)!r} holds no tensors.", "Re-save the trained adapter.")
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    integral = [name for name, t in tensors.items() if not t.is_floating_point()]
+    if integral:
+        raise BadAdapterError(
+            f"The adapter's tensor {integral[0]!r} holds {tensors[integral[0]].dtype} values; adapter weights are floating point.",
+            "Point ADAPTER at a folder saved by PeftModel.save_pretrained.",
+        )
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         raise BadAdapterError(
             f"The adapter holds NaN or Inf values in {len(bad)} tensor(s), first {bad[0]!r}.",

@@ -8,6 +8,8 @@ plan. The CLI's ``--dry-run`` stops after ``prepare``.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,15 +23,20 @@ from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
 from .architectures import get_architecture
 from .card import build_model_card
-from .errors import BadAdapterError, SourceNotFoundError, VerificationError
+from .calibration import load_texts
+from .errors import BadAdapterError, SourceNotFoundError, UsageError, VerificationError
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .layer_maps import build_layer_map
-from .peft_config import build_target_config, check_source_config
-from .plan import ConversionPlan, ParsedAdapter, parse_adapter, plan_conversion
+from .peft_config import build_target_config, check_source_config, check_source_ranks
+from .plan import ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
 from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
 from .transform import convert_tensors
 from .verify import head_labels, verify_adapter_folder
-from .writer import check_output_free, write_folder_atomically
+from .writer import check_output, write_folder_atomically
+
+# Stands for --out in the card's reproduce command: the card must not depend on (or reveal) a local path.
+OUT_PLACEHOLDER = "./converted-adapter"
+MAX_SEED = 2**32 - 1
 
 
 class Reporter:
@@ -78,10 +85,36 @@ class PreparedConversion:
     calibration: CalibrationSource | None = None  # None: the built-in sample
 
 
+def check_request(request: ConversionRequest) -> None:
+    """Option values that no conversion can use, refused before any work (exit 2)."""
+
+    def bad(option: str, value, allowed: str) -> UsageError:
+        return UsageError(f"{option} {value!r} is not allowed: it must be {allowed}.", f"Pass {option} with a value in that range.")
+
+    if not (isinstance(request.lr, (int, float)) and math.isfinite(request.lr) and request.lr > 0):
+        raise bad("--lr", request.lr, "a finite number above 0")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise bad("--seed", request.seed, f"a whole number from 0 to {MAX_SEED}")
+    if not (math.isfinite(request.ridge) and request.ridge >= 0):
+        raise bad("--ridge", request.ridge, "a finite number of 0 or more")
+    if request.calibration_tokens < 16:
+        raise bad("--calibration-tokens", request.calibration_tokens, "16 or more")
+    if request.distill_steps < 0:
+        raise bad("--distill-steps", request.distill_steps, "0 or more")
+
+
+def _local_inputs(request: ConversionRequest) -> dict[str, Path]:
+    """The inputs named by local paths, known before anything is resolved."""
+    named = {"adapter": request.adapter, "source base": request.source_base, "target base": request.target,
+             "calibration data": request.calibration_data}
+    return {what: Path(ref).expanduser() for what, ref in named.items() if ref and Path(ref).expanduser().exists()}
+
+
 def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
     reporter = reporter or Reporter()
-    if request.out is not None and not request.dry_run:
-        check_output_free(Path(request.out), force=request.force)
+    check_request(request)
+    if request.out is not None and not request.dry_run:  # fail before any download, not after
+        check_output(request.out, force=request.force, inputs=_local_inputs(request))
     reporter.stage(f"Reading adapter {request.adapter}")
     adapter_files = ADAPTER_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
     adapter_source = resolve(request.adapter, what="adapter", patterns=adapter_files, required=CONFIG_NAME, token=request.token)
@@ -102,7 +135,9 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     source_arch, target_arch = get_architecture(source_config.model_type), get_architecture(target_config.model_type)
     source_dims, target_dims = source_arch.dims(source_config), target_arch.dims(target_config)
     parsed = parse_adapter(adapter.tensors, arch=source_arch, dims=source_dims, modules_to_save=adapter.config.modules_to_save)
+    check_source_ranks(adapter.config, parsed, source_arch)
     layer_map = build_layer_map(request.layer_map, source_layers=source_dims.layers, target_layers=target_dims.layers)
+    check_layer_map_covers(parsed, layer_map)
     plan = plan_conversion(
         parsed,
         peft_type=_enum_value(adapter.config.peft_type),
@@ -118,10 +153,22 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
         if request.calibration_data:
             calibration = resolve_calibration_data(request.calibration_data, token=request.token)
+            load_texts(calibration.file)  # a bad file fails now, before base weights are downloaded
         weight_files = base_files + WEIGHT_FILES
         source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
         target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
-    return PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan, calibration)
+    prepared = PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan, calibration)
+    if request.out is not None and not request.dry_run:
+        check_output(request.out, force=request.force, inputs=input_paths(prepared))
+    return prepared
+
+
+def input_paths(prepared: PreparedConversion) -> dict[str, Path]:
+    """Every local path the conversion reads: --out must not be, hold or lie inside any of them."""
+    paths = {"adapter": prepared.adapter_source.path, "source base": prepared.source_base.path, "target base": prepared.target_base.path}
+    if prepared.calibration is not None:
+        paths["calibration data"] = prepared.calibration.file
+    return paths
 
 
 def _enum_value(value) -> str | None:
@@ -171,7 +218,7 @@ def reproduce_command(prepared: PreparedConversion) -> str:
     """The command that redoes this conversion, with every Hub source pinned to its commit."""
     request = prepared.request
     words = ["adapter-convert", "convert", prepared.adapter_source.pinned, "--target", prepared.target_base.pinned,
-             "--out", str(request.out or "OUT"), "--layer-map", request.layer_map]
+             "--out", OUT_PLACEHOLDER, "--layer-map", request.layer_map]
     if request.source_base or prepared.source_base.repo_id:
         words += ["--source-base", prepared.source_base.pinned]
     if request.align != "auto":
@@ -225,14 +272,25 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
 
     def fill(folder: Path) -> None:
         config.save_pretrained(str(folder))
+        canonicalize_config_file(folder / CONFIG_NAME)
         save_file(converted.tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         reporter.stage("Verifying: loading the result with peft onto an empty target model")
         verify_adapter_folder(folder, prepared.target_config, bare=not plan.target_prefix)
         build_model_card(summary).save(folder / "README.md")
 
     reporter.stage(f"Writing {out}")
-    write_folder_atomically(out, fill, force=request.force)
+    write_folder_atomically(out, fill, force=request.force, inputs=input_paths(prepared))
     return summary
+
+
+def canonicalize_config_file(path: Path) -> None:
+    """Rewrite adapter_config.json byte-stably: peft keeps target_modules as a set, whose order
+    follows Python's hash seed, so the same conversion would otherwise differ from run to run."""
+    data = json.loads(path.read_text())
+    for key in ("target_modules", "feedforward_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(data.get(key), list):
+            data[key] = sorted(data[key])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def check_publishable(folder: Path) -> None:

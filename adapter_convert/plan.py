@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .architectures import Architecture, Dims, role_shape, roles
-from .errors import BadAdapterError, UnsupportedError, UsageError, WidthMismatchError
+from .errors import BadAdapterError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap
 
 PEFT_PREFIX = "base_model.model."
@@ -121,6 +121,23 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
             f"Tensor {key!r} has shape {tuple(tensor.shape)}, which disagrees with the base config "
             f"(that module maps {in_f} -> {out_f} features).",
             "The adapter and its declared base do not belong together: pass the right one with --source-base.",
+        )
+
+
+def check_layer_map_covers(parsed: ParsedAdapter, layer_map: LayerMap) -> None:
+    """A layer map must take at least one adapted source layer, and an explicit one only adapted
+    layers: otherwise the output would hold no adapter where the user asked for one."""
+    adapted = sorted({layer for layer, _ in parsed.layers})
+    if not adapted:
+        return  # embeddings or heads only
+    mapped = sorted({s for sources in layer_map.sources.values() for s in sources})
+    bare = [s for s in mapped if s not in adapted]
+    if (layer_map.strategy == "explicit" and bare) or not set(mapped) & set(adapted):
+        raise LayerMapError(
+            f"The layer map takes source layer(s) {', '.join(map(str, bare))}, which carry no adapter; "
+            f"the adapter is trained on source layers {', '.join(map(str, adapted))}.",
+            "Map target layers onto those source layers, e.g. "
+            + repr(",".join(f"{s}:{t}" for t, s in enumerate(adapted[: len(layer_map.sources) or 1]))) + ".",
         )
 
 

@@ -201,6 +201,7 @@ def convert_tensors(
     ``adjust_module(target_layer, role, module)`` and ``adjust_head(params)`` fold an alignment in."""
     converted: list[ConvertedModule] = []
     tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
     for target_layer, source_layers in plan.layer_map.rows():
         for mapping in plan.modules:
             per_layer = [m for layer in source_layers if (m := _build(plan, parsed, config, mapping, layer)) is not None]
@@ -218,7 +219,13 @@ def convert_tensors(
                 module = adjust_module(target_layer, mapping.target_role, module)
             name = plan.module_path(mapping.target_role, target_layer, target=True)
             converted.append(ConvertedModule(name, mapping.target_role, target_layer, module))
-            tensors |= {f"{PEFT_PREFIX}{name}.{k}": v for k, v in module_tensors(module).items()}
+            for key, value in module_tensors(module).items():
+                # a source layer feeding several target layers (a deeper target) must give each its
+                # own copy: safetensors refuses to save tensors that share memory
+                if value.untyped_storage().data_ptr() in storages:
+                    value = value.clone()
+                storages.add(value.untyped_storage().data_ptr())
+                tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
     for role in plan.embeddings:  # same vocabulary and width: copied as they are
         params = parsed.embeddings[role]
         A, B = params["lora_embedding_A"], params["lora_embedding_B"]

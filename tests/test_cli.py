@@ -75,16 +75,30 @@ def test_json_summary_is_the_only_stdout(tiny_pair):
     assert summary["dry_run"] is False
 
 
-def test_existing_output_needs_force(tiny_pair):
+def test_existing_output_needs_force_and_force_spares_other_files(tiny_pair):
     (tiny_pair / "out").mkdir()
     (tiny_pair / "out" / "keep.txt").write_text("mine")
     result = run(*convert_args(tiny_pair))
     assert result.exit_code == 6
     assert "already exists" in result.output and "--force" in result.output
+    result = run(*convert_args(tiny_pair, "--force"))  # not a previous output: refused, listing what it would delete
+    assert result.exit_code == 6, result.output
+    assert "would have deleted: keep.txt" in result.output
     assert (tiny_pair / "out" / "keep.txt").read_text() == "mine"
-    result = run(*convert_args(tiny_pair, "--force"))
-    assert result.exit_code == 0
-    assert not (tiny_pair / "out" / "keep.txt").exists()
+
+
+def test_force_replaces_a_previous_output(tiny_pair):
+    assert run(*convert_args(tiny_pair)).exit_code == 0
+    (tiny_pair / "out" / "adapter_model.bin").write_bytes(b"stale")  # a file a previous output may hold
+    result = run(*convert_args(tiny_pair, "--force", "--layer-map", "0:0,1:1"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tiny_pair / "out").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    tensors = load_file(tiny_pair / "out" / "adapter_model.safetensors")
+    source = load_file(tiny_pair / "adapter" / "adapter_model.safetensors")
+    torch.testing.assert_close(  # the new layer map's tensors, not the first run's
+        tensors["base_model.model.distilbert.transformer.layer.1.attention.q_lin.lora_A.weight"],
+        source["base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight"],
+    )
 
 
 def corrupt(pair, what):
@@ -151,7 +165,7 @@ def test_unknown_model_type(tiny_pair):
     config = tiny_pair / "student" / "config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"model_type": "t5"}))
     result = run(*convert_args(tiny_pair))
-    assert result.exit_code == 4
+    assert result.exit_code == 4, result.output
     assert "Unknown model_type 't5'" in result.output and "distilbert" in result.output
 
 

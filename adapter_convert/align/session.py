@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from collections.abc import Iterator
 
 from ..calibration import PairedBatch, load_texts, paired_batches
-from ..errors import UnsupportedError
+from ..errors import CalibrationDataError, UnsupportedError
 from ..transform import AdapterModule
 from ..verify import TASK_MODEL_CLASSES, head_labels
 from . import student_to_teacher, teacher_to_student
@@ -77,7 +77,11 @@ class AlignmentSession:
 
     def endless_batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         while True:  # distillation cycles through the calibration text, in order
-            yield from self.batches(texts, max_tokens)
+            before = None
+            for before in self.batches(texts, max_tokens):
+                yield before
+            if before is None:  # not one paired token: cycling would never end
+                raise _no_pairs()
 
     def fit(self) -> None:
         """Calibrate and fit P_in / P_out for every mapped module, and the head's input map."""
@@ -91,6 +95,8 @@ class AlignmentSession:
                 self.batches(self.fit_texts, request.calibration_tokens), on_batch=lambda tokens: advance(amount=tokens),
             )
         tokens = stats[(None, LAST_HIDDEN)].n
+        if tokens == 0:
+            raise _no_pairs()
         rows = []
         options = {"ridge": request.ridge}
         for target_layer, source_layer in layer_pairs:
@@ -142,3 +148,10 @@ class AlignmentSession:
         self.report["agreement"] = held_out_agreement()
         trained = get_peft_model_state_dict(student)
         return {key: trained[key].detach().clone().contiguous() if key in trained else value for key, value in tensors.items()}
+
+
+def _no_pairs() -> CalibrationDataError:
+    return CalibrationDataError(
+        "The calibration text gave no token that both tokenizers cut at the same characters, so nothing can be fitted.",
+        "Give --calibration-data with ordinary sentences in a language both models read.",
+    )

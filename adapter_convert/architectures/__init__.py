@@ -9,14 +9,22 @@ family is adding a file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from ..errors import UnsupportedError
+from ..errors import BadModelConfigError, UnsupportedError
 
 _DATA = resources.files(__package__)
+# transformers' model types: lower-case words joined by _ or - ("gpt_neox", "deberta-v2"); the
+# name becomes a file name, so nothing else (no "../", no "/") is accepted
+_MODEL_TYPE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# sanity bounds, checked before anything is built from a size (a layer map of 10^9 rows would not fit)
+MAX_LAYERS = 4096
+MAX_WIDTH = 1 << 20
+MAX_VOCAB = 1 << 24
 
 # Config attribute read for each size; a family overrides only what differs.
 _DEFAULT_CONFIG_KEYS = {
@@ -95,23 +103,50 @@ class Architecture:
         return self.fused_layout.get(fused_role, "concat")
 
     def dims(self, model_config: Any) -> Dims:
+        """The model's sizes, each checked to be a positive integer in a sane range (raises
+        BadModelConfigError naming the config attribute and its value)."""
         # a family maps a size to null when it has no such setting (bert has no grouped-query heads),
         # so a stray attribute in its config is never read
         keys = {**_DEFAULT_CONFIG_KEYS, **self.config}
+        # messages use the name config.json spells (distilbert's "dim" for hidden_size)
+        spelled = lambda name: getattr(model_config, "attribute_map", {}).get(keys[name], keys[name]) or name  # noqa: E731
 
-        def read(name: str) -> Any:
-            return None if keys[name] is None else getattr(model_config, keys[name], None)
+        def read(name: str, *, required: bool = True, limit: int = MAX_WIDTH) -> int | None:
+            key = keys[name]
+            value = None if key is None else getattr(model_config, key, None)
+            if value is None and not required:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                raise BadModelConfigError(
+                    f"config.json sets {spelled(name)} to {value!r}; it must be a whole number from 1 to {limit}.",
+                    "Fix the model's config.json (or point at the right model folder).",
+                )
+            return value
 
-        hidden, heads = int(read("hidden")), int(read("heads"))
+        hidden, heads = read("hidden"), read("heads")
+        head_dim = read("head_dim", required=False)
+        if head_dim is None:
+            if hidden % heads:
+                raise BadModelConfigError(
+                    f"config.json has {spelled('hidden')}={hidden}, which {spelled('heads')}={heads} does not divide, and no head_dim.",
+                    "Fix the model's config.json: the hidden size must be a multiple of the number of heads.",
+                )
+            head_dim = hidden // heads
+        kv_heads = read("kv_heads", required=False) or heads
+        if heads % kv_heads:
+            raise BadModelConfigError(
+                f"config.json has {spelled('heads')}={heads} attention heads, which {spelled('kv_heads')}={kv_heads} key/value heads do not divide.",
+                "Fix the model's config.json.",
+            )
         return Dims(
-            layers=int(read("layers")),
+            layers=read("layers", limit=MAX_LAYERS),
             hidden=hidden,
             heads=heads,
-            kv_heads=int(read("kv_heads") or heads),
-            head_dim=int(read("head_dim") or hidden // heads),
+            kv_heads=kv_heads,
+            head_dim=head_dim,
             # gpt2 leaves n_inner unset and means 4 * hidden
-            intermediate=int(read("intermediate") or 4 * hidden),
-            vocab=int(read("vocab")),
+            intermediate=read("intermediate", required=False) or 4 * hidden,
+            vocab=read("vocab", limit=MAX_VOCAB),
         )
 
 
@@ -129,9 +164,19 @@ def supported_model_types() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in (_DATA / "data").iterdir() if p.name.endswith(".json")))
 
 
+def check_model_type(model_type: Any) -> str:
+    """``model_type`` if it has the syntax of a transformers model type; it is used as a file name."""
+    if not isinstance(model_type, str) or not _MODEL_TYPE.fullmatch(model_type):
+        raise BadModelConfigError(
+            f"config.json has model_type {model_type!r}, which is not a model type name (lower-case letters, digits, '_' and '-').",
+            f"Fix the model's config.json. Supported model types: {', '.join(supported_model_types())}.",
+        )
+    return model_type
+
+
 @cache
 def get_architecture(model_type: str) -> Architecture:
-    path = _DATA / "data" / f"{model_type}.json"
+    path = _DATA / "data" / f"{check_model_type(model_type)}.json"
     if not path.is_file():
         raise UnsupportedError(
             f"Unknown model_type {model_type!r}: adapter-convert has no architecture file for it.",

@@ -16,31 +16,49 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadAdapterError, UnsupportedError
+from ..errors import CalibrationDataError, UnsupportedError
 
 DEFAULT_TEXT = resources.files(__package__) / "default.txt"
 MAX_LENGTH = 128
 
 
 def load_texts(source: Path | None = None) -> list[str]:
+    """The calibration texts; a file that is not UTF-8 text or holds no text is refused, naming it."""
     if source is None:
         return [line for line in DEFAULT_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
     source = Path(source)
     if not source.is_file():
-        raise BadAdapterError(f"Calibration data {str(source)!r} is not a file.", "Give a .txt, .jsonl, .conll or .conllu file.")
+        raise CalibrationDataError(f"Calibration data {str(source)!r} is not a file.", "Give a .txt, .jsonl, .conll or .conllu file.")
+    try:
+        content = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CalibrationDataError(
+            f"Calibration data {str(source)!r} is not UTF-8 text (byte {err.start} cannot be decoded).",
+            "Give a plain-text .txt, .jsonl, .conll or .conllu file in UTF-8.",
+        ) from None
+    if "\x00" in content:
+        raise CalibrationDataError(f"Calibration data {str(source)!r} holds NUL bytes: it is a binary file, not text.",
+                                   "Give a plain-text .txt, .jsonl, .conll or .conllu file.")
+    texts = [text for text in _parse(source, content) if text.strip()]
+    if not texts:
+        raise CalibrationDataError(f"Calibration data {str(source)!r} holds no text.", "Give a file with at least a few sentences.")
+    return texts
+
+
+def _parse(source: Path, content: str) -> list[str]:
     suffix = source.suffix.lower()
     if suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(content.splitlines(), 1):
             if line.strip():
                 try:
                     texts.append(str(json.loads(line)["text"]))
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise BadAdapterError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
+                    raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
         return texts
     if suffix in (".conll", ".conllu"):
         texts, words = [], []
-        for line in source.read_text(encoding="utf-8").splitlines():
+        for line in content.splitlines():
             columns = line.split("\t")
             if not line.strip():
                 if words:
@@ -52,8 +70,8 @@ def load_texts(source: Path | None = None) -> list[str]:
             texts.append(" ".join(words))
         return texts
     if suffix in (".txt", ""):
-        return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    raise BadAdapterError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
+        return content.splitlines()
+    raise CalibrationDataError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
 
 
 @dataclass
