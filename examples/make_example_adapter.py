@@ -15,7 +15,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", type=Path, default=Path("teacher-ner-lora"))
 parser.add_argument("--teacher", type=Path, default=Path("teacher-minilm-l6"))
 parser.add_argument("--steps", type=int, default=300)
-parser.add_argument("--data", type=Path, default=None, help="WikiNEuRal folder (default ../shared/data/wikineural-en)")
+parser.add_argument("--data", type=Path, default=None, help="WikiNEuRal folder with val.conllu and test.conllu (default: the sample shipped with the package)")
 args = parser.parse_args()
 if not args.teacher.is_dir():
     build_teacher(args.teacher)

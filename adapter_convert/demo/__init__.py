@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -11,16 +12,25 @@ from transformers import AutoTokenizer
 from ..errors import SourceNotFoundError
 from .minilm import build_student, build_teacher
 
-DEFAULT_DATA = Path("../shared/data/wikineural-en")
+DATA_FILES = ("val.conllu", "test.conllu")
 
 
-def find_data(data: Path | None) -> Path:
-    folder = data or DEFAULT_DATA
-    if not (folder / "val.conllu").is_file():
-        raise SourceNotFoundError(
-            f"No WikiNEuRal data at {str(folder)!r} (expected val.conllu and test.conllu).",
-            "Run from the repository root with ../shared/data beside it, or pass --data FOLDER.",
-        )
+def packaged_data() -> Path:
+    """The WikiNEuRal sample shipped in the package (400 training + 300 test sentences,
+    CC BY-NC-SA 4.0: see data/LICENSE and data/README.md beside it)."""
+    return Path(str(resources.files(__package__) / "data"))
+
+
+def find_data(data: Path | None = None) -> Path:
+    """``data`` (a folder with val.conllu and test.conllu, such as the full WikiNEuRal set), or the
+    packaged sample; never depends on the working directory."""
+    folder = Path(data) if data is not None else packaged_data()
+    missing = [name for name in DATA_FILES if not (folder / name).is_file()]
+    if missing:
+        hint = "Pass --data FOLDER with both files, or leave --data out to use the sample shipped in the package."
+        if data is None:
+            hint = "The package's demo data is missing: reinstall adapter-convert, or pass --data FOLDER."
+        raise SourceNotFoundError(f"No WikiNEuRal data at {str(folder)!r} (missing {', '.join(missing)}).", hint)
     return folder
 
 
@@ -73,9 +83,9 @@ def run_demo(workdir: Path, *, steps: int, console: Console, reporter, data: Pat
     console.print(plan_table(summarize(prepared)))
     execute(prepared, reporter)
 
-    reporter.stage(f"Scoring token F1 on {eval_sentences} WikiNEuRal test sentences")
-    tokenizer = AutoTokenizer.from_pretrained(teacher)
     test = ner.read_conll(data / "test.conllu", limit=eval_sentences)
+    reporter.stage(f"Scoring token F1 on {len(test)} WikiNEuRal test sentences")
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
     scores = Table(title="NER token F1 (no training on the student)", title_justify="left")
     scores.add_column("model")
     scores.add_column("F1", justify="right")
