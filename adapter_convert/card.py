@@ -54,4 +54,16 @@ def build_model_card(summary: dict) -> ModelCard:
         model_class=_MODEL_CLASS.get(summary["task_type"] or "", "AutoModel"),
         num_labels=summary.get("num_labels"),
         alignment=summary.get("alignment"),
+        compatibility=describe_compatibility(summary.get("compatibility")),
     )
+
+
+def describe_compatibility(compatibility: dict | None) -> str:
+    """One line: the verdict and the numbers behind it (no timings or byte counts: the card is byte-stable)."""
+    if not compatibility or compatibility.get("evidence") is None:
+        return "not measured (--align none)"
+    evidence = compatibility["evidence"]
+    numbers = [f"{label} {evidence[key]:.3f}" for key, label in (("identity_cosine", "embedding-row cosine"), ("linear_fit", "linear fit"))
+               if evidence.get(key) is not None]
+    shared = f" over {evidence['sampled_rows']} shared tokens ({evidence['token_match']})" if evidence.get("sampled_rows") else ""
+    return f"{compatibility['verdict']}: " + (", ".join(numbers) + shared if numbers else evidence.get("reason", ""))

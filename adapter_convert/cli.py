@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -19,7 +20,7 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
-from .errors import AdapterConvertError, UsageError
+from .errors import AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
@@ -32,18 +33,54 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # tokens must never reach a traceback
 )
 
-EXIT_CODES = """Exit codes: 0 ok; 1 internal error; 2 bad usage; 3 bad adapter; 4 unsupported input;
-5 bad layer map; 6 output exists; 7 verification failed; 8 widths differ; 9 source not found;
-10 Hub repo not found; 11 Hub authentication; 12 gated repo; 13 revision not found;
-14 file missing on the Hub; 15 Hub unreachable (network, timeouts, server errors after retries, offline)."""
+EXIT_CODES = "Exit codes: " + "; ".join(f"{code} {label}" for code, label in exit_code_table()) + \
+    "; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM). Nothing partial is left behind on any failure."
+
+AdapterArgument = Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name\\[@revision]).")]
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name\\[@revision]).")]
+SourceBaseOption = Annotated[
+    str | None, typer.Option(help="The base the adapter was trained on. Default: the adapter's base_model_name_or_path.")
+]
+LayerMapOption = Annotated[
+    str,
+    typer.Option(
+        help=f"How target layers take source layers: {', '.join(STRATEGIES)}, or explicit source:target "
+        "pairs such as '0:0,2:1,4:2'. auto = identity for equal depth, skip when the source depth is a "
+        "multiple of the target's, else uniform."
+    ),
+]
+AlignOption = Annotated[
+    str,
+    typer.Option(
+        help="auto: copy tensors only when the shapes agree AND the bases are measured to share a hidden space "
+        "(their token embeddings, a few MB read); otherwise align and refine by distillation; stop (exit 19) when "
+        "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
+        "correlation (the paper's Prune & Align), lstsq (ridge least-squares maps), distill (the best start, a copy "
+        "only between bases measured compatible, refined by a short distillation). Alignment runs both base models "
+        "on calibration text.",
+        rich_help_panel="Alignment",
+    ),
+]
+CalibrationDataOption = Annotated[
+    str | None,
+    typer.Option(help="Calibration text: a .txt, .jsonl (text field) or .conll/.conllu file, or a Hub dataset id "
+                 "(user/name\\[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output goes to stderr).")]
 
 TokenOption = Annotated[
     str | None,
     typer.Option("--token", help="Hub token. Default: HF_TOKEN, else a cached 'hf auth login'. Never printed.", show_default=False),
 ]
 PrivateOption = Annotated[bool, typer.Option("--private", help="Create the repo as private (if it does not exist yet).")]
-BranchOption = Annotated[str | None, typer.Option("--branch", "--revision", help="Push to this branch (created if missing).")]
-CreatePrOption = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")]
+BranchOption = Annotated[
+    str | None,
+    typer.Option("--branch", "--revision", help="Push to this branch (created if missing), or refs/pr/N to add a commit to open "
+                 "pull request N. With --create-pr: the existing branch the pull request is opened against."),
+]
+CreatePrOption = Annotated[
+    bool, typer.Option("--create-pr", help="Open a pull request (against main, or --branch) instead of committing to the branch.")
+]
 CommitMessageOption = Annotated[str | None, typer.Option("--commit-message", help="Commit message for the push.")]
 
 
@@ -127,57 +164,52 @@ def alignment_table(report: dict) -> Table:
 
 
 def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
-    from .hub import push_folder
+    from .hub import PUBLISHED_FILES, push_folder
 
-    console.print(f"- Pushing {folder} to {repo_id}", highlight=False)
+    branch = options.get("branch")
+    console.print(f"- Pushing {folder} to {repo_id}" + (f" ({branch})" if branch else ""), highlight=False)
     result = push_folder(folder, repo_id, **options)
-    if not result.changed:
+    if result.left_out:
+        shown = ", ".join(result.left_out[:10]) + (f" and {len(result.left_out) - 10} more" if len(result.left_out) > 10 else "")
+        console.print(f"Left out (only {', '.join(PUBLISHED_FILES)} are published): {shown}", highlight=False)
+    if result.existing_pr:
+        console.print(f"No new pull request: the open pull request {result.pr_url} (opened by adapter-convert) already holds "
+                      f"these files (commit {result.commit_sha}).", highlight=False)
+    elif not result.changed:
         console.print(f"No changes: {repo_id} already holds these files; no commit was made ({result.commit_sha}).", highlight=False)
-    elif result.pr_url:
+    elif not result.committed:
+        console.print(f"Created {' and '.join(result.created)} at commit {result.commit_sha}, which already holds these files; "
+                      "no commit was made.", highlight=False)
+    elif result.pr_url and options.get("create_pr"):
         console.print(f"Opened pull request: {result.pr_url}", highlight=False)
+    elif result.pr_url:
+        console.print(f"Pushed commit {result.commit_sha} to pull request {result.pr_url}", highlight=False)
     else:
         console.print(f"Pushed commit {result.commit_sha}: {result.commit_url}", highlight=False)
-    return {"repo": repo_id, "commit": result.commit_sha, "commit_url": result.commit_url, "pr_url": result.pr_url, "changed": result.changed}
+    if result.reply_lost:
+        console.print("The Hub's answer to the commit was lost; reading the repo back showed that the commit landed.", highlight=False)
+    return {"repo": repo_id, "branch": branch or "main", "commit": result.commit_sha, "commit_url": result.commit_url,
+            "pr_url": result.pr_url, "changed": result.changed, "existing_pr": result.existing_pr,
+            "created": list(result.created), "files": list(result.files), "left_out": list(result.left_out)}
 
 
 @app.command(epilog=EXIT_CODES)
 def convert(
-    adapter: Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name\\[@revision]).")],
-    target: Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name\\[@revision]).")],
+    adapter: AdapterArgument,
+    target: TargetOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the converted adapter and its model card to.")],
-    source_base: Annotated[
-        str | None, typer.Option(help="The base the adapter was trained on. Default: the adapter's base_model_name_or_path.")
-    ] = None,
-    layer_map: Annotated[
-        str,
-        typer.Option(
-            help=f"How target layers take source layers: {', '.join(STRATEGIES)}, or explicit source:target "
-            "pairs such as '0:0,2:1,4:2'. auto = identity for equal depth, skip when the source depth is a "
-            "multiple of the target's, else uniform."
-        ),
-    ] = "auto",
+    source_base: SourceBaseOption = None,
+    layer_map: LayerMapOption = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output goes to stderr).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    json_output: JsonOption = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out when it holds a previous conversion's output (never other files, never an input).")] = False,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept a pickled adapter_model.bin (loaded with weights_only=True).")
     ] = False,
-    align: Annotated[
-        str,
-        typer.Option(
-            help="How to handle modules whose shapes differ: auto (direct when shapes agree, else lstsq), none, "
-            "correlation (the paper's Prune & Align), lstsq (ridge least-squares maps), distill (lstsq, or direct for "
-            "equal shapes, refined by a short distillation). Alignment runs both base models on calibration text.",
-            rich_help_panel="Alignment",
-        ),
-    ] = "auto",
-    calibration_data: Annotated[
-        str | None,
-        typer.Option(help="Calibration text: a .txt, .jsonl (text field) or .conll/.conllu file, or a Hub dataset id "
-                     "(user/name\\[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
-    ] = None,
+    align: AlignOption = "auto",
+    calibration_data: CalibrationDataOption = None,
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
-    distill_steps: Annotated[int, typer.Option(help="Steps of --align distill.", rich_help_panel="Alignment", min=0)] = 100,
+    distill_steps: Annotated[int, typer.Option(help="Distillation steps (--align distill, and auto when it aligns).", rich_help_panel="Alignment", min=0)] = 100,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
     push: Annotated[str | None, typer.Option("--push", help="After a verified conversion, push --out to this Hub repo (user/name).")] = None,
@@ -189,9 +221,9 @@ def convert(
 ) -> None:
     """Convert ADAPTER onto --target and write a PEFT-loadable adapter with a model card to --out.
 
-    ADAPTER, --source-base and --target are local folders or Hub ids; from the Hub only the
-    adapter files and the bases' config and tokenizer files are downloaded, and every revision is
-    pinned to its commit sha in the model card and the --json summary."""
+    ADAPTER, --source-base and --target are local folders or Hub ids; from the Hub only the adapter files, the bases' config and tokenizer files and a few MB of their token embeddings (byte ranges) are downloaded, unless alignment needs the weights. Every revision is pinned to its commit sha in the model card and the --json summary.
+
+    Example: adapter-convert convert user/bert-ner-lora --target distilbert/distilbert-base-uncased --out ./converted"""
     console = Console(stderr=json_output)
     errors = Console(stderr=True)
     if dry_run and push:
@@ -215,6 +247,10 @@ def convert(
     )
     reporter = ConsoleReporter(console)
     try:
+        if push:  # destination, options and token checked before any work, and before any request
+            from .hub import check_push_options
+
+            check_push_options(push, branch=branch, create_pr=create_pr, commit_message=commit_message, token=token)
         prepared = prepare(request, reporter)
         plan_summary = summarize(prepared)
         console.print(plan_table(plan_summary))
@@ -243,6 +279,54 @@ def convert(
 
 
 @app.command(epilog=EXIT_CODES)
+def inspect(
+    adapter: AdapterArgument,
+    target: TargetOption,
+    source_base: SourceBaseOption = None,
+    layer_map: LayerMapOption = "auto",
+    align: AlignOption = "auto",
+    calibration_data: CalibrationDataOption = None,
+    json_output: JsonOption = False,
+    token: TokenOption = None,
+) -> None:
+    """Say whether ADAPTER can move onto --target and how, measured, writing nothing.
+
+    Reports the plan (layer map, module mapping, fused/split operations, width mismatches), a compatibility verdict with its evidence (the rows of shared tokens in both bases' token embeddings: a few MB read by byte range, never the checkpoint), the recommended convert command, and the predicted costs.
+
+    Exit 0 whenever a conversion is possible, whatever the verdict; otherwise the exit code of what blocks it."""
+    from .hub import repo_file_sizes
+    from .inspection import inspect_conversion
+
+    console = Console(stderr=json_output)
+    request = ConversionRequest(adapter=adapter, target=target, out=None, source_base=source_base, layer_map=layer_map,
+                                align=align, calibration_data=calibration_data, token=token)
+    try:
+        report = inspect_conversion(request, ConsoleReporter(console),
+                                    file_sizes=lambda source, patterns: repo_file_sizes(source.repo_id, source.revision, patterns, token=token))
+    except Exception as err:
+        raise _fail(err, Console(stderr=True)) from None
+    if json_output:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    console.print(inspection_text(report), highlight=False)
+
+
+def inspection_text(report: dict) -> str:
+    compatibility, recommended, costs = report["compatibility"], report["recommended"], report["costs"]
+    evidence = compatibility["evidence"] or {}
+    numbers = ", ".join(f"{name} {evidence[key]:.3f}" for key, name in (("identity_cosine", "embedding-row cosine"), ("linear_fit", "linear fit"))
+                        if evidence.get(key) is not None)
+    lines = [
+        f"Supported: yes. Plan: {report['plan']['method']} ({report['plan']['alignment']['reason']}).",
+        f"Compatibility: {compatibility['verdict']}" + (f" ({numbers}; {evidence.get('reason', '')})" if evidence else "") + ".",
+        f"Recommended: {recommended['command']}",
+        f"Costs: download {costs['downloads']['bytes'] / 1e6:.1f} MB in {len(costs['downloads']['files'])} files; base weights "
+        f"{'needed (' + format(costs['base_weight_bytes'] / 1e9, '.2f') + ' GB)' if costs['base_weights_needed'] else 'not needed'}; "
+        f"predicted peak memory {costs['predicted_peak_bytes'] / 2**30:.2f} GiB.",
+    ]
+    return "\n".join(lines)
+
+
+@app.command(epilog=EXIT_CODES)
 def push(
     folder: Annotated[Path, typer.Argument(help="A converted adapter folder (as written by 'convert --out').")],
     repo_id: Annotated[str, typer.Argument(help="Destination Hub repo, user/name; created if missing.")],
@@ -255,10 +339,16 @@ def push(
 ) -> None:
     """Push a converted adapter folder to the Hub as one commit (or a pull request with --create-pr).
 
-    The folder is checked first (adapter config, weights, model card); pushing identical content
-    again makes no commit. Lets a CI job convert, check, then publish."""
+    Only adapter_config.json, adapter_model.safetensors and README.md are uploaded; other files in
+    the folder are named and left out. The folder is checked first (adapter config, weights, model
+    card); pushing identical content again makes no commit (or no second pull request). A failed
+    push leaves nothing it created behind and says what exists on the Hub. Lets a CI job convert,
+    check, then publish."""
+    from .hub import check_push_options
+
     console = Console(stderr=json_output)
     try:
+        check_push_options(repo_id, branch=branch, create_pr=create_pr, commit_message=commit_message, token=token)
         check_publishable(folder)
         result = _push(console, folder, repo_id, token=token, private=private, branch=branch, create_pr=create_pr,
                        commit_message=commit_message)
@@ -273,7 +363,8 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where to build the demo models and adapters.")] = Path("adapter-convert-demo"),
     steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 100,
     data: Annotated[
-        Path | None, typer.Option(help="WikiNEuRal folder with val.conllu and test.conllu. Default: ../shared/data/wikineural-en.")
+        Path | None,
+        typer.Option(help="WikiNEuRal folder with val.conllu and test.conllu. Default: the sample shipped in the package."),
     ] = None,
 ) -> None:
     """Offline demo: build a 6-layer teacher and a 3-layer DistilBERT student from the installed
@@ -302,5 +393,27 @@ def _quiet_libraries() -> None:
         transformers_logging.disable_progress_bar()
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGINT, raised where the process is, so that every cleanup (the writer's) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    app()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, _raise_terminated) for signum in handled}
+    try:
+        app()
+    except Terminated as stop:
+        name = signal.Signals(stop.exit_code - 128).name
+        Console(stderr=True).print(f"Stopped by {name}: nothing partial was left behind.", highlight=False)
+        sys.exit(stop.exit_code)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

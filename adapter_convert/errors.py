@@ -95,6 +95,13 @@ class OutputWriteError(AdapterConvertError, OSError):
     label = "cannot write the output"
 
 
+class CompatibilityUnknownError(AdapterConvertError, RuntimeError):
+    """--align auto could not measure whether the two bases share a hidden space (no weights readable)."""
+
+    exit_code = 19
+    label = "compatibility could not be measured"
+
+
 class HubError(AdapterConvertError, OSError):
     """A Hub operation failed; subclasses say which way."""
 

@@ -23,6 +23,7 @@ from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
 from .architectures import get_architecture
 from .card import build_model_card
+from .compatibility import cached_embedding_evidence
 from .calibration import load_texts
 from .errors import BadAdapterError, SourceNotFoundError, UsageError, VerificationError
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
@@ -83,6 +84,7 @@ class PreparedConversion:
     parsed: ParsedAdapter
     plan: ConversionPlan
     calibration: CalibrationSource | None = None  # None: the built-in sample
+    compatibility: dict | None = None  # the embedding probe's evidence; None: not measured (--align none)
 
 
 def check_request(request: ConversionRequest) -> None:
@@ -138,6 +140,10 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     check_source_ranks(adapter.config, parsed, source_arch)
     layer_map = build_layer_map(request.layer_map, source_layers=source_dims.layers, target_layers=target_dims.layers)
     check_layer_map_covers(parsed, layer_map)
+    compatibility = None
+    if request.align != "none":  # a few MB of embedding rows, never the checkpoint
+        reporter.stage("Measuring compatibility: token embeddings of both bases")
+        compatibility = cached_embedding_evidence(source_base, target_base, token=request.token)
     plan = plan_conversion(
         parsed,
         peft_type=_enum_value(adapter.config.peft_type),
@@ -148,6 +154,8 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         target_dims=target_dims,
         layer_map=layer_map,
         align=request.align,
+        verdict=decision_verdict(compatibility),
+        basis_change=basis_change(compatibility),
     )
     calibration = None
     if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
@@ -157,10 +165,35 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         weight_files = base_files + WEIGHT_FILES
         source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
         target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
-    prepared = PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan, calibration)
+    prepared = PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan,
+                                  calibration, compatibility)
     if request.out is not None and not request.dry_run:
         check_output(request.out, force=request.force, inputs=input_paths(prepared))
     return prepared
+
+
+def decision_verdict(evidence: dict | None) -> str | None:
+    """The verdict ``--align auto`` acts on: a measured but ambiguous similarity counts as
+    incompatible (aligning is safe either way; copying is not); only no measurement is unknown."""
+    if evidence is None:
+        return None
+    measured = evidence.get("identity_cosine") is not None or evidence.get("linear_fit") is not None
+    return "incompatible" if evidence["verdict"] == "unknown" and measured else evidence["verdict"]
+
+
+def basis_change(evidence: dict | None) -> bool:
+    """The probe found the same space in another basis (a permuted or rotated copy): equal widths,
+    unrelated coordinates, and a linear map explaining nearly everything."""
+    if not evidence or evidence.get("identity_cosine") is None or evidence.get("linear_fit") is None:
+        return False
+    return evidence["identity_cosine"] <= 0.2 and evidence["linear_fit"] >= 0.99
+
+
+def compatibility_summary(evidence: dict | None) -> dict:
+    if evidence is None:
+        return {"verdict": "not measured", "evidence": None}
+    keys = ("reason", "identity_cosine", "linear_fit", "shared_tokens", "sampled_rows", "token_match", "bytes_read", "thresholds")
+    return {"verdict": evidence["verdict"], "evidence": {"method": "token-embedding probe", **{k: evidence.get(k) for k in keys}}}
 
 
 def input_paths(prepared: PreparedConversion) -> dict[str, Path]:
@@ -205,6 +238,7 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
         "output": written,
         "alignment": {"method": plan.alignment.method or "direct", "reason": plan.alignment.reason},
+        "compatibility": compatibility_summary(prepared.compatibility),
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .architectures import Architecture, Dims, role_shape, roles
-from .errors import BadAdapterError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
+from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap
 
 PEFT_PREFIX = "base_model.model."
@@ -156,30 +156,65 @@ class AlignmentPlan:
     method: str | None  # correlation | lstsq, or None for a direct tensor mapping
     refine: bool  # distill after mapping
     reason: str
+    # auto only: skip the distillation when the mapped adapter already agrees this well with the
+    # teacher on held-out text (a permuted copy, say): nothing is left to learn, only noise to add
+    refine_below: float | None = None
 
     @property
     def needs_models(self) -> bool:
         return self.method is not None or self.refine
 
 
-def plan_alignment(align: str, mismatch: str | None) -> AlignmentPlan:
-    """What ``--align`` means for this pair: ``auto`` maps directly when shapes agree, else lstsq."""
-    if align == "none" or (align == "auto" and mismatch is None):
+ALIGN_CHOICES = ("auto", "none", "correlation", "lstsq", "distill")
+
+
+AUTO_REFINE_BELOW = 0.999
+
+
+def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None, *, selection_only: bool = False,
+                   basis_change: bool = False) -> AlignmentPlan:
+    """What ``--align`` means for this pair.
+
+    ``auto`` copies tensors only when the shapes agree AND the measured compatibility
+    (``verdict``, from the token-embedding probe) says the two bases share a hidden space; other
+    widths or unrelated spaces get the best alignment refined by a short distillation; no
+    evidence at all is an error, never a silent copy. ``selection_only``: DoRA and IA3 vectors can
+    only follow a selection of dimensions, so their best method is ``correlation``, which is also
+    best when the probe found the same space in another basis (``basis_change``: a permuted copy).
+    """
+    best = "correlation" if selection_only or basis_change else "lstsq"
+    if align == "none":
         if mismatch:
             raise WidthMismatchError(
                 f"Source and target differ in width: {mismatch}.",
                 "A direct tensor mapping needs equal widths: use --align lstsq (or auto, correlation, distill).",
             )
-        return AlignmentPlan(None, False, "shapes agree: direct tensor mapping")
+        return AlignmentPlan(None, False, "--align none: direct tensor mapping; compatibility not measured")
     if align == "auto":
-        return AlignmentPlan("lstsq", False, f"shapes differ ({mismatch}): least-squares alignment")
-    if align == "distill":
-        if mismatch is None:
-            return AlignmentPlan(None, True, "shapes agree: direct tensor mapping, refined by distillation")
-        return AlignmentPlan("lstsq", True, f"shapes differ ({mismatch}): least-squares alignment refined by distillation")
+        if mismatch:
+            return AlignmentPlan(best, True, f"shapes differ ({mismatch}): {best} alignment refined by distillation",
+                                 refine_below=AUTO_REFINE_BELOW)
+        if verdict == "compatible":
+            return AlignmentPlan(None, False, "shapes agree and the bases share a hidden space (measured): direct tensor mapping")
+        if verdict == "incompatible":
+            space = "the same space in another basis" if basis_change else "hidden spaces that differ"
+            return AlignmentPlan(best, True, f"shapes agree but the bases have {space} (measured): {best} alignment "
+                                             "refined by distillation", refine_below=AUTO_REFINE_BELOW)
+        raise CompatibilityUnknownError(
+            "--align auto copies tensors only between bases measured to share a hidden space, and this could not be "
+            "measured: neither base's token embeddings could be read (weights not cached, offline, or not safetensors).",
+            "Pass --align none to copy tensors anyway (valid for a fine-tune or a student cut from the source), or "
+            "--align lstsq, correlation or distill to align the two models on calibration text.",
+        )
+    if align == "distill":  # the best start, refined: a copy only between bases measured compatible
+        if mismatch is None and verdict == "compatible":
+            return AlignmentPlan(None, True, "shapes agree and the bases share a hidden space (measured): direct tensor "
+                                             "mapping, refined by distillation")
+        why = f"shapes differ ({mismatch})" if mismatch else f"shapes agree, compatibility {verdict or 'not measured'}"
+        return AlignmentPlan(best, True, f"{why}: {best} alignment refined by distillation")
     if align in ("correlation", "lstsq"):
         return AlignmentPlan(align, False, f"--align {align} requested" + (f"; shapes differ ({mismatch})" if mismatch else ""))
-    raise UsageError(f"Unknown alignment {align!r}.", "Use one of auto, none, correlation, lstsq, distill.")
+    raise UsageError(f"Unknown alignment {align!r}.", f"Use one of {', '.join(ALIGN_CHOICES)}.")
 
 
 @dataclass(frozen=True)
@@ -259,13 +294,18 @@ def plan_conversion(
     target_dims: Dims,
     layer_map: LayerMap,
     align: str = "auto",
+    verdict: str | None = None,
+    basis_change: bool = False,
 ) -> ConversionPlan:
+    """``verdict``: the measured compatibility of the two bases (None: not measured)."""
     modules = map_roles(parsed.roles, source_arch, target_arch)
     for role in parsed.embeddings:
         if role not in target_arch.embeddings:
             raise UnsupportedError(f"{target_arch.model_type} has no {role} module to carry the adapted embedding to.")
     embeddings = tuple(parsed.embeddings)
-    alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims))
+    selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for params in parsed.layers.values())
+    alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims), verdict,
+                               selection_only=selection_only, basis_change=basis_change)
     if alignment.method is not None:
         _check_alignable(modules, embeddings, layer_map)
     heads = {}

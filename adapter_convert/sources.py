@@ -9,8 +9,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .architectures import get_architecture
-from .errors import BadAdapterError, HubFileMissingError, SourceNotFoundError
+from .architectures import check_model_type, get_architecture
+from .errors import AdapterConvertError, BadModelConfigError, HubFileMissingError, SourceNotFoundError
 from .hub import download, parse_hub_reference
 
 
@@ -44,25 +44,49 @@ def resolve(reference: str, *, what: str, patterns: list[str], required: str, to
             "Give a local folder, or a Hub id such as user/name or user/name@revision.",
         )
     folder = download(hub_ref, what=what, patterns=patterns, token=token)
+    at = f"{hub_ref.repo_id}@{hub_ref.revision or 'main'}" + ("" if hub_ref.revision == folder.name else f" (commit {folder.name})")
     if not (folder / required).is_file():
         raise HubFileMissingError(
-            f"The {what} {hub_ref.repo_id}@{folder.name} has no {required} on the Hub.",
+            f"The {what} {at} has no {required} on the Hub.",
             "Check that the repo id names the right repo (an adapter repo for ADAPTER, a model repo for the bases).",
+        )
+    from .hub import ADAPTER_WEIGHT_FILES
+
+    weights = [p for p in patterns if p in ADAPTER_WEIGHT_FILES]  # an adapter's weights: one of them must be there
+    if weights and not any((folder / name).is_file() for name in weights):
+        raise HubFileMissingError(
+            f"The {what} {at} has {required} but no {' or '.join(weights)} on the Hub: its weights are missing.",
+            "Check the repo id and revision (the weights may be on another branch), or upload the adapter's weights.",
         )
     return ResolvedSource(reference=reference, path=folder, repo_id=hub_ref.repo_id, revision=folder.name)
 
 
 def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
-    """The model's transformers config; the model_type must be one adapter-convert knows."""
+    """The model's transformers config, with a model_type adapter-convert knows and sane sizes."""
     path = source.path / "config.json"
     if not path.is_file():
         raise SourceNotFoundError(f"The {what} {source.reference!r} has no config.json.", "Point it at a transformers model folder.")
     try:
-        model_type = json.loads(path.read_text()).get("model_type")
-    except json.JSONDecodeError as err:
-        raise BadAdapterError(f"{str(path)!r} is not valid JSON ({err}).", "Re-save the model's config.") from None
-    get_architecture(str(model_type))  # unknown model types fail here, naming the supported ones
-    return AutoConfig.from_pretrained(source.path)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadModelConfigError(f"The {what}'s {str(path)!r} is not valid JSON ({err}).", "Re-save the model's config.") from None
+    if not isinstance(raw, dict):
+        raise BadModelConfigError(
+            f"The {what}'s {str(path)!r} holds a JSON {type(raw).__name__}, not an object of settings.", "Re-save the model's config."
+        )
+    try:
+        arch = get_architecture(check_model_type(raw.get("model_type")))  # unknown types fail here, naming the known ones
+        config = AutoConfig.from_pretrained(source.path)
+        arch.dims(config)  # sizes checked before anything is built from them
+    except BadModelConfigError as err:
+        raise BadModelConfigError(f"The {what} ({str(path)!r}): {err.problem}", err.fix) from None
+    except AdapterConvertError:
+        raise
+    except Exception as err:  # transformers' own checks of the values raise many types (strict dataclass validation too)
+        raise BadModelConfigError(
+            f"transformers cannot read the {what}'s {str(path)!r}: {type(err).__name__}: {err}", "Fix the model's config.json."
+        ) from None
+    return config
 
 
 CALIBRATION_SUFFIXES = (".txt", ".jsonl", ".conll", ".conllu")

@@ -5,7 +5,8 @@
 Makes a synthetic LoRA shaped for a llama-7B config (hidden 4096, intermediate 11008, 32 layers,
 r=16 on all seven linear modules, fp32), then converts it in a fresh subprocess onto (a) a
 16-layer llama (SKIP) and (b) a same-depth qwen2 of the same widths. Only config.json files
-exist for the bases: no base weights are read, because none are there. Peak memory is the
+exist for the bases, so the conversion runs with --align none (the fast path: nothing measured, no
+base weights read, because none are there). Peak memory is the
 subprocess's max RSS, minus that of a subprocess that only imports the same libraries.
 Results go to benchmarks/results/same_width_memory.md.
 """
@@ -68,7 +69,7 @@ mode = sys.argv[1]
 start = time.perf_counter()
 with PeakRSS() as rss:
     if mode == "convert":
-        request = ConversionRequest(adapter=sys.argv[2], target=sys.argv[3], out=Path(sys.argv[4]), force=True)
+        request = ConversionRequest(adapter=sys.argv[2], target=sys.argv[3], out=Path(sys.argv[4]), force=True, align="none")
         execute(prepare(request))
     elif mode == "copy":
         import shutil

@@ -50,6 +50,7 @@ def hub(_hub_server) -> HubState:
         state.repos.clear()
         state.faults.clear()
         state.requests.clear()
+        state.served = []  # (path, bytes) of every file body served: range reads are counted here
         state.tokens.clear()
         state.tokens.update({"tok-alice": "alice", "tok-bob": "bob"})
     return state
@@ -59,7 +60,7 @@ def hub(_hub_server) -> HubState:
 def _tiny_pair_template(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_pair")
     teacher = save_tiny_model(root / "teacher", "bert", 4)
-    save_tiny_model(root / "student", "distilbert", 2, seed=3)
+    save_tiny_model(root / "student", "distilbert", 2, seed=3, embeddings_from=teacher)  # a student of the teacher
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="TOKEN_CLS")
     save_adapter(root / "adapter", teacher, config, root / "teacher")
     return root
@@ -67,7 +68,8 @@ def _tiny_pair_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_pair(tmp_path, _tiny_pair_template) -> Path:
-    """A fresh copy of: teacher/ (bert, 4 layers), student/ (distilbert, 2 layers), adapter/ (LoRA q,v + head)."""
+    """A fresh copy of: teacher/ (bert, 4 layers), student/ (distilbert, 2 layers, the teacher's token
+    embeddings: measured compatible), adapter/ (LoRA q,v + head)."""
     root = tmp_path / "pair"
     shutil.copytree(_tiny_pair_template, root)
     # the adapter names its base by absolute path; point it at this copy

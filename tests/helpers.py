@@ -32,9 +32,14 @@ def tiny_config(model_type: str, layers: int, **overrides):
     return AutoConfig.for_model(model_type, **(kwargs | overrides))
 
 
-def save_tiny_model(folder: Path, model_type: str, layers: int, *, seed: int = 0, **overrides):
+def save_tiny_model(folder: Path, model_type: str, layers: int, *, seed: int = 0, embeddings_from=None, **overrides):
+    """A tiny random model; ``embeddings_from`` (a model) gives it that model's token embeddings,
+    as a student initialised from its teacher has (the compatibility probe then finds them related)."""
     torch.manual_seed(seed)
     model = AutoModelForTokenClassification.from_config(tiny_config(model_type, layers, **overrides))
+    if embeddings_from is not None:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(embeddings_from.get_input_embeddings().weight)
     model.save_pretrained(folder)
     return model
 

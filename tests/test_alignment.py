@@ -88,12 +88,13 @@ def test_task_head_follows_the_last_hidden_map_and_agreement_is_reported(decoder
     assert "--align lstsq --calibration-tokens 4096 --seed 0" in card.text
 
 
-def test_auto_picks_lstsq_for_other_widths_and_says_why(decoders, tmp_path):
+def test_auto_aligns_and_distills_for_other_widths_and_says_why(decoders, tmp_path):
     result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--dry-run")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["method"] == "lstsq alignment"
+    assert summary["method"] == "lstsq alignment + distillation"
     assert "shapes differ" in result.output
+    assert summary["compatibility"]["verdict"] == "incompatible"  # other widths: never a direct copy
 
 
 def test_no_alignment_for_other_widths_is_refused(decoders, tmp_path):
@@ -126,7 +127,7 @@ def test_calibration_data_files(decoders, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"txt": 1}\n')
     result = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", str(bad))
-    assert result.exit_code == 3 and "has no JSON 'text' field" in result.output
+    assert result.exit_code == 17 and "has no JSON 'text' field" in result.output  # bad calibration data, not a bad adapter
 
 
 def test_calibration_data_from_a_hub_dataset_is_pinned(decoders, tmp_path, hub):

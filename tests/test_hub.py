@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -53,6 +54,35 @@ def head_sha(hub, repo_id, ref="main"):
     return hub.repos[("model", repo_id)].refs[ref]
 
 
+def seen(hub, method, part):
+    """The requests the server saw with this method and this text in their path."""
+    return [path for m, path in hub.requests if m == method and part in path]
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The back-off waits between retries, recorded and made instant: those of huggingface_hub's
+    http_backoff and adapter-convert's own. Faults that last every try then cost no time."""
+    import huggingface_hub.utils._http as hf_http
+
+    from adapter_convert import hub as hub_module
+
+    recorded: list[float] = []
+    monkeypatch.setattr(hf_http, "time", SimpleNamespace(sleep=recorded.append))
+    monkeypatch.setattr(hub_module, "_sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def converted(hub, on_hub, tmp_path) -> Path:
+    """A converted adapter folder (config, weights, card), ready to push; the server's request log is emptied."""
+    out = tmp_path / "converted"
+    result = run("convert", on_hub / "adapter", "--target", on_hub / "student", "--out", out)
+    assert result.exit_code == 0, result.output
+    hub.requests.clear()
+    return out
+
+
 def test_pull_convert_push_download_and_load(hub, on_hub, tmp_path):
     out = tmp_path / "converted"
     result = run("convert", "alice/ner-lora@main", "--target", "alice/student", "--out", out,
@@ -67,9 +97,15 @@ def test_pull_convert_push_download_and_load(hub, on_hub, tmp_path):
     assert f"alice/ner-lora@{head_sha(hub, 'alice/ner-lora')}" in summary["command_line"]
     assert summary["push"]["changed"] and SHA.match(summary["push"]["commit"])
 
-    # only adapter files and the bases' configs were downloaded: no base weights
+    # the adapter's files and the bases' configs were downloaded; of the base weights only the byte
+    # ranges the compatibility probe needs (header, token-embedding rows), never the files
+    assert summary["compatibility"]["verdict"] == "compatible"
     fetched = [path for method, path in hub.requests if method == "GET" and "/resolve/" in path]
-    assert fetched and not [p for p in fetched if p.endswith("model.safetensors") and "ner-lora" not in p]
+    assert fetched
+    size = min(len(hub.repos[("model", f"alice/{repo}")].commits[head_sha(hub, f"alice/{repo}")].files["model.safetensors"])
+               for repo in ("teacher", "student"))
+    weights = [n for path, n in hub.served if path == "model.safetensors"]
+    assert weights and all(n < size for n in weights), (weights, size)  # byte ranges, never a whole file
 
     # what was pushed loads with peft onto the student, fetched from the Hub
     pushed = Path(snapshot_download("alice/ner-lora-distilbert", token=TOKEN))
@@ -106,13 +142,14 @@ def test_offline_without_cache_says_so(hub, on_hub, tmp_path):
     assert "HF_HUB_OFFLINE is set" in result.stderr and "not in the Hub cache" in result.stderr
 
 
-def test_network_down(tmp_path, tiny_pair):
+def test_network_down(tmp_path, tiny_pair, waits, monkeypatch):
     with socket_closed_port() as port:
-        result = run_subprocess("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o",
-                                env={"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
-    assert result.returncode == 15, result.stderr
-    assert "Could not reach the Hub at http://127.0.0.1:" in result.stderr
-    assert "Traceback" not in result.stderr
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # what HF_ENDPOINT sets at import
+        result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o")
+    assert result.exit_code == 15, result.output
+    assert f"Could not reach the Hub at http://127.0.0.1:{port} for the adapter alice/ner-lora" in result.output
+    assert "after 5 retries" in result.output and waits == [1, 2, 4, 8, 8]  # huggingface_hub's back-off, made instant
+    assert "Traceback" not in result.output
 
 
 class socket_closed_port:
@@ -243,11 +280,32 @@ def test_download_survives_a_server_error_and_a_cut_connection(hub, on_hub, tmp_
     assert (cached / "adapter_model.safetensors").read_bytes() == (on_hub / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
-def test_file_server_error_fails_cleanly_and_a_rerun_succeeds(hub, on_hub, tmp_path):
-    hub.fail("GET", "adapter_model.safetensors", "500", times=1)  # huggingface_hub does not retry file GETs on 5xx
+@pytest.mark.parametrize(
+    "method,part,kind,backoff",
+    [
+        ("GET", "/api/models/alice/ner-lora/revision/", "500", [1.0]),  # the first metadata request
+        ("GET", "/api/models/alice/ner-lora/revision/", "drop", [1.0]),
+        ("GET", "/alice/ner-lora/resolve/", "500", [1.0]),  # a file download (huggingface_hub retries only 408/429 there)
+        ("GET", "/alice/ner-lora/resolve/", "drop", []),  # resumed by huggingface_hub itself (its own 1 s pause)
+        ("HEAD", "/alice/ner-lora/resolve/", "drop", [1.0]),  # a file's metadata
+    ],
+)
+def test_one_server_error_or_dropped_connection_is_retried(hub, on_hub, tmp_path, waits, method, part, kind, backoff):
+    hub.fail(method, part, kind, times=1)
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert hub.faults[0].times == 0  # the fault was hit ...
+    first = next(path for m, path in hub.requests if m == method and part in path)
+    assert seen(hub, method, first).count(first) == 2  # ... and that same request was sent again
+    assert waits == backoff
+
+
+def test_file_server_error_that_persists_fails_after_retries_and_a_rerun_succeeds(hub, on_hub, tmp_path, waits):
+    hub.fail("GET", "adapter_model.safetensors", "500", times=6)
     result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o")
     assert result.exit_code == 15, result.output
-    assert "The Hub answered HTTP 500 while downloading a file of the adapter alice/ner-lora" in result.output
+    assert "The Hub answered HTTP 500 while downloading a file of the adapter alice/ner-lora, after 5 retries." in result.output
+    assert len(seen(hub, "GET", "adapter_model.safetensors")) == 6 and waits == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert not (tmp_path / "o").exists()
     again = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o")
     assert again.exit_code == 0, again.output
@@ -263,16 +321,18 @@ def test_download_cut_for_good_fails_cleanly_and_leaves_no_broken_file(hub, on_h
     assert not (tmp_path / "o").exists()
 
 
-def test_commit_dropped_mid_way_leaves_no_partial_commit(hub, on_hub, tmp_path):
-    out = tmp_path / "converted"
-    assert run("convert", on_hub / "adapter", "--target", on_hub / "student", "--out", out).exit_code == 0
+def test_commit_dropped_mid_way_leaves_no_partial_commit(hub, converted, waits):
     hub.create_repo("alice/pushed")
     before = dict(hub.repos[("model", "alice/pushed")].refs)
     hub.fail("POST", "/commit/", "drop", times=100)
-    result = run("push", out, "alice/pushed", "--token", TOKEN)
+    result = run("push", converted, "alice/pushed", "--token", TOKEN)
     assert result.exit_code == 15, result.output
-    assert "Could not reach the Hub" in result.output or "HTTP" in result.output
+    assert "Could not reach the Hub" in result.output and "after 5 retries" in result.output
+    assert f"alice/pushed@main is unchanged (still at commit {before['main'][:12]})" in result.output
+    assert "Check the network and HF_ENDPOINT. Then run the same command again; it creates only what is missing" in result.output
+    assert "cache" not in result.output
     assert hub.repos[("model", "alice/pushed")].refs == before
+    assert len(seen(hub, "POST", "/commit/")) == 6  # each retry only after reading main back: nothing had landed
 
 
 def test_commit_server_error_is_retried_then_succeeds(hub, on_hub, tmp_path):
@@ -304,3 +364,252 @@ def test_token_from_the_environment_reads_a_private_repo(hub, on_hub, tmp_path):
     result = run_subprocess("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o", env={"HF_TOKEN": TOKEN})
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr
+
+
+# ---- publishing: what is uploaded, option checks, debris, truthful messages, duplicate PRs ----
+
+
+def pushed_files(hub, repo_id="alice/pushed", ref="main") -> dict[str, bytes]:
+    return hub.repos[("model", repo_id)].resolve(ref).files
+
+
+def test_push_uploads_only_the_adapter_and_its_card(hub, converted):
+    (converted / ".env").write_text("HF_TOKEN=hf_LeakedTokenValue0123456789\n")
+    (converted / "notes.txt").write_text("scratch notes\n")
+    (converted / "sub").mkdir()
+    (converted / "sub" / "x.bin").write_bytes(b"\0" * 16)
+    result = run("push", converted, "alice/pushed", "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    assert set(pushed_files(hub)) == {".gitattributes", "adapter_config.json", "adapter_model.safetensors", "README.md"}
+    for commit in hub.repos[("model", "alice/pushed")].commits.values():
+        assert not any(b"hf_LeakedTokenValue" in content for content in commit.files.values())
+    summary = json.loads(result.stdout)
+    assert summary["created"] == ["repo alice/pushed"] and summary["changed"]
+    assert summary["files"] == ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+    assert summary["left_out"] == [".env", "notes.txt", "sub/x.bin"]
+    assert "Left out (only adapter_config.json, adapter_model.safetensors, README.md are published): .env, notes.txt, sub/x.bin" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--branch", "refs/pr/1", "--create-pr"], 2, "--create-pr would open another one"),
+        (["--branch", "bad..name"], 2, "is not a valid branch name"),
+        (["--branch", "0123456789abcdef0123456789abcdef01234567"], 2, "is a commit sha"),
+        (["--commit-message", " "], 2, "--commit-message is empty"),
+        (["--repo", "alice/pushed@v1"], 2, "Push to alice/pushed with --branch v1"),
+        (["--repo", "pushed"], 2, "is not a Hub repo id of the form user/name"),
+        (["--no-token"], 11, "No Hub token was found, and pushing to alice/pushed needs one with write access"),
+    ],
+)
+def test_push_options_are_checked_before_any_request(hub, converted, args, code, message):
+    repo = args[1] if args[0] == "--repo" else "alice/pushed"
+    options = [] if args[0] in ("--repo", "--no-token") else args
+    token = [] if args[0] == "--no-token" else ["--token", TOKEN]
+    result = run("push", converted, repo, *options, *token)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert hub.requests == []  # not one request, so nothing was created
+
+
+def test_check_push_options_for_convert(hub):
+    from adapter_convert.errors import HubAuthError, UsageError
+    from adapter_convert.hub import check_push_options
+
+    check_push_options("alice/pushed", branch="release", create_pr=True, token=TOKEN)  # a pull request against a branch is fine
+    with pytest.raises(UsageError, match="--create-pr would open another one"):
+        check_push_options("alice/pushed", branch="refs/pr/2", create_pr=True, token=TOKEN)
+    with pytest.raises(HubAuthError, match="No Hub token was found"):
+        check_push_options("alice/pushed")
+    assert hub.requests == []
+
+
+def test_convert_push_with_contradicting_options_publishes_nothing(hub, on_hub, tmp_path):
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o",
+                 "--push", "alice/pushed", "--branch", "refs/pr/1", "--create-pr", "--token", TOKEN)
+    assert result.exit_code == 2, result.output
+    assert "--create-pr would open another one" in result.output
+    assert ("model", "alice/pushed") not in hub.repos
+    assert not [request for request in hub.requests if request[0] in ("POST", "DELETE")]
+
+
+def test_create_pr_against_a_branch(hub, converted):
+    assert run("push", converted, "alice/pushed", "--branch", "release", "--token", TOKEN).exit_code == 0
+    repo = hub.repos[("model", "alice/pushed")]
+    main, release = repo.refs["main"], repo.refs["release"]
+    (converted / "README.md").write_text((converted / "README.md").read_text() + "\nRelease notes.\n")
+    result = run("push", converted, "alice/pushed", "--branch", "release", "--create-pr", "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["pr_url"].endswith("/alice/pushed/discussions/1")
+    [pr] = hub.pull_requests("alice/pushed")
+    assert pr["changes"]["base"] == "refs/heads/release"
+    assert repo.resolve("refs/pr/1").files["README.md"].endswith(b"Release notes.\n")
+    assert repo.refs["main"] == main and repo.refs["release"] == release
+
+
+@pytest.mark.parametrize("repo_exists", [True, False])
+def test_create_pr_against_a_missing_branch_changes_nothing(hub, converted, repo_exists):
+    if repo_exists:
+        hub.create_repo("alice/pushed")
+    refs = dict(hub.repos[("model", "alice/pushed")].refs) if repo_exists else None
+    result = run("push", converted, "alice/pushed", "--branch", "release", "--create-pr", "--token", TOKEN)
+    assert result.exit_code == 13, result.output
+    assert "alice/pushed has no branch 'release'" in result.output and "Nothing was changed on the Hub" in result.output
+    assert not [request for request in hub.requests if request[0] in ("POST", "DELETE")]
+    if repo_exists:
+        assert hub.repos[("model", "alice/pushed")].refs == refs and not hub.pull_requests("alice/pushed")
+    else:
+        assert ("model", "alice/pushed") not in hub.repos
+
+
+def test_failed_push_to_a_new_repo_deletes_the_repo_it_created(hub, converted, waits):
+    hub.fail("POST", "/commit/", "500", times=6)  # the first try and all 5 retries
+    result = run("push", converted, "alice/pushed", "--token", TOKEN)
+    assert result.exit_code == 15, result.output
+    assert "The Hub answered HTTP 500 for the destination repo alice/pushed, after 5 retries." in result.output
+    assert "Nothing was published: the repo alice/pushed that this run created was deleted again." in result.output
+    assert "The Hub may be down: run the same command again later; it creates only what is missing" in result.output
+    assert "cache" not in result.output  # the hint for a failed push is not about the download cache
+    assert ("model", "alice/pushed") not in hub.repos
+    assert len(seen(hub, "POST", "/commit/")) == 6 and seen(hub, "DELETE", "/api/repos/delete")
+
+
+def test_failed_push_to_a_new_branch_deletes_the_branch_it_created(hub, converted, waits):
+    hub.create_repo("alice/pushed")
+    before = dict(hub.repos[("model", "alice/pushed")].refs)
+    hub.fail("POST", "/commit/", "500", times=6)
+    result = run("push", converted, "alice/pushed", "--branch", "feature", "--token", TOKEN)
+    assert result.exit_code == 15, result.output
+    assert "The branch 'feature' that this run created was deleted again; alice/pushed is unchanged." in result.output
+    assert hub.repos[("model", "alice/pushed")].refs == before
+
+
+def test_failed_create_pr_push_leaves_no_pull_request(hub, converted, waits):
+    hub.create_repo("alice/pushed")
+    before = dict(hub.repos[("model", "alice/pushed")].refs)
+    hub.fail("POST", "/commit/", "500", times=6)
+    result = run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN)
+    assert result.exit_code == 15, result.output
+    assert "No pull request was opened; alice/pushed is unchanged." in result.output
+    assert hub.pull_requests("alice/pushed") == [] and hub.repos[("model", "alice/pushed")].refs == before
+    assert not seen(hub, "POST", "/discussions")  # no pull request opened ahead of the commit
+
+
+def test_read_only_token_creates_nothing(hub, converted):
+    hub.tokens["tok-read"] = "alice"
+    hub.read_only.add("tok-read")
+    result = run("push", converted, "alice/pushed", "--token", "tok-read")
+    assert result.exit_code == 11, result.output
+    assert "is read-only" in result.output and "Nothing was changed on the Hub" in result.output
+    assert ("model", "alice/pushed") not in hub.repos and seen(hub, "GET", "/api/whoami-v2")
+    assert not [request for request in hub.requests if request[0] in ("POST", "DELETE")]
+
+
+def test_token_that_may_not_write_to_an_existing_repo_creates_no_branch(hub, converted):
+    hub.create_repo("bob/theirs")
+    before = dict(hub.repos[("model", "bob/theirs")].refs)
+    result = run("push", converted, "bob/theirs", "--branch", "mine", "--token", TOKEN)
+    assert result.exit_code == 11, result.output
+    assert "Nothing was changed on the Hub" in result.output
+    assert hub.repos[("model", "bob/theirs")].refs == before
+    assert not seen(hub, "POST", "/branch/")
+
+
+@pytest.mark.parametrize("create_pr", [False, True])
+def test_commit_stored_but_its_reply_lost_is_found_and_reported(hub, converted, waits, create_pr):
+    hub.create_repo("alice/pushed")
+    hub.fail("POST", "/commit/", "lose-reply", times=100)  # every commit lands, and its answer never arrives
+    result = run("push", converted, "alice/pushed", *(["--create-pr"] if create_pr else []), "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(seen(hub, "POST", "/commit/")) == 1  # not sent again once it had landed
+    repo = hub.repos[("model", "alice/pushed")]
+    assert len(repo.commits) == 2  # the initial one and ours
+    summary = json.loads(result.stdout)
+    assert summary["changed"] and "reading the repo back showed that the commit landed" in result.output
+    if create_pr:
+        assert [pr["num"] for pr in hub.pull_requests("alice/pushed")] == [1]
+        assert summary["pr_url"].endswith("/alice/pushed/discussions/1") and summary["commit"] == repo.refs["refs/pr/1"]
+    else:
+        assert summary["commit"] == repo.refs["main"] and set(ADAPTER_FILES_AND_CARD) <= set(repo.resolve("main").files)
+
+
+ADAPTER_FILES_AND_CARD = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def test_commit_whose_landing_cannot_be_checked_is_not_undone(hub, converted, waits):
+    hub.fail("POST", "/commit/", "lose-reply", times=1)
+    hub.fail("GET", "/api/models/alice/pushed/revision/main", "500", times=6, skip=1)  # every read-back fails
+    result = run("push", converted, "alice/pushed", "--token", TOKEN)
+    assert result.exit_code == 15, result.output
+    assert ("The commit was sent but its answer was lost, and the Hub could not be asked whether it landed, so the repo "
+            "alice/pushed (created by this run) was left as it is: look at") in result.output
+    assert set(ADAPTER_FILES_AND_CARD) <= set(pushed_files(hub))  # it had landed: deleting the repo would have lost it
+    assert len(seen(hub, "POST", "/commit/")) == 1 and not seen(hub, "DELETE", "")
+
+
+def test_create_pr_twice_with_the_same_files_reports_the_open_pull_request(hub, converted):
+    hub.create_repo("alice/pushed")
+    first = run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN, "--json")
+    assert first.exit_code == 0, first.output
+    second = run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN, "--json")
+    assert second.exit_code == 0, second.output
+    assert [pr["num"] for pr in hub.pull_requests("alice/pushed")] == [1]
+    result = json.loads(second.stdout)
+    assert result["pr_url"] == json.loads(first.stdout)["pr_url"] and result["existing_pr"] and not result["changed"]
+    assert "No new pull request: the open pull request" in second.output
+    hub.pull_requests("alice/pushed")[0]["status"] = "closed"  # a closed one is not reused
+    third = run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN, "--json")
+    assert json.loads(third.stdout)["pr_url"].endswith("/discussions/2")
+    (converted / "README.md").write_text((converted / "README.md").read_text() + "\nChanged.\n")  # other files: a new one
+    fourth = run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN, "--json")
+    assert json.loads(fourth.stdout)["pr_url"].endswith("/discussions/3")
+
+
+def test_push_to_a_new_branch_of_identical_content_creates_only_the_branch(hub, converted):
+    assert run("push", converted, "alice/pushed", "--token", TOKEN).exit_code == 0
+    repo = hub.repos[("model", "alice/pushed")]
+    commits = len(repo.commits)
+    result = run("push", converted, "alice/pushed", "--branch", "feature", "--token", TOKEN, "--json")
+    assert result.exit_code == 0, result.output
+    assert repo.refs["feature"] == repo.refs["main"] and len(repo.commits) == commits
+    summary = json.loads(result.stdout)
+    assert summary["changed"] and summary["created"] == ["branch 'feature'"] and summary["commit"] == repo.refs["main"]
+    assert f"Created branch 'feature' at commit {repo.refs['main']}, which already holds these files; no commit was made." in result.output
+
+
+def test_push_into_an_open_pull_request(hub, converted):
+    hub.create_repo("alice/pushed")
+    assert run("push", converted, "alice/pushed", "--create-pr", "--token", TOKEN).exit_code == 0
+    (converted / "README.md").write_text((converted / "README.md").read_text() + "\nFixed.\n")
+    result = run("push", converted, "alice/pushed", "--branch", "refs/pr/1", "--token", TOKEN)
+    assert result.exit_code == 0, result.output
+    assert "to pull request" in result.output and "/alice/pushed/discussions/1" in result.output
+    assert pushed_files(hub, ref="refs/pr/1")["README.md"].endswith(b"Fixed.\n")
+    assert len(hub.pull_requests("alice/pushed")) == 1
+
+
+def test_adapter_repo_without_weights_is_a_missing_file(hub, on_hub, tmp_path):
+    repo = hub.repos[("model", "alice/ner-lora")]
+    repo.add_commit("main", {k: v for k, v in repo.resolve("main").files.items() if k != "adapter_model.safetensors"}, "drop weights")
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "o")
+    assert result.exit_code == 14, result.output
+    assert (f"The adapter alice/ner-lora@main (commit {repo.refs['main']}) has adapter_config.json but no "
+            "adapter_model.safetensors on the Hub") in result.output
+    assert constants.HF_HUB_CACHE not in result.output.replace("\n", "")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("failure", ["500", "401"])
+def test_cached_snapshot_used_when_the_hub_fails_is_announced(hub, on_hub, tmp_path, waits, failure):
+    first = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    cached = head_sha(hub, "alice/ner-lora")
+    if failure == "500":
+        hub.fail("GET", "/api/models/alice/ner-lora/revision/", "500", times=6)
+    else:
+        hub.repos[("model", "alice/ner-lora")].private = True  # no token: the Hub answers 401
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    why = "the Hub answered HTTP 500" if failure == "500" else "the Hub refused access (HTTP 401"
+    assert f"Warning: {why}" in result.stderr
+    assert f"for the adapter alice/ner-lora@main, so the cached snapshot of commit {cached} is used" in result.stderr

@@ -106,19 +106,19 @@ def _cached(minilm, name: str, build) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("method", ["correlation", "lstsq"])
+@pytest.mark.parametrize("method", ["correlation", "lstsq", "auto"])
 def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method):
     """The student is the teacher with its hidden dimensions permuted in every weight: the same
     function. The alignment must find the permutation, and the converted adapter (LoRA on every
-    module, plus the head) must reproduce the teacher-with-adapter's outputs."""
+    module, plus the head) must reproduce the teacher-with-adapter's outputs. ``auto`` must find
+    the pair incompatible for a copy (same shapes, other coordinates) and align it."""
     import torch
     from peft import LoraConfig
 
     from adapter_convert.demo.minilm import build_permuted_student
     from helpers import all_module_names, save_adapter
 
-    perm_box = {}
-    student = _cached(minilm, "student-permuted", lambda f: perm_box.setdefault("perm", build_permuted_student(f)))
+    student = _cached(minilm, "student-permuted", build_permuted_student)
     perm = torch.randperm(384, generator=torch.Generator().manual_seed(0))  # build_permuted_student's default seed
     teacher_model = AutoModelForTokenClassification.from_pretrained(minilm["teacher"])
     config = LoraConfig(r=4, lora_alpha=4, target_modules=all_module_names("bert"), modules_to_save=["classifier"], task_type="TOKEN_CLS")
@@ -136,7 +136,11 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
 
     converted, source = load_file(out / "adapter_model.safetensors"), load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     key = "base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight"
-    if method == "correlation":
+    if method == "auto":
+        assert summary["compatibility"]["verdict"] == "incompatible"
+        assert summary["compatibility"]["evidence"]["linear_fit"] > 0.99  # the same space in another basis
+        assert summary["method"] == "correlation alignment + distillation" and "skipped" in summary["alignment"]["distill"]
+    if method in ("correlation", "auto"):
         assert torch.equal(converted[key], source[key][:, perm])  # the permutation, recovered exactly
         down = "base_model.model.bert.encoder.layer.3.output.dense.lora_B.weight"
         assert torch.equal(converted[down], source[down][perm])
@@ -150,7 +154,7 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
     batch.pop("labels")
     with torch.no_grad():
         expected, got = teacher(**batch).logits, converted_model(**batch).logits
-    torch.testing.assert_close(got, expected, atol=2e-3 if method == "correlation" else 2e-2, rtol=1e-3)
+    torch.testing.assert_close(got, expected, atol={"correlation": 1e-3, "auto": 1e-3}.get(method, 2e-2), rtol=1e-3)
 
 
 def test_narrow_student_every_method_beats_untrained_and_helps_fine_tuning(minilm, tmp_path):

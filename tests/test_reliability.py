@@ -36,6 +36,12 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def teacher_model(pair: Path):
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(pair / "teacher")
+
+
 def leftovers(*folders: Path) -> list[Path]:
     return [p for folder in folders if folder.is_dir() for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
@@ -247,7 +253,7 @@ def test_bad_option_values(tiny_pair, option, value):
 def test_bad_calibration_files(tiny_pair, content, message):
     data = tiny_pair / "calibration.txt"
     data.write_bytes(content)
-    save_tiny_model(tiny_pair / "wide", "distilbert", 2, hidden_size=48, hidden_dim=96)
+    save_tiny_model(tiny_pair / "wide", "distilbert", 2, hidden_size=48, hidden_dim=96)  # other widths: alignment
     result = run("convert", tiny_pair / "adapter", "--target", tiny_pair / "wide", "--out", tiny_pair / "out", "--calibration-data", data)
     assert result.exit_code == 17, result.output
     assert message in result.output and "calibration" in result.output.lower()
@@ -297,7 +303,7 @@ def test_disk_full_says_so_and_leaves_nothing(tiny_pair):
 @pytest.mark.parametrize("layer_map", ["auto", "uniform", "0:0,0:1,1:2,1:3,2:4,2:5,3:6,3:7"])
 def test_deeper_target_gets_independent_copies(tiny_pair, layer_map):
     """A 4-layer adapter onto an 8-layer target: each source layer feeds two target layers."""
-    save_tiny_model(tiny_pair / "deep", "distilbert", 8)
+    save_tiny_model(tiny_pair / "deep", "distilbert", 8, embeddings_from=teacher_model(tiny_pair))
     result = run("convert", tiny_pair / "adapter", "--target", tiny_pair / "deep", "--out", tiny_pair / "out", "--layer-map", layer_map)
     assert result.exit_code == 0, result.output
     tensors = load_file(tiny_pair / "out" / "adapter_model.safetensors")
@@ -310,7 +316,7 @@ def test_deeper_target_gets_independent_copies(tiny_pair, layer_map):
 
 
 def test_skip_onto_a_deeper_target_is_a_layer_map_error(tiny_pair):
-    save_tiny_model(tiny_pair / "deep", "distilbert", 8)
+    save_tiny_model(tiny_pair / "deep", "distilbert", 8, embeddings_from=teacher_model(tiny_pair))
     result = run("convert", tiny_pair / "adapter", "--target", tiny_pair / "deep", "--out", tiny_pair / "out", "--layer-map", "skip")
     assert result.exit_code == 5, result.output
     assert "--layer-map uniform" in result.output

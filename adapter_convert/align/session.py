@@ -52,6 +52,8 @@ class AlignmentSession:
         loaded = {}
         for side, source in (("source base", prepared.source_base), ("target base", prepared.target_base)):
             try:
+                if not has_tokenizer_files(source.path):  # transformers would build an empty one
+                    raise OSError("no tokenizer files")
                 tokenizer = AutoTokenizer.from_pretrained(source.path)
             except (OSError, ValueError, TypeError) as err:
                 raise UnsupportedError(
@@ -139,6 +141,10 @@ class AlignmentSession:
         self.report["agreement"] = held_out_agreement()
         if not plan.alignment.refine:
             return tensors
+        good_enough = plan.alignment.refine_below
+        if good_enough is not None and self.report["agreement"]["value"] >= good_enough:
+            self.report["distill"] = {"skipped": f"held-out agreement {self.report['agreement']['value']:.4f} is already at least {good_enough}"}
+            return tensors
         self.report["agreement_before_distill"] = self.report.pop("agreement")
         with self.reporter.progress("Distilling", request.distill_steps) as advance:
             final_loss = distill(teacher, student, self.endless_batches(self.fit_texts, request.calibration_tokens),
@@ -155,3 +161,8 @@ def _no_pairs() -> CalibrationDataError:
         "The calibration text gave no token that both tokenizers cut at the same characters, so nothing can be fitted.",
         "Give --calibration-data with ordinary sentences in a language both models read.",
     )
+
+
+def has_tokenizer_files(folder) -> bool:
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+    return any((folder / name).is_file() for name in names) or any(folder.glob("*.model"))

@@ -1,0 +1,630 @@
+"""Do two base models share a hidden space? Evidence from their input token embeddings.
+
+The cheapest evidence is the input embedding matrix: a fine-tune, an instruct variant or a
+student initialised from its teacher keeps the rows of the tokens both models know close to
+each other, and independently trained models do not. So the probe reads a bounded sample of the
+rows of shared tokens from both checkpoints (a few MB: local files lazily, Hub files by byte
+range, never the whole checkpoint) and scores them:
+
+* ``identity_cosine``: the mean cosine of row i of the source with row i of the target. High
+  means the same coordinates: adapter tensors may be copied as they are.
+* ``linear_fit``: a ridge map fitted on half of the rows, scored (mean cosine) on the other half.
+  High with a low identity cosine means the same space in another basis (a permuted or rotated
+  copy, or a narrower cut): alignment, not a direct copy. It works across widths.
+
+Measurements behind the thresholds (``benchmarks/compatibility_probe.py``, 2048 rows for MiniLM,
+all 128 for the tiny models; the table and its machine are in
+``docs/benchmarks/compatibility_probe.md``):
+
+=========================================================  ========  ==========  ============
+pair (all-MiniLM-L6-v2 as the teacher, width 384)          identity  linear fit  verdict
+=========================================================  ========  ==========  ============
+student cut from the teacher's layers 0, 2, 4               1.000     1.000      compatible
+teacher + noise of 0.1 x each row's norm (fine-tune-like)   0.995     0.991      compatible
+teacher + noise of 0.5 x each row's norm                    0.894     0.859      compatible
+teacher + noise of 1.0 x each row's norm                    0.707     0.622      compatible
+teacher + noise of 2.0 x each row's norm                    0.447     0.304      unknown
+teacher with hidden units permuted                         -0.003     1.000      incompatible
+narrower student (256 of 384 units kept, scrambled)         -         0.921      incompatible
+teacher with embedding rows shuffled                        0.025     0.003      incompatible
+independently initialised model of the same config          0.001     0.001      incompatible
+tiny llama (width 32) vs its student from layers 0, 2       1.000     1.000      compatible
+tiny llama vs itself + noise of 0.1 x each row's norm       0.995     0.987      compatible
+tiny llama vs independently initialised mistral             0.006     0.015      incompatible
+tiny bert vs tiny llama of equal widths                     0.012    -0.017      incompatible
+=========================================================  ========  ==========  ============
+
+Two real MiniLM models cut from the same parent (the issue's measurement) had an identity
+cosine of 0.88, against 0.02 after shuffling. Unrelated rows stay within a few hundredths of 0
+(chance is about 1/sqrt(width x rows)); related ones are 0.7 or more even with noise as large
+as the rows themselves (identity = 1/sqrt(1 + r^2) for noise of r x the row's norm).
+
+What it reads: for two llama-7B-shaped sharded checkpoints on the Hub (32000 x 4096 bf16
+embeddings), 512 rows of each, 8 MiB of weights in 9 range requests per model, plus their
+config, tokenizer.json and index: 9 MiB in all, against 25 GiB to download both checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import Architecture, get_architecture, supported_model_types
+from .errors import AdapterConvertError, HubUnreachableError
+
+# ---- thresholds, from the measurements in the module docstring ---------------------------------
+# Related pairs measured 0.707 and above (1.000 for students, 0.88 for the issue's real MiniLM
+# siblings, 0.707 with noise as large as the rows); unrelated ones 0.025 at most (MiniLM, width
+# 384) and 0.012 (tiny models, width 32). 0.5 is far above chance and below every related pair:
+# noise of 1.7 x a row's norm would be needed to fall under it.
+COMPATIBLE_MIN_COSINE = 0.5
+# At or below this the rows are unrelated (every unrelated and permuted pair measured 0.025 or
+# less: 8 x margin); between the two thresholds the evidence is mixed and the verdict is "unknown"
+# (noise of 2 x the rows measured 0.447).
+INCOMPATIBLE_MAX_COSINE = 0.2
+# A linear fit this good means the same space in another basis (permuted copy: 1.000, narrower
+# cut: 0.921), against 0.017 or less in size for unrelated pairs.
+LINEAR_RELATED_MIN = 0.5
+# Fewer shared tokens than this give no verdict.
+MIN_SHARED_TOKENS = 32
+
+DEFAULT_MAX_ROWS = 2048
+DEFAULT_MAX_BYTES = 4 << 20  # per model: 512 rows of a 4096-wide bf16 embedding, 2048 of MiniLM's
+MIN_SAMPLE_ROWS = 256  # the byte budget never cuts the sample below this
+BLOCKS = 8  # a long run of shared tokens is sampled as this many contiguous blocks, spread out
+MAX_RANGES = 64  # at most this many separate runs of rows per side
+MERGE_GAP_BYTES = 64 << 10  # rows closer than this are read in one range, gap included
+HEADER_PROBE_BYTES = 16 << 10  # first read of a remote safetensors header; more is read if needed
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+# rows no text ever uses: they keep their initialisation and say nothing about training
+_UNUSED_TOKEN = re.compile(r"\[unused\d+\]|<unused\d+>|<\|reserved_special_token_\d+\|>|<extra_id_\d+>")
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+# ---- which tensor, which rows ----------------------------------------------------------------------
+def embedding_key(arch: Architecture, tensor_names: Iterable[str]) -> str | None:
+    """The checkpoint's input-embedding weight among ``tensor_names``, or None.
+
+    From the architecture data: ``<backbone>.<embeddings["embed.tokens"]>.weight`` (task models)
+    or the same without the backbone prefix (bare models); else the one name that ends with the
+    module path (a checkpoint wrapped once more, such as ``language_model.model.embed_tokens.weight``).
+    """
+    path = arch.embeddings.get("embed.tokens")
+    if path is None:
+        return None
+    names = set(tensor_names)
+    for candidate in (f"{arch.backbone}.{path}.weight", f"{path}.weight"):
+        if candidate in names:
+            return candidate
+    wrapped = [name for name in names if name.endswith(f".{path}.weight")]
+    return wrapped[0] if len(wrapped) == 1 else None
+
+
+@dataclass(frozen=True)
+class Vocab:
+    tokens: dict[str, int]  # token string -> id
+    special: frozenset[int] = frozenset()  # ids left out of the sample (special and unused tokens)
+
+
+def vocab_from_tokenizer_json(data: dict) -> Vocab:
+    """A ``tokenizer.json`` (already parsed): the model's vocabulary plus the added tokens."""
+    model = data.get("model") or {}
+    raw = model.get("vocab")
+    if isinstance(raw, dict):  # WordPiece, BPE, WordLevel
+        tokens = {str(t): int(i) for t, i in raw.items()}
+    elif isinstance(raw, list):  # Unigram: [[piece, score], ...], id = position
+        tokens = {str(entry[0]): i for i, entry in enumerate(raw)}
+    else:
+        tokens = {}
+    special = set()
+    for added in data.get("added_tokens") or []:
+        tokens[str(added["content"])] = int(added["id"])
+        if added.get("special"):
+            special.add(int(added["id"]))
+    return Vocab(tokens, frozenset(special))
+
+
+def read_vocab(folder: Path) -> Vocab | None:
+    """The tokenizer's vocabulary in ``folder``: ``tokenizer.json``, else ``vocab.json`` or
+    ``vocab.txt``, else transformers' ``get_vocab()`` (sentencepiece files); None without a tokenizer."""
+    folder = Path(folder)
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return vocab_from_tokenizer_json(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+        if (folder / "vocab.json").is_file():
+            raw = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            return Vocab({str(t): int(i) for t, i in raw.items()})
+        if (folder / "vocab.txt").is_file():
+            lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+            return Vocab({token: i for i, token in enumerate(lines)})
+        if any(folder.glob("*.model")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            return Vocab(dict(tokenizer.get_vocab()), frozenset(tokenizer.all_special_ids))
+    except Exception:  # a tokenizer we cannot read is no tokenizer: the probe then pairs ids
+        return None
+    return None
+
+
+def shared_token_pairs(source: Vocab | None, target: Vocab | None, source_rows: int, target_rows: int) -> tuple[list[tuple[int, int]], str]:
+    """(source id, target id) of every token both models have, sorted by source id, and how
+    they were matched: ``"same tokenizer"`` (identical vocabularies: same ids), ``"shared strings"``
+    (tokens spelled the same), or ``"ids (no tokenizer)"`` (a side without a tokenizer: row i
+    with row i). Special and never-used tokens are left out; ids past either matrix are dropped."""
+    if source is None or target is None:
+        return [(i, i) for i in range(min(source_rows, target_rows))], "ids (no tokenizer)"
+    how = "same tokenizer" if source.tokens == target.tokens else "shared strings"
+    pairs = []
+    for token, s in source.tokens.items():
+        t = target.tokens.get(token)
+        if t is None or not (0 <= s < source_rows and 0 <= t < target_rows):
+            continue
+        if s in source.special or t in target.special or _UNUSED_TOKEN.fullmatch(token):
+            continue
+        pairs.append((s, t))
+    return sorted(pairs), how
+
+
+def select_rows(pairs: Sequence[tuple[int, int]], *, max_rows: int = DEFAULT_MAX_ROWS, blocks: int = BLOCKS,
+                max_ranges: int = MAX_RANGES) -> list[tuple[int, int]]:
+    """A bounded sample of ``pairs`` that few byte ranges cover.
+
+    Pairs whose ids both step by one form runs (one range on each side). When the runs hold
+    more than ``max_rows`` pairs, ``blocks`` blocks of ``max_rows / blocks`` consecutive pairs are
+    taken, spread evenly over the vocabulary; runs too short for a block fill in, longest first,
+    up to ``max_ranges`` pieces in all. Sorted by source id.
+    """
+    if max_rows <= 0 or not pairs:
+        return []
+    ordered = sorted(set(pairs))
+    if len(ordered) <= max_rows and len(_runs(ordered)) <= max_ranges:
+        return ordered
+    size = max(1, -(-max_rows // blocks))
+    pieces = [(s + k, t + k, min(size, n - k)) for s, t, n in _runs(ordered) for k in range(0, n, size)]
+    full = [p for p in pieces if p[2] == size]
+    if len(full) >= blocks:
+        chosen = [full[round(i * (len(full) - 1) / max(1, blocks - 1))] for i in range(blocks)]
+    else:  # in order of preference: whole blocks, then the longest pieces
+        rest = sorted((p for p in pieces if p[2] < size), key=lambda p: (-p[2], p[0]))
+        chosen = full + rest[: max(0, max_ranges - len(full))]
+    out: list[tuple[int, int]] = []
+    for s, t, n in chosen:
+        out.extend((s + k, t + k) for k in range(min(n, max_rows - len(out))))
+    return sorted(out)
+
+
+def _runs(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(first source id, first target id, length) of each maximal run where both ids step by one."""
+    runs: list[tuple[int, int, int]] = []
+    for s, t in pairs:
+        if runs and (s, t) == (runs[-1][0] + runs[-1][2], runs[-1][1] + runs[-1][2]):
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((s, t, 1))
+    return runs
+
+
+def row_ranges(ids: Iterable[int], *, max_gap: int = 0) -> list[tuple[int, int]]:
+    """Sorted, merged ``[start, stop)`` ranges covering ``ids``; ranges at most ``max_gap`` rows
+    apart are merged (the gap is read too: fewer requests for a few bytes more)."""
+    ranges: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if ranges and i - ranges[-1][1] <= max_gap:
+            ranges[-1][1] = i + 1
+        else:
+            ranges.append([i, i + 1])
+    return [(a, b) for a, b in ranges]
+
+
+# ---- scores (pure functions of two n x d tensors) --------------------------------------------------
+def identity_cosine(source: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean cosine of row i of ``source`` with row i of ``target`` (equal widths). Rows that are
+    zero in both (padding embeddings) are left out; a row zero on one side only counts as 0."""
+    if source.shape != target.shape or source.ndim != 2 or not len(source):
+        raise ValueError(f"identity_cosine needs two n x d tensors of one shape, got {tuple(source.shape)} and {tuple(target.shape)}")
+    a, b = source.double(), target.double()
+    kept = (a.norm(dim=1) > 0) | (b.norm(dim=1) > 0)  # rows zero in both (padding) say nothing
+    if not kept.any():
+        raise ValueError("identity_cosine: every row is zero in both tensors")
+    return torch.nn.functional.cosine_similarity(a[kept], b[kept], dim=1, eps=1e-12).mean().item()
+
+
+def linear_fit(source: torch.Tensor, target: torch.Tensor, *, ridge: float = 1e-3) -> float:
+    """How well a linear map explains ``target`` rows from ``source`` rows: fitted on the even
+    rows, scored on the odd ones. Works across widths (n x d_s and n x d_t).
+
+    Both sides are centred (train means) and reduced to their top k principal directions of the
+    train rows, k = min(d_s, d_t, n_train / 4), so that a sample smaller than the width still
+    fits a determined map: a permuted or rotated copy has the same principal directions up to
+    that change of basis. W = argmin |A W - B|^2 + lam |W|^2 (lam = ``ridge`` x mean eigenvalue
+    of A^T A); the score is the mean cosine of (held-out A) W with held-out B, both in those
+    coordinates: ~1 for a copy in any basis, ~0 for unrelated rows.
+    """
+    if source.ndim != 2 or target.ndim != 2 or len(source) != len(target):
+        raise ValueError(f"linear_fit needs n x d_s and n x d_t tensors, got {tuple(source.shape)} and {tuple(target.shape)}")
+    if len(source) < 8:
+        raise ValueError(f"linear_fit needs at least 8 rows, got {len(source)}")
+    x, y = source.double(), target.double()
+    x_train, y_train, x_test, y_test = x[0::2], y[0::2], x[1::2], y[1::2]
+    x_mean, y_mean = x_train.mean(0), y_train.mean(0)
+    k = max(1, min(x.shape[1], y.shape[1], len(x_train) // 4))
+    basis_x, basis_y = _principal_directions(x_train - x_mean, k), _principal_directions(y_train - y_mean, k)
+    a, b = (x_train - x_mean) @ basis_x, (y_train - y_mean) @ basis_y
+    gram = a.T @ a
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-30)
+    w = torch.linalg.solve(gram + lam * torch.eye(k, dtype=gram.dtype), a.T @ b)
+    predicted, actual = (x_test - x_mean) @ basis_x @ w, (y_test - y_mean) @ basis_y
+    return torch.nn.functional.cosine_similarity(predicted, actual, dim=1, eps=1e-12).mean().item()
+
+
+def _principal_directions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The top ``k`` right singular vectors of the centred ``x`` (n x d), as a d x k matrix, from
+    the eigenvectors of the smaller of x^T x and x x^T (cheaper than an SVD of x)."""
+    n, d = x.shape
+    if d <= n:
+        _, vectors = torch.linalg.eigh(x.T @ x)
+        return vectors[:, -k:].flip(1)
+    values, vectors = torch.linalg.eigh(x @ x.T)  # x^T u / sqrt(lambda) is the matching right singular vector
+    values, vectors = values[-k:].flip(0), vectors[:, -k:].flip(1)
+    return (x.T @ vectors) / values.clamp_min(values.max() * 1e-12 + 1e-300).sqrt()
+
+
+def decide(identity: float | None, linear: float | None, *, sampled: int, widths: tuple[int, int]) -> tuple[str, str]:
+    """(verdict, reason) for a direct tensor copy, from the scores on ``sampled`` shared tokens; pure."""
+    if sampled < MIN_SHARED_TOKENS:
+        return "unknown", f"only {sampled} shared tokens to compare (at least {MIN_SHARED_TOKENS} needed)"
+    related = linear is not None and linear >= LINEAR_RELATED_MIN
+    if widths[0] != widths[1]:
+        how = "related up to a linear map" if related else "no linear relation found either"
+        return "incompatible", f"embedding widths differ ({widths[0]} vs {widths[1]}): no direct copy; {how}"
+    assert identity is not None
+    if identity >= COMPATIBLE_MIN_COSINE:
+        return "compatible", f"rows of shared tokens agree (mean cosine {identity:.3f} >= {COMPATIBLE_MIN_COSINE})"
+    if identity <= INCOMPATIBLE_MAX_COSINE:
+        if related:
+            return "incompatible", (f"rows of shared tokens differ (mean cosine {identity:.3f}) but a linear map explains them "
+                                    f"({linear:.3f}): the same space in another basis; align instead of copying")
+        return "incompatible", f"rows of shared tokens are unrelated (mean cosine {identity:.3f})"
+    return "unknown", f"rows of shared tokens are partly similar (mean cosine {identity:.3f}, between {INCOMPATIBLE_MAX_COSINE} and {COMPATIBLE_MIN_COSINE})"
+
+
+# ---- readers ----------------------------------------------------------------------------------------
+def _to_rows(data: bytes, dtype: str, width: int) -> torch.Tensor:
+    if dtype not in DTYPES:
+        raise ValueError(f"embedding dtype {dtype} is not one of {', '.join(DTYPES)}")
+    return torch.frombuffer(bytearray(data), dtype=DTYPES[dtype]).reshape(-1, width).float()
+
+
+def _gap_rows(row_bytes: int) -> int:
+    return MERGE_GAP_BYTES // max(1, row_bytes)
+
+
+def read_local_rows(path: Path, name: str, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Rows ``ids`` (in that order) of tensor ``name`` in a local safetensors file, as float32,
+    and the bytes read: only the ranges that cover them, through ``safe_open(...).get_slice``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        part = handle.get_slice(name)
+        shape, dtype = part.get_shape(), part.get_dtype()
+        row_bytes = shape[1] * DTYPES[dtype].itemsize if dtype in DTYPES else 0
+        blocks, index, offset = [], {}, 0
+        for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
+            blocks.append(part[start:stop].float())
+            index.update((i, offset + i - start) for i in range(start, stop))
+            offset += stop - start
+    rows = torch.cat(blocks) if blocks else torch.empty(0, shape[1])
+    return rows[[index[i] for i in ids]], offset * row_bytes
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset of the tensor's data in its file
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * DTYPES[self.dtype].itemsize
+
+
+def parse_safetensors_header(prefix: bytes) -> tuple[int, dict[str, TensorEntry] | None]:
+    """(header length, tensors) from the first bytes of a safetensors file; tensors is None
+    when ``prefix`` does not hold the whole header yet (read 8 + length bytes, then call again)."""
+    if len(prefix) < 8:
+        raise ValueError("not a safetensors file: shorter than 8 bytes")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > 100 << 20:
+        raise ValueError(f"not a safetensors file: header length {length}")
+    if len(prefix) < 8 + length:
+        return length, None
+    header = json.loads(prefix[8 : 8 + length])
+    tensors = {
+        name: TensorEntry(spec["dtype"], tuple(spec["shape"]), 8 + length + spec["data_offsets"][0])
+        for name, spec in header.items() if name != "__metadata__"
+    }
+    return length, tensors
+
+
+@dataclass
+class HubFile:
+    """One safetensors file of a Hub repo at a pinned commit, read by HTTP range requests through
+    huggingface_hub's own session (its headers, token and retries)."""
+
+    repo_id: str
+    filename: str
+    revision: str
+    token: str | None = None
+    bytes_read: int = 0
+    requests: int = 0
+    _tensors: dict[str, TensorEntry] | None = field(default=None, repr=False)
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` (fewer at the end of the file)."""
+        from huggingface_hub import constants, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+        url = hf_hub_url(self.repo_id, self.filename, revision=self.revision)
+        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{stop - 1}"}
+        self.requests += 1
+        with http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+            hf_raise_for_status(response)
+            if response.status_code == 206:
+                data = response.read()
+                self.bytes_read += len(data)
+                return data
+            buffer = bytearray()  # the server ignored the range: stop reading once past it
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                if len(buffer) >= stop:
+                    break
+            self.bytes_read += len(buffer)
+            return bytes(buffer[start:stop])
+
+    def tensors(self) -> dict[str, TensorEntry]:
+        if self._tensors is None:
+            prefix = self.read(0, HEADER_PROBE_BYTES)
+            length, tensors = parse_safetensors_header(prefix)
+            if tensors is None:
+                prefix += self.read(len(prefix), 8 + length)
+                length, tensors = parse_safetensors_header(prefix)
+                if tensors is None:
+                    raise ValueError(f"{self.filename}: truncated safetensors header")
+            self._tensors = tensors
+        return self._tensors
+
+    def read_rows(self, name: str, ids: Sequence[int]) -> torch.Tensor:
+        """Rows ``ids`` (in that order) of tensor ``name`` as float32: one request per range of rows."""
+        entry = self.tensors()[name]
+        width, row_bytes = entry.shape[1], entry.row_bytes
+        blocks, index, offset = [], {}, 0
+        for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
+            data = self.read(entry.start + start * row_bytes, entry.start + stop * row_bytes)
+            if len(data) != (stop - start) * row_bytes:
+                raise ValueError(f"{self.filename}: got {len(data)} bytes for rows {start}..{stop - 1} of {name}")
+            blocks.append(_to_rows(data, entry.dtype, width))
+            index.update((i, offset + i - start) for i in range(start, stop))
+            offset += stop - start
+        rows = torch.cat(blocks) if blocks else torch.empty(0, width)
+        return rows[[index[i] for i in ids]]
+
+
+# ---- one side of the comparison ---------------------------------------------------------------------
+class _Unreadable(Exception):
+    """The embedding cannot be read; the message says why (the verdict becomes "unknown")."""
+
+
+@dataclass
+class _Model:
+    reference: str
+    folder: Path
+    repo_id: str | None = None
+    revision: str | None = None
+    token: str | None = None
+    model_type: str | None = None
+    vocab: Vocab | None = None
+    key: str | None = None
+    dtype: str | None = None
+    shape: tuple[int, ...] = ()
+    file: str | None = None
+    remote: HubFile | None = None
+    local_bytes: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * DTYPES[self.dtype].itemsize
+
+    @property
+    def bytes_read(self) -> int:
+        return self.local_bytes + (self.remote.bytes_read if self.remote else 0)
+
+    def locate(self) -> None:
+        """Find the embedding tensor: its name, file, dtype and shape (reads headers only)."""
+        try:
+            self._locate()
+        except _Unreadable:
+            raise
+        except Exception as err:  # a corrupt index or safetensors file: no evidence, said so
+            raise _Unreadable(f"cannot read the weights of {self.reference}: {type(err).__name__}: {err}") from None
+
+    def _locate(self) -> None:
+        try:
+            raw = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+            self.model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        except (OSError, ValueError) as err:
+            raise _Unreadable(f"cannot read the config.json of {self.reference}: {err}") from None
+        try:
+            archs = [get_architecture(str(self.model_type))]
+        except AdapterConvertError:  # unknown family: try every known embedding name
+            archs = [get_architecture(t) for t in supported_model_types()]
+        index_path = self.folder / INDEX_FILE
+        if index_path.is_file():
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            names: Iterable[str] = weight_map
+        elif (self.folder / SINGLE_FILE).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.folder / SINGLE_FILE), framework="pt") as handle:
+                names = list(handle.keys())
+            weight_map = dict.fromkeys(names, SINGLE_FILE)
+        elif self.repo_id is not None:
+            self.remote = HubFile(self.repo_id, SINGLE_FILE, self.revision, self.token)
+            names = list(self._remote_tensors())
+            weight_map = dict.fromkeys(names, SINGLE_FILE)
+        else:
+            raise _Unreadable(f"{self.reference} has no {SINGLE_FILE} or {INDEX_FILE}")
+        self.key = next((k for arch in archs if (k := embedding_key(arch, names))), None)
+        if self.key is None:
+            raise _Unreadable(f"no input-embedding tensor found in {self.reference} (model_type {self.model_type!r})")
+        self.file = weight_map[self.key]
+        if (self.folder / self.file).is_file():  # local, or already in the Hub cache
+            from safetensors import safe_open
+
+            self.remote = None
+            with safe_open(str(self.folder / self.file), framework="pt") as handle:
+                part = handle.get_slice(self.key)
+                self.dtype, self.shape = part.get_dtype(), tuple(part.get_shape())
+        else:
+            if self.remote is None or self.remote.filename != self.file:
+                self.remote = HubFile(self.repo_id, self.file, self.revision, self.token)
+            entry = self._remote_tensors()[self.key]
+            self.dtype, self.shape = entry.dtype, entry.shape
+        if self.dtype not in DTYPES or len(self.shape) != 2:
+            raise _Unreadable(f"{self.key} in {self.reference} is {self.dtype} {list(self.shape)}, not a 2-d {'/'.join(DTYPES)} matrix")
+
+    def _remote_tensors(self) -> dict[str, TensorEntry]:
+        try:
+            return self.remote.tensors()
+        except Exception as err:
+            raise _Unreadable(f"cannot read {self.remote.filename} of {self.repo_id}@{self.revision}: {type(err).__name__}: {err}") from None
+
+    def rows(self, ids: Sequence[int]) -> torch.Tensor:
+        try:
+            if self.remote is None:
+                rows, nbytes = read_local_rows(self.folder / self.file, self.key, ids)
+                self.local_bytes += nbytes
+                return rows
+            return self.remote.read_rows(self.key, ids)
+        except Exception as err:
+            where = f"{self.repo_id}@{self.revision}" if self.remote else str(self.folder / self.file)
+            raise _Unreadable(f"cannot read rows of {self.key} from {where}: {type(err).__name__}: {err}") from None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "pinned": f"{self.repo_id}@{self.revision}" if self.repo_id else self.reference,
+            "model_type": self.model_type,
+            "embedding": self.key,
+            "file": self.file,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "read_from": None if self.file is None else ("hub" if self.remote else "disk"),
+            "bytes_read": self.bytes_read,
+            "requests": self.remote.requests if self.remote else 0,
+        }
+
+
+def _open(reference: str | Path, token: str | None) -> _Model:
+    """A local folder as it is; a Hub id's config, tokenizer and shard index through the Hub cache
+    (weights are then read by range, or from the cache when they are already there)."""
+    from .hub import CONFIG_FILES, TOKENIZER_FILES
+    from .sources import resolve
+
+    source = resolve(str(reference), what="base model", patterns=CONFIG_FILES + TOKENIZER_FILES + [INDEX_FILE],
+                     required="config.json", token=token)
+    model = _Model(str(reference), source.path, source.repo_id, source.revision, token)
+    model.vocab = read_vocab(source.path)
+    return model
+
+
+def embedding_evidence(source: str | Path, target: str | Path, *, token: str | None = None,
+                       max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Whether the two base models share a hidden space, from the rows of their shared tokens.
+
+    ``source`` and ``target`` are local model folders or Hub ids (``user/name@revision``). At most
+    ``max_rows`` rows, and about ``max_bytes`` bytes per model (never below ``MIN_SAMPLE_ROWS``
+    rows), are read. Returns a dict: ``verdict`` ("compatible", "incompatible" or "unknown", for a
+    direct tensor copy), ``reason``, ``identity_cosine`` (None when widths differ), ``linear_fit``,
+    ``shared_tokens`` (all shared), ``sampled_rows``, ``token_match``, ``bytes_read`` (both
+    models), ``seconds``, ``thresholds``, and per model ``source``/``target`` details. Unreadable
+    weights (offline and not cached, no safetensors, an unknown dtype) give "unknown" with the
+    reason; a reference that names nothing raises as everywhere else.
+    """
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "verdict": "unknown", "reason": "", "identity_cosine": None, "linear_fit": None, "shared_tokens": 0,
+        "sampled_rows": 0, "token_match": None, "bytes_read": 0, "seconds": 0.0,
+        "thresholds": {"compatible_min_cosine": COMPATIBLE_MIN_COSINE, "incompatible_max_cosine": INCOMPATIBLE_MAX_COSINE,
+                       "linear_related_min": LINEAR_RELATED_MIN, "min_shared_tokens": MIN_SHARED_TOKENS},
+    }
+    models: list[_Model] = []
+    try:
+        for reference in (source, target):
+            try:
+                models.append(_open(reference, token))
+            except HubUnreachableError as err:  # offline and not cached, or the Hub is down
+                raise _Unreadable(err.problem) from None
+            models[-1].locate()
+        src, tgt = models
+        pairs, result["token_match"] = shared_token_pairs(src.vocab, tgt.vocab, src.shape[0], tgt.shape[0])
+        result["shared_tokens"] = len(pairs)
+        budget = min(max_rows, max(MIN_SAMPLE_ROWS, max_bytes // max(src.row_bytes, tgt.row_bytes)))
+        sample = select_rows(pairs, max_rows=budget)
+        result["sampled_rows"] = len(sample)
+        if len(sample) >= MIN_SHARED_TOKENS:
+            a = src.rows([s for s, _ in sample])
+            b = tgt.rows([t for _, t in sample])
+            if a.shape[1] == b.shape[1]:
+                result["identity_cosine"] = identity_cosine(a, b)
+            result["linear_fit"] = linear_fit(a, b)
+        result["verdict"], result["reason"] = decide(
+            result["identity_cosine"], result["linear_fit"], sampled=len(sample), widths=(src.shape[1], tgt.shape[1]))
+    except _Unreadable as err:
+        result["verdict"], result["reason"] = "unknown", str(err)
+    for role, model in zip(("source", "target"), models):
+        result[role] = model.summary()
+    result["bytes_read"] = sum(m.bytes_read for m in models)
+    result["seconds"] = round(time.perf_counter() - started, 4)
+    return result
+
+
+def cached_embedding_evidence(source, target, *, token: str | None = None) -> dict[str, Any]:
+    """``embedding_evidence`` for two resolved sources; between Hub revisions pinned to commits
+    the result is kept in the Hub cache (``HF_HOME``), so an offline rerun has the same evidence.
+    Local folders are measured every time: their files can change."""
+    import hashlib
+    import os
+
+    from huggingface_hub import constants
+
+    cache_file = None
+    if source.repo_id and source.revision and target.repo_id and target.revision:
+        key = hashlib.sha256(f"{source.pinned}\n{target.pinned}".encode()).hexdigest()[:32]
+        cache_file = Path(constants.HF_HOME) / "adapter-convert" / "compatibility" / f"{key}.json"
+        if cache_file.is_file():
+            try:
+                return json.loads(cache_file.read_text()) | {"cached": True}
+            except (OSError, ValueError):
+                pass  # a damaged entry is measured again
+    evidence = embedding_evidence(source.pinned, target.pinned, token=token)
+    if cache_file is not None and evidence["verdict"] != "unknown":
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache_file.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps(evidence))
+            partial.replace(cache_file)
+        except OSError:
+            pass  # a read-only cache only costs a new measurement next time
+    return evidence

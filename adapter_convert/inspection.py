@@ -1,0 +1,101 @@
+"""``adapter-convert inspect``: everything a conversion would do and cost, measured, nothing written.
+
+It runs the conversion's own planning (``pipeline.prepare`` as a dry run, which includes the
+token-embedding compatibility probe) and adds what a user decides on: the verdict with its
+evidence, the recommended ``convert`` command, and the predicted costs (files and bytes to
+download, whether base weights are needed, peak memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+from .errors import AdapterConvertError, CompatibilityUnknownError
+from .pipeline import ConversionRequest, PreparedConversion, Reporter, compatibility_summary, prepare, reproduce_command, summarize
+from .sources import ResolvedSource
+
+# Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
+# peft imported (measured at about 0.55 GB RSS on this project's CPU machine, benchmarks/).
+LIBRARY_BYTES = 600 * 2**20
+
+
+def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = None, *, file_sizes=None) -> dict:
+    """The inspection report (the ``--json`` of ``inspect``). Raises the conversion's own typed
+    error when no conversion is possible (the blocking module or setting is in its message).
+
+    ``file_sizes(source, patterns) -> {file: bytes}`` lists a Hub source's files (None: local only).
+    """
+    request = dataclasses.replace(request, dry_run=True, out=None)
+    unknown: CompatibilityUnknownError | None = None
+    try:
+        prepared = prepare(request, reporter)
+    except CompatibilityUnknownError as err:  # not a blocker: any alignment method still works
+        unknown = err
+        prepared = prepare(dataclasses.replace(request, align="distill"), reporter)
+        prepared = dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=request.align))
+    plan = prepared.plan
+    recommended = _recommended_align(prepared, unknown)
+    command_request = dataclasses.replace(prepared.request, align=recommended)
+    command = reproduce_command(dataclasses.replace(prepared, request=command_request))
+    if "--align" not in shlex.split(command):
+        command += f" --align {recommended}"
+    summary = summarize(prepared)
+    return {
+        "supported": True,
+        "plan": {key: summary[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
+                                                "layer_map", "modules", "heads", "dropped")}
+        | {"alignment": summary["alignment"], "width_mismatch": plan.alignment.method is not None and "shapes differ" in plan.alignment.reason},
+        "compatibility": compatibility_summary(prepared.compatibility),
+        "recommended": {"align": recommended, "command": command,
+                        "why": unknown.problem if unknown else plan.alignment.reason},
+        "costs": predict_costs(prepared, file_sizes=file_sizes),
+    }
+
+
+def _recommended_align(prepared: PreparedConversion, unknown: AdapterConvertError | None) -> str:
+    """``none`` (the fast path, nothing more to read) between bases measured compatible with equal
+    shapes; otherwise ``distill``: the best alignment refined by a short distillation."""
+    alignment = prepared.plan.alignment
+    if unknown is None and alignment.method is None and not alignment.refine:
+        return "none"
+    return "distill"
+
+
+def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> dict:
+    """Downloads and peak memory of the conversion as planned (estimates, documented as such)."""
+    from .hub import ADAPTER_FILES, CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES
+
+    needs_weights = prepared.plan.alignment.needs_models
+    files: list[dict] = []
+    wanted = [(prepared.adapter_source, ADAPTER_FILES)]
+    base_patterns = CONFIG_FILES + TOKENIZER_FILES + (WEIGHT_FILES if needs_weights else [])
+    wanted += [(prepared.source_base, base_patterns), (prepared.target_base, base_patterns)]
+    weight_bytes = 0
+    for source, patterns in wanted:
+        sizes = _sizes(source, patterns, file_sizes)
+        for name, size in sorted(sizes.items()):
+            files.append({"repo": source.id, "file": name, "bytes": size, "local": source.repo_id is None})
+            if name.endswith(".safetensors") and source is not prepared.adapter_source:
+                weight_bytes += size
+    adapter_bytes = prepared.adapter.nbytes
+    # direct: the adapter read, its converted copy, and a verification load of that copy;
+    # aligned: both bases' weights in memory too, plus per-module statistics (float64)
+    peak = LIBRARY_BYTES + 3 * adapter_bytes + (weight_bytes if needs_weights else 0)
+    return {
+        "downloads": {"files": [f for f in files if not f["local"]], "bytes": sum(f["bytes"] for f in files if not f["local"])},
+        "base_weights_needed": needs_weights,
+        "base_weight_bytes": weight_bytes if needs_weights else 0,
+        "predicted_peak_bytes": peak,
+        "note": "estimates: libraries + 3 x the adapter" + (" + both bases' weights as stored" if needs_weights else ""),
+    }
+
+
+def _sizes(source: ResolvedSource, patterns: list[str], file_sizes) -> dict[str, int]:
+    import fnmatch
+
+    if source.repo_id is None or file_sizes is None:
+        folder = Path(source.path)
+        return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)}
+    return file_sizes(source, patterns)
