@@ -150,11 +150,13 @@ def plan_table(summary: dict) -> Table:
 
 def alignment_table(report: dict) -> Table:
     table = Table(title=f"Alignment ({report['method']}): {report['score']} of the fitted maps", title_justify="left")
-    for column in ("target layer", "source layer", "module", "input fit", "output fit"):
-        table.add_column(column, justify="right" if "fit" in column or "layer" in column else "left")
+    for column in ("target layer", "source layer", "module", "input fit", "output fit", "input R^2: copy / linear"):
+        table.add_column(column, justify="right" if "fit" in column or "layer" in column or "R^2" in column else "left")
     for row in report["modules"]:
-        table.add_row(str(row["target_layer"]), str(row["source_layer"]), row["role"], f"{row['input_fit']:.3f}", f"{row['output_fit']:.3f}")
-    table.add_row("", "", "task head / last hidden", f"{report['head_input_fit']:.3f}", "")
+        copy = "-" if row.get("identity_r2") is None else f"{row['identity_r2']:.3f}"
+        table.add_row(str(row["target_layer"]), str(row["source_layer"]), row["role"], f"{row['input_fit']:.3f}", f"{row['output_fit']:.3f}",
+                      f"{copy} / {row['linear_r2']:.3f}" if "linear_r2" in row else "")
+    table.add_row("", "", "task head / last hidden", f"{report['head_input_fit']:.3f}", "", "")
     agreement = report.get("agreement")
     if agreement:
         before = report.get("agreement_before_distill")

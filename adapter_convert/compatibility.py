@@ -373,25 +373,12 @@ class HubFile:
 
     def read(self, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` (fewer at the end of the file)."""
-        from huggingface_hub import constants, hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+        from .hub import read_file_range
 
-        url = hf_hub_url(self.repo_id, self.filename, revision=self.revision)
-        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{stop - 1}"}
         self.requests += 1
-        with http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
-            hf_raise_for_status(response)
-            if response.status_code == 206:
-                data = response.read()
-                self.bytes_read += len(data)
-                return data
-            buffer = bytearray()  # the server ignored the range: stop reading once past it
-            for chunk in response.iter_bytes():
-                buffer += chunk
-                if len(buffer) >= stop:
-                    break
-            self.bytes_read += len(buffer)
-            return bytes(buffer[start:stop])
+        data = read_file_range(self.repo_id, self.filename, revision=self.revision, start=start, stop=stop, token=self.token)
+        self.bytes_read += len(data)
+        return data
 
     def tensors(self) -> dict[str, TensorEntry]:
         if self._tensors is None:

@@ -746,3 +746,23 @@ class _PushRun:
 
 class _Unknown(Exception):
     """Whether a commit landed could not be read back (the Hub did not answer)."""
+
+
+def read_file_range(repo_id: str, filename: str, *, revision: str, start: int, stop: int, token: str | None) -> bytes:
+    """Bytes ``[start, stop)`` of one file at a pinned revision, by an HTTP range request through
+    huggingface_hub's own session (its headers, token and retries); a few MB instead of the file."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    headers = {**build_hf_headers(token=token), "Range": f"bytes={start}-{stop - 1}"}
+    with http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+        hf_raise_for_status(response)
+        if response.status_code == 206:
+            return response.read()
+        buffer = bytearray()  # the server ignored the range: stop reading once past it
+        for chunk in response.iter_bytes():
+            buffer += chunk
+            if len(buffer) >= stop:
+                break
+        return bytes(buffer[start:stop])

@@ -81,6 +81,9 @@ def test_unrelated_bases_are_really_aligned_end_to_end(tmp_path):
     assert summary["compatibility"]["verdict"] == "incompatible"
     assert summary["alignment"]["method"] == "lstsq" and summary["alignment"]["distill"]["steps"] == 5
     assert 0 <= summary["alignment"]["agreement"]["value"] <= 1
+    # activation evidence: the same-index dimensions explain little of the teacher's inputs, a linear map more
+    rows = summary["alignment"]["modules"]
+    assert all(r["identity_r2"] < 0.2 and r["linear_r2"] > r["identity_r2"] for r in rows), rows
     card = ModelCard.load(root / "out" / "README.md").text
     assert "| Compatibility | incompatible:" in card and "held-out calibration tokens" in card
 

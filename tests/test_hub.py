@@ -613,3 +613,18 @@ def test_cached_snapshot_used_when_the_hub_fails_is_announced(hub, on_hub, tmp_p
     why = "the Hub answered HTTP 500" if failure == "500" else "the Hub refused access (HTTP 401"
     assert f"Warning: {why}" in result.stderr
     assert f"for the adapter alice/ner-lora@main, so the cached snapshot of commit {cached} is used" in result.stderr
+
+
+def test_inspect_from_the_hub_lists_downloads_and_reads_only_byte_ranges(hub, on_hub):
+    result = run("inspect", "alice/ner-lora", "--target", "alice/student", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["compatibility"]["verdict"] == "compatible" and report["recommended"]["align"] == "none"
+    assert f"alice/ner-lora@{head_sha(hub, 'alice/ner-lora')}" in report["recommended"]["command"]
+    downloads = {(f["repo"], f["file"]) for f in report["costs"]["downloads"]["files"]}
+    assert {("alice/ner-lora", "adapter_config.json"), ("alice/ner-lora", "adapter_model.safetensors"),
+            ("alice/student", "config.json"), ("alice/teacher", "config.json")} <= downloads
+    assert not [f for f in downloads if f[1] == "model.safetensors"]  # a direct mapping needs no base weights
+    assert report["costs"]["downloads"]["bytes"] == sum(f["bytes"] for f in report["costs"]["downloads"]["files"]) > 0
+    size = len(hub.repos[("model", "alice/student")].commits[head_sha(hub, "alice/student")].files["model.safetensors"])
+    assert all(n < size for path, n in hub.served if path == "model.safetensors")  # the probe read ranges only

@@ -140,6 +140,13 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
         assert summary["compatibility"]["verdict"] == "incompatible"
         assert summary["compatibility"]["evidence"]["linear_fit"] > 0.99  # the same space in another basis
         assert summary["method"] == "correlation alignment + distillation" and "skipped" in summary["alignment"]["distill"]
+        # activation evidence agrees: a copy would read the wrong inputs wherever they are hidden states
+        # (q, k, v, up), the right ones in the unpermuted head and intermediate spaces (o, down)
+        rows = summary["alignment"]["modules"]
+        hidden_inputs = [r for r in rows if r["role"] in ("attn.q", "attn.k", "attn.v", "mlp.up")]
+        assert hidden_inputs and max(r["identity_r2"] for r in hidden_inputs) < 0.1
+        assert min(r["identity_r2"] for r in rows if r not in hidden_inputs) > 0.99
+        assert min(r["linear_r2"] for r in rows) > 0.99
     if method in ("correlation", "auto"):
         assert torch.equal(converted[key], source[key][:, perm])  # the permutation, recovered exactly
         down = "base_model.model.bert.encoder.layer.3.output.dense.lora_B.weight"

@@ -337,3 +337,13 @@ def test_same_conversion_gives_byte_identical_files(tiny_pair):
     assert outputs[0] == outputs[1] == outputs[2]
     card = (tiny_pair / "first" / "README.md").read_text()
     assert str(tiny_pair / "first") not in card and "--out ./converted-adapter" in card
+
+
+def test_every_exit_code_is_documented():
+    from adapter_convert.cli import EXIT_CODES
+    from adapter_convert.errors import exit_code_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text()
+    for code, label in exit_code_table():
+        assert f"| {code} |" in docs, f"exit code {code} ({label}) missing from docs/ci.md"
+        assert f"{code} {label}" in EXIT_CODES

@@ -19,6 +19,8 @@ from ..verify import TASK_MODEL_CLASSES, head_labels
 from . import student_to_teacher, teacher_to_student
 from .capture import LAST_HIDDEN, capture_points, collect_statistics, input_point, output_point
 from .fold import fold_head, fold_module
+from .lstsq import fit as lstsq_fit
+from .lstsq import r_squared
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
@@ -103,11 +105,13 @@ class AlignmentSession:
         options = {"ridge": request.ridge}
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
-                p_in = student_to_teacher(self.method, stats[(target_layer, input_point(role))], **options)
+                input_stats = stats[(target_layer, input_point(role))]
+                p_in = student_to_teacher(self.method, input_stats, **options)
                 p_out = teacher_to_student(self.method, stats[(target_layer, output_point(role))], **options)
                 self.maps[(target_layer, role)] = (p_in.matrix, p_out.matrix)
                 rows.append({"target_layer": target_layer, "source_layer": source_layer, "role": role,
-                             "input_fit": round(p_in.score, 4), "output_fit": round(p_out.score, 4), "score": p_in.score_name})
+                             "input_fit": round(p_in.score, 4), "output_fit": round(p_out.score, 4), "score": p_in.score_name,
+                             "identity_r2": identity_r2(input_stats), "linear_r2": round(r_squared(input_stats, lstsq_fit(input_stats).matrix), 4)})
         head = student_to_teacher(self.method, stats[(None, LAST_HIDDEN)], **options)
         self.head_map = head.matrix
         self.report |= {
@@ -166,3 +170,12 @@ def _no_pairs() -> CalibrationDataError:
 def has_tokenizer_files(folder) -> bool:
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
     return any((folder / name).is_file() for name in names) or any(folder.glob("*.model"))
+
+
+def identity_r2(stats) -> float | None:
+    """Activation evidence of compatibility: the share of the teacher's input variance that the
+    student's same-index dimensions explain as they are (None across widths). Beside the best
+    linear map's share (``linear_r2``), it says whether a copy would have read the right inputs."""
+    if stats.ss.shape != stats.tt.shape:
+        return None
+    return round(r_squared(stats, torch.eye(stats.ss.shape[0], dtype=torch.float64)), 4)
