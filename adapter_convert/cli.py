@@ -130,7 +130,8 @@ def plan_table(summary: dict) -> Table:
     table.add_column("source")
     table.add_column("target")
     table.add_row("base", source["id"], target["id"])
-    table.add_row("architecture", source["model_type"], target["model_type"])
+    described = lambda base: f"{base['model_type']} ({base['architecture']['origin']})" if "architecture" in base else base["model_type"]  # noqa: E731
+    table.add_row("architecture", described(source), described(target))
     table.add_row("layers / hidden", f"{source['layers']} / {source['hidden']}", f"{target['layers']} / {target['hidden']}")
     table.add_row("method", summary["method"], summary["alignment"]["reason"])
     rows = summary["layer_map"]["rows"]
@@ -214,6 +215,24 @@ def convert(
     distill_steps: Annotated[int, typer.Option(help="Distillation steps (--align distill, and auto when it aligns).", rich_help_panel="Alignment", min=0)] = 100,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Where alignment and distillation run: cpu, cuda, cuda:N, mps, or auto (accelerate's device map: "
+                     "spreads a base that does not fit one device over GPUs, CPU and disk). Default: cuda when torch sees one, else cpu.",
+                     rich_help_panel="Alignment", show_default=False),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="dtype the bases load in for alignment: float32, bfloat16 or float16. Default: each checkpoint's own "
+                     "(the two may differ). Statistics and maps are float64 either way.", rich_help_panel="Alignment", show_default=False),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(help="Alignment working memory beyond the models, e.g. 4GiB or 512MiB: the calibration runs in as many passes "
+                     "as its statistics need to fit (float32 statistics for big widths, float64 solves). Default: "
+                     "$ADAPTER_CONVERT_ALIGN_BUDGET, else 4GiB; --dry-run --json prints the prediction as resources.",
+                     rich_help_panel="Alignment", show_default=False),
+    ] = None,
     push: Annotated[str | None, typer.Option("--push", help="After a verified conversion, push --out to this Hub repo (user/name).")] = None,
     private: PrivateOption = False,
     branch: BranchOption = None,
@@ -246,6 +265,9 @@ def convert(
         distill_steps=distill_steps,
         lr=lr,
         seed=seed,
+        device=device,
+        dtype=dtype,
+        memory_budget=memory_budget,
     )
     reporter = ConsoleReporter(console)
     try:

@@ -13,7 +13,8 @@ import shlex
 from pathlib import Path
 
 from .errors import AdapterConvertError, CompatibilityUnknownError
-from .pipeline import ConversionRequest, PreparedConversion, Reporter, compatibility_summary, prepare, reproduce_command, summarize
+from .pipeline import (ConversionRequest, PreparedConversion, Reporter, alignment_resources, compatibility_summary, prepare,
+                       reproduce_command, summarize)
 from .sources import ResolvedSource
 
 # Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
@@ -81,14 +82,17 @@ def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> dict:
                 weight_bytes += size
     adapter_bytes = prepared.adapter.nbytes
     # direct: the adapter read, its converted copy, and a verification load of that copy;
-    # aligned: both bases' weights in memory too, plus per-module statistics (float64)
-    peak = LIBRARY_BYTES + 3 * adapter_bytes + (weight_bytes if needs_weights else 0)
+    # aligned: align/budget.py's prediction (both models, activations, the statistics of one pass)
+    resources = alignment_resources(prepared)
+    peak = LIBRARY_BYTES + 3 * adapter_bytes + (resources["peak_bytes"] if resources else weight_bytes if needs_weights else 0)
     return {
+        "resources": resources,
         "downloads": {"files": [f for f in files if not f["local"]], "bytes": sum(f["bytes"] for f in files if not f["local"])},
         "base_weights_needed": needs_weights,
         "base_weight_bytes": weight_bytes if needs_weights else 0,
         "predicted_peak_bytes": peak,
-        "note": "estimates: libraries + 3 x the adapter" + (" + both bases' weights as stored" if needs_weights else ""),
+        "note": "estimates: libraries + 3 x the adapter" + (" + the alignment's predicted peak (models, activations, statistics)"
+                                                             if resources else " + both bases' weights as stored" if needs_weights else ""),
     }
 
 

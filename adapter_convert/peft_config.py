@@ -69,7 +69,8 @@ def target_module_names(modules: list[ConvertedModule], arch: Architecture, num_
     adapted in some layers only, or with no unambiguous suffix (bert's ``output.dense``), is named
     module by module, so no ``layers_to_transform`` is needed.
     """
-    all_paths = list(arch.modules.values()) + list(arch.embeddings.values())
+    # the layers' other projections too: a suffix must not also select a module without a role
+    all_paths = list(arch.modules.values()) + list(arch.embeddings.values()) + arch.other_modules
     names: list[str] = []
     for role in dict.fromkeys(m.role for m in modules):
         chosen = [m for m in modules if m.role == role]

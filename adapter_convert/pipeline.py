@@ -70,6 +70,9 @@ class ConversionRequest:
     distill_steps: int = 100
     lr: float = 1e-3
     seed: int = 0
+    device: str | None = None  # alignment and distillation: cpu, cuda[:N], or auto (accelerate's device_map); None: cuda if available
+    dtype: str | None = None  # float32, bfloat16, float16; None: each checkpoint's own
+    memory_budget: str | None = None  # alignment working memory, e.g. "4GiB"; None: $ADAPTER_CONVERT_ALIGN_BUDGET or 4 GiB
 
 
 @dataclass
@@ -103,6 +106,40 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--calibration-tokens", request.calibration_tokens, "16 or more")
     if request.distill_steps < 0:
         raise bad("--distill-steps", request.distill_steps, "0 or more")
+    if request.dtype not in (None, *DTYPES):
+        raise bad("--dtype", request.dtype, f"one of {', '.join(DTYPES)}")
+    if request.device is not None:
+        check_device(request.device)
+    if request.memory_budget is not None:
+        from .align.budget import parse_bytes
+
+        try:
+            if parse_bytes(request.memory_budget) < 2**20:
+                raise ValueError("below 1 MiB")
+        except ValueError:
+            raise bad("--memory-budget", request.memory_budget, "a size of at least 1MiB, such as 4GiB or 512MiB") from None
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_device(device: str) -> None:
+    """cpu, auto, mps, or cuda[:N] that this machine has (checked before any work)."""
+    import re
+
+    if device in ("cpu", "auto"):
+        return
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: this machine has no Apple GPU (MPS).", "Use --device cpu.")
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
+        raise UsageError(f"--device {device!r} is not a device.", "Use cpu, cuda, cuda:N, mps or auto (accelerate's device map, with offloading).")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA GPU here ({torch.__version__}).", "Use --device cpu, or install a CUDA build of torch.")
+    if match.group(1) and int(match.group(1)) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).", "Pick one that exists.")
 
 
 def _local_inputs(request: ConversionRequest) -> dict[str, Path]:
@@ -134,7 +171,7 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     target_base = resolve(request.target, what="target base", patterns=base_files, required="config.json", token=request.token)
     source_config = read_model_config(source_base, what="source base")
     target_config = read_model_config(target_base, what="target base")
-    source_arch, target_arch = get_architecture(source_config.model_type), get_architecture(target_config.model_type)
+    source_arch, target_arch = get_architecture(source_config.model_type, source_config), get_architecture(target_config.model_type, target_config)
     source_dims, target_dims = source_arch.dims(source_config), target_arch.dims(target_config)
     parsed = parse_adapter(adapter.tensors, arch=source_arch, dims=source_dims, modules_to_save=adapter.config.modules_to_save)
     check_source_ranks(adapter.config, parsed, source_arch)
@@ -214,7 +251,9 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
     plan, request = prepared.plan, prepared.request
 
     def base(source: ResolvedSource, arch, dims) -> dict:
-        return {"id": source.id, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden}
+        return {"id": source.id, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden,
+                "architecture": {"origin": arch.origin, "layers": f"{arch.backbone}.{arch.layers}".lstrip("."), "modules": dict(arch.modules),
+                                 "fused_layout": dict(arch.fused_layout), "unsupported": dict(arch.unsupported)}}
 
     modules = []
     for mapping in plan.modules:
@@ -239,7 +278,15 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "output": written,
         "alignment": {"method": plan.alignment.method or "direct", "reason": plan.alignment.reason},
         "compatibility": compatibility_summary(prepared.compatibility),
+        "resources": alignment_resources(prepared),  # None unless it aligns
     }
+
+
+def alignment_resources(prepared: PreparedConversion) -> dict | None:
+    """The predicted alignment memory (align/budget.py), or None for a direct mapping."""
+    from .align.budget import for_prepared  # the alignment package loads only when asked
+
+    return for_prepared(prepared)
 
 
 def _method(plan: ConversionPlan) -> str:
@@ -263,6 +310,8 @@ def reproduce_command(prepared: PreparedConversion) -> str:
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
+        if request.dtype:  # the device changes speed, not the result's meaning; the dtype can change numbers
+            words += ["--dtype", request.dtype]
     return shlex.join(words)
 
 

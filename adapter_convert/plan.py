@@ -79,6 +79,12 @@ def parse_adapter(
         if match := layer_re.match(module):
             layer, path = int(match.group(1)), match.group(2)
             role = arch.role_of(path)
+            if role is None and path in arch.unsupported:
+                raise UnsupportedError(
+                    f"Adapter key {key!r}: {arch.model_type}'s {path!r} has no role adapter-convert can map "
+                    f"({arch.unsupported[path]}).",
+                    "Retrain the adapter without that module, or convert only onto the same model type and depth by hand.",
+                )
             if role is None:
                 raise _key_mismatch(key, arch, f"{arch.model_type} layers have no module {path!r}")
             if layer >= dims.layers:
@@ -271,6 +277,8 @@ def map_roles(source_roles: list[str], source: Architecture, target: Architectur
                 f"Cannot build {target.model_type} {target_role} from {source.model_type} {', '.join(sources)}.",
                 "Convert onto an architecture whose projections are fused the same way.",
             )
+        if operation != "copy":
+            _check_layouts_known(operation, target_role, sources, source, target)
         mappings.append(ModuleMapping(target_role, operation, sources))
         used |= {p for r in sources for p in all_roles.parts(r) if p in target_parts}
     lost = [p for r in source_roles for p in all_roles.parts(r) if p not in used]
@@ -281,6 +289,23 @@ def map_roles(source_roles: list[str], source: Architecture, target: Architectur
             "Pick a target architecture with those modules, or retrain the adapter without them.",
         )
     return tuple(mappings)
+
+
+def _check_layouts_known(operation: str, target_role: str, sources: tuple[str, ...], source: Architecture, target: Architecture) -> None:
+    """Fusing, splitting or re-ordering a fused module needs its row order, which a derived
+    architecture knows only from a data file: without one it copies onto its own type only."""
+    fused = [(target, target_role)] if operation in ("fuse", "relayout") else []
+    fused += [(source, r) for r in sources if r in roles().fused]
+    for arch, role in fused:
+        if role in roles().fused and not arch.known_layout(role):
+            raise UnsupportedError(
+                f"{arch.model_type}'s fused {role} module {arch.modules[role]!r} has rows of q, k and v (or gate and up) "
+                f"in an order its module tree does not tell, so it cannot be "
+                f"{ {'fuse': 'fused', 'split': 'split', 'relayout': 're-ordered'}.get(operation, operation)}"
+                + (f" for {target.model_type}" if arch is source else f" from {source.model_type}") + ".",
+                f"Convert between models of the same type, or state the order in adapter_convert/architectures/data/"
+                f"{arch.model_type}.json (\"fused_layout\": {{\"{role}\": \"concat\" or \"per_head\"}}) after checking its code.",
+            )
 
 
 def plan_conversion(

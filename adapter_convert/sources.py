@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .architectures import check_model_type, get_architecture
+from .architectures import check_known_model_type, get_architecture
 from .errors import AdapterConvertError, BadModelConfigError, HubFileMissingError, SourceNotFoundError
 from .hub import download, parse_hub_reference
 
@@ -75,8 +75,9 @@ def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
             f"The {what}'s {str(path)!r} holds a JSON {type(raw).__name__}, not an object of settings.", "Re-save the model's config."
         )
     try:
-        arch = get_architecture(check_model_type(raw.get("model_type")))  # unknown types fail here, naming the known ones
+        model_type = check_known_model_type(raw.get("model_type"))  # unknown types fail here, before transformers reads it
         config = AutoConfig.from_pretrained(source.path)
+        arch = get_architecture(model_type, config)  # derived from this config's structure; refusals name the blocking module
         arch.dims(config)  # sizes checked before anything is built from them
     except BadModelConfigError as err:
         raise BadModelConfigError(f"The {what} ({str(path)!r}): {err.problem}", err.fix) from None

@@ -4,6 +4,8 @@ key/value heads, and different tokenizers (llama with WordPiece -> qwen2 with a 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +152,51 @@ def test_a_diverging_distillation_writes_nothing(decoders, tmp_path):
     assert result.exit_code == 7, result.output
     assert "NaN or Inf" in result.output and "lower --lr" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _bf16_student(decoders, task, tmp_path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    model_class = AutoModelForCausalLM if task == "CAUSAL_LM" else AutoModelForTokenClassification
+    folder = tmp_path / "bf16-student"
+    model_class.from_pretrained(decoders / task / "student").to(torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(decoders / task / "student").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("task", ["CAUSAL_LM", "TOKEN_CLS"])
+def test_mixed_dtypes_align_and_distill(decoders, tmp_path, task):
+    """A float32 teacher and a bfloat16 student (the distillation used to crash on the mix)."""
+    student = _bf16_student(decoders, task, tmp_path)
+    result = CliRunner().invoke(app, ["convert", str(decoders / task / "adapter"), "--target", str(student), "--out", str(tmp_path / "out"),
+                                      "--json", "--align", "distill", "--distill-steps", "3", "--calibration-tokens", "256"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["alignment"]
+    assert report["dtypes"] == {"source": "float32", "target": "bfloat16"}
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert report["distill"]["steps"] == 3 and math.isfinite(report["distill"]["final_loss"])
+    # --dtype loads both in one dtype, and is part of the reproduce command
+    result = CliRunner().invoke(app, ["convert", str(decoders / task / "adapter"), "--target", str(student), "--out", str(tmp_path / "out32"),
+                                      "--json", "--align", "lstsq", "--calibration-tokens", "256", "--dtype", "float32", "--device", "auto"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["alignment"]["dtypes"] == {"source": "float32", "target": "float32"}
+    assert "--dtype float32" in summary["command_line"]
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--device", "cuda:7" if torch.cuda.is_available() else "cuda", "CUDA"),
+    ("--device", "tpu", "is not a device"),
+    ("--dtype", "float8", "--dtype 'float8' is not allowed"),
+])
+def test_bad_device_or_dtype_is_refused_before_any_work(decoders, tmp_path, option, value, message):
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "out").exists()
+
+
+def test_memory_budget_option_reaches_the_plan(decoders, tmp_path):
+    result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--dry-run", "--memory-budget", "64MiB")
+    assert result.exit_code == 0, result.output
+    resources = json.loads(result.stdout)["resources"]
+    assert resources["budget_bytes"] == 64 * 2**20 and resources["within_budget"] and resources["passes"] >= 1

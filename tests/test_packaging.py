@@ -54,7 +54,8 @@ def test_wheel_ships_every_data_file(wheel):
     for required in ("adapter_convert/calibration/default.txt", "adapter_convert/demo/data/val.conllu",
                      "adapter_convert/demo/data/test.conllu", "adapter_convert/demo/data/LICENSE",
                      "adapter_convert/demo/data/README.md", "adapter_convert/templates/model_card.md",
-                     "adapter_convert/architectures/roles.json", "adapter_convert/architectures/data/bert.json"):
+                     "adapter_convert/architectures/roles.json", "adapter_convert/architectures/data/phi3.json",
+                     "adapter_convert/architectures/coverage.json"):
         assert required in names, required
     missing = [name for name in _data_files() if name not in names]
     assert not missing, f"data files left out of the wheel (add them to package-data): {missing}"

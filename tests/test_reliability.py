@@ -241,7 +241,8 @@ def test_explicit_layer_map_onto_unadapted_layers(tiny_pair):
     assert run(*convert_args(tiny_pair, "--layer-map", "0:0,1:1")).exit_code == 0
 
 
-@pytest.mark.parametrize("option,value", [("--lr", "nan"), ("--lr", "-1"), ("--lr", "inf"), ("--seed", "99999999999999999999999"), ("--seed", "-1")])
+@pytest.mark.parametrize("option,value", [("--lr", "nan"), ("--lr", "-1"), ("--lr", "inf"), ("--seed", "99999999999999999999999"), ("--seed", "-1"),
+                                          ("--memory-budget", "lots"), ("--memory-budget", "10KiB")])
 def test_bad_option_values(tiny_pair, option, value):
     result = run(*convert_args(tiny_pair, option, value))
     assert result.exit_code == 2, result.output

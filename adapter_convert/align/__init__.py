@@ -58,7 +58,4 @@ def teacher_to_student(method: str, stats: PairStats, **options) -> Fit:
 
 def transposed(stats: PairStats) -> PairStats:
     """The same statistics with the roles of student and teacher swapped."""
-    swapped = PairStats.__new__(PairStats)
-    swapped.n, swapped.sum_s, swapped.sum_t = stats.n, stats.sum_t, stats.sum_s
-    swapped.ss, swapped.tt, swapped.st = stats.tt, stats.ss, stats.st.T
-    return swapped
+    return stats.transposed()

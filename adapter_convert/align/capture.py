@@ -73,9 +73,12 @@ class _Recorder:
 
 def collect_statistics(
     teacher, student, teacher_arch: Architecture, student_arch: Architecture, points: list[CapturePoint],
-    batches: Iterable[PairedBatch], on_batch: Callable[[int], None] = lambda tokens: None,
+    batches: Iterable[PairedBatch], on_batch: Callable[[int], None] = lambda tokens: None, *,
+    dtype: torch.dtype = torch.float64, full: Callable[[CapturePoint], tuple[str, ...]] = lambda point: ("s", "t"),
 ) -> dict[tuple[int | None, str], PairStats]:
-    """Statistics keyed by (student layer, point); the models are bare backbones (AutoModel)."""
+    """Statistics keyed by (student layer, point); the models are bare backbones (AutoModel).
+    One pass over ``batches``: only the given points are recorded (a pass of a larger schedule);
+    ``dtype`` and ``full`` (which Grams each point keeps whole) shape their ``PairStats``."""
     teacher_wanted: dict[int, set[str]] = {}
     student_wanted: dict[int, set[str]] = {}
     for p in points:
@@ -89,20 +92,29 @@ def collect_statistics(
             for batch in batches:
                 teacher_rec.seen.clear()
                 student_rec.seen.clear()
-                teacher_out = teacher(**batch.teacher_inputs).last_hidden_state
-                student_out = student(**batch.student_inputs).last_hidden_state
+                teacher_out = teacher(**on_device(batch.teacher_inputs, teacher)).last_hidden_state
+                student_out = student(**on_device(batch.student_inputs, student)).last_hidden_state
                 for p in points:
                     if p.point == LAST_HIDDEN:
                         t, s = teacher_out, student_out
                     else:
                         t, s = teacher_rec.seen[(p.teacher_layer, p.point)], student_rec.seen[(p.student_layer, p.point)]
-                    x_t, x_s = t[batch.teacher_index], s[batch.student_index]
+                    x_t, x_s = t[index_on(batch.teacher_index, t)], s[index_on(batch.student_index, s)]
                     key = (p.student_layer, p.point)
                     if key not in stats:
-                        stats[key] = PairStats(x_s.shape[-1], x_t.shape[-1])
+                        stats[key] = PairStats(x_s.shape[-1], x_t.shape[-1], dtype=dtype, full=full(p), device=x_s.device)
                     stats[key].update(x_s, x_t)
                 on_batch(batch.tokens)
     finally:
         teacher_rec.close()
         student_rec.close()
     return stats
+
+
+def on_device(inputs: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Token ids and masks where the model's first layer is (accelerate's device map included)."""
+    return {key: value.to(model.device) for key, value in inputs.items()}
+
+
+def index_on(index: tuple[torch.Tensor, torch.Tensor], tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(i.to(tensor.device) for i in index)

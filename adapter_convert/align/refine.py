@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..calibration import PairedBatch
+from .capture import index_on, on_device
 
 
 def uses_logits(task_type: str | None, has_head: bool) -> bool:
@@ -22,12 +23,16 @@ def uses_logits(task_type: str | None, has_head: bool) -> bool:
 
 
 def _outputs(model, batch_inputs, index, *, logits: bool, task_type: str | None, adapter: bool = True):
+    """Logits or last hidden states at the paired positions, in float32 (the two models may run in
+    different dtypes and on different devices; comparisons and losses are made in float32)."""
     context = contextlib.nullcontext() if adapter else model.disable_adapter()
     with context:
-        out = model(**batch_inputs, output_hidden_states=not logits)
+        out = model(**on_device(batch_inputs, model), output_hidden_states=not logits)
     if logits:
-        return out.logits if task_type == "SEQ_CLS" else out.logits[index]
-    return out.hidden_states[-1][index]
+        result = out.logits if task_type == "SEQ_CLS" else out.logits[index_on(index, out.logits)]
+    else:
+        result = out.hidden_states[-1][index_on(index, out.hidden_states[-1])]
+    return result.float()
 
 
 def _hidden_delta(model, inputs, index, *, grad: bool) -> torch.Tensor:
@@ -47,14 +52,14 @@ def agreement(teacher, student, batches: Iterable[PairedBatch], *, task_type: st
             for batch in batches:
                 t = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
                 s = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
-                same += int((t.argmax(-1) == s.argmax(-1)).sum())
+                same += int((t.argmax(-1).cpu() == s.argmax(-1).cpu()).sum())
                 total += t.shape[0]
         return {"metric": "predicted-label agreement", "value": same / max(total, 1), "tokens": total}
     cosine_sum, total = 0.0, 0
     for batch in batches:
         dt = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
         ds = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=False)
-        cosine_sum += float(F.cosine_similarity(ds.double() @ head_map.T, dt.double(), dim=-1).sum())
+        cosine_sum += float(F.cosine_similarity(ds.double().cpu() @ head_map.double().T, dt.double().cpu(), dim=-1).sum())
         total += dt.shape[0]
     return {"metric": "cosine of last-hidden-state changes", "value": cosine_sum / max(total, 1), "tokens": total}
 
@@ -80,10 +85,13 @@ def distill(
             with torch.no_grad():
                 target = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
             predicted = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
+            target = target.to(predicted.device)
             loss = F.kl_div(F.log_softmax(predicted, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean")
         else:
             target = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
-            predicted = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=True) @ head_map.T
+            predicted = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=True)
+            predicted = predicted @ head_map.to(predicted.device).T
+            target = target.to(predicted.device)
             loss = F.mse_loss(predicted, target) / target.pow(2).mean().clamp_min(1e-12)
         loss.backward()
         optimizer.step()

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 
 from ..calibration import PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
-from ..transform import AdapterModule
+from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
-from . import student_to_teacher, teacher_to_student
-from .capture import LAST_HIDDEN, capture_points, collect_statistics, input_point, output_point
-from .fold import fold_head, fold_module
-from .lstsq import fit as lstsq_fit
-from .lstsq import r_squared
+from .budget import budget_bytes, point_shapes, schedule
+from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
+from .correlation import assign, selection
+from .fold import fold_head, fold_input, fold_output
+from .lstsq import DEFAULT_RIDGE, Regression
+from .lstsq import identity_r2 as lstsq_identity_r2
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
@@ -47,10 +48,13 @@ class AlignmentSession:
         self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
         reporter.stage("Loading source and target base models for calibration")
         model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix else AutoModel
-        kwargs = {}
+        self.device = resolve_device(request.device)
+        # the checkpoint's own dtype unless asked; accelerate's device map places (and offloads) big models
+        kwargs = {"dtype": getattr(torch, request.dtype) if request.dtype else "auto",
+                  "device_map": "auto" if self.device == "auto" else self.device}
         if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS"):
             # the base's own head (if any) is replaced by the adapter's, whatever its size
-            kwargs = {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
+            kwargs |= {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
         loaded = {}
         for side, source in (("source base", prepared.source_base), ("target base", prepared.target_base)):
             try:
@@ -71,9 +75,11 @@ class AlignmentSession:
                 ) from None
             loaded[side] = (tokenizer, model)
         (self.teacher_tokenizer, self.teacher), (self.student_tokenizer, self.student) = loaded["source base"], loaded["target base"]
-        self.maps: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.folded: dict[tuple[int, str], AdapterModule] = {}
         self.head_map: torch.Tensor | None = None
-        self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason}
+        self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason,
+                             "device": self.device, "dtypes": {"source": str(self.teacher.dtype).removeprefix("torch."),
+                                                               "target": str(self.student.dtype).removeprefix("torch.")}}
 
     def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         """Batches are made as they are used, never all held: memory does not grow with tokens."""
@@ -88,43 +94,97 @@ class AlignmentSession:
                 raise _no_pairs()
 
     def fit(self) -> None:
-        """Calibrate and fit P_in / P_out for every mapped module, and the head's input map."""
+        """Calibrate, fit P_in / P_out for every mapped module and fold them into the adapter, and
+        fit the head's input map: statistics -> fitted maps -> folded modules, pass by pass.
+
+        The capture points are grouped into passes that fit the memory budget (align/budget.py;
+        small models: one pass, float64 statistics). Each pass runs the calibration text through
+        both models once for its points; then each point is fitted, folded into the modules that
+        read or write it, and its statistics freed. Only the folded modules (r x d) and the head's
+        map are kept, never a d x d map."""
         request, plan = self.prepared.request, self.prepared.plan
         role_names = [m.target_role for m in plan.modules]
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
-        points = capture_points(role_names, layer_pairs, head=True)
-        with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens) as advance:
-            stats = collect_statistics(
-                self.teacher.base_model, self.student.base_model, plan.source_arch, plan.target_arch, points,
-                self.batches(self.fit_texts, request.calibration_tokens), on_batch=lambda tokens: advance(amount=tokens),
-            )
-        tokens = stats[(None, LAST_HIDDEN)].n
-        if tokens == 0:
-            raise _no_pairs()
-        rows = []
+        method = self.method
+        shapes = point_shapes(role_names, layer_pairs, plan.source_dims, plan.target_dims)
+        activation = max(self.teacher.dtype.itemsize, self.student.dtype.itemsize)
+        planned = schedule(shapes, method=method, budget=budget_bytes(self.prepared.request.memory_budget), rank=self._rank(), activation_bytes=activation)
+        dtype = torch.float64 if planned.element == 8 else torch.float32
+        full = {shape.point: shape.full(method) for shape in shapes}
+        self.folded = {key: module for key, module in self._source_modules(layer_pairs, role_names).items()}
+        scores: dict[tuple[int | None, str], dict] = {}
+        tokens = None
         options = {"ridge": request.ridge}
+        with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens * len(planned.passes)) as advance:
+            for group in planned.passes:
+                stats = collect_statistics(
+                    self.teacher.base_model, self.student.base_model, plan.source_arch, plan.target_arch, [g.point for g in group],
+                    self.batches(self.fit_texts, request.calibration_tokens), on_batch=lambda tokens: advance(amount=tokens),
+                    dtype=dtype, full=lambda point: full[point],
+                )
+                if tokens is None:
+                    tokens = next(iter(stats.values())).n if stats else 0
+                    if tokens == 0:
+                        raise _no_pairs()
+                for shape in group:
+                    key = (shape.point.student_layer, shape.point.point)
+                    scores[key] = self._fit_point(shape, stats.pop(key), method, options, role_names)
+                del stats
+        rows = []
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
-                input_stats = stats[(target_layer, input_point(role))]
-                p_in = student_to_teacher(self.method, input_stats, **options)
-                p_out = teacher_to_student(self.method, stats[(target_layer, output_point(role))], **options)
-                self.maps[(target_layer, role)] = (p_in.matrix, p_out.matrix)
+                p_in, p_out = scores[(target_layer, input_point(role))], scores[(target_layer, output_point(role))]
                 rows.append({"target_layer": target_layer, "source_layer": source_layer, "role": role,
-                             "input_fit": round(p_in.score, 4), "output_fit": round(p_out.score, 4), "score": p_in.score_name,
-                             "identity_r2": identity_r2(input_stats), "linear_r2": round(r_squared(input_stats, lstsq_fit(input_stats).matrix), 4)})
-        head = student_to_teacher(self.method, stats[(None, LAST_HIDDEN)], **options)
-        self.head_map = head.matrix
+                             "input_fit": round(p_in["score"], 4), "output_fit": round(p_out["score"], 4), "score": p_in["score_name"],
+                             "identity_r2": p_in["identity_r2"], "linear_r2": round(p_in["linear_r2"], 4)})
+        head = scores[(None, LAST_HIDDEN)]
         self.report |= {
             "calibration": {"source": self.prepared.calibration.pinned if self.prepared.calibration else "built-in multilingual sample",
                             "tokens": tokens},
             "modules": rows,
-            "head_input_fit": round(head.score, 4),
-            "score": head.score_name,
+            "head_input_fit": round(head["score"], 4),
+            "score": head["score_name"],
+            "memory": {"passes": len(planned.passes), "statistics_dtype": planned.dtype_name, "predicted_alignment_bytes": planned.peak,
+                       "budget_bytes": planned.budget},
         }
 
+    def _rank(self) -> int:
+        ranks = [t.shape[0] for key, t in self.prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
+        return max(ranks, default=1)
+
+    def _source_modules(self, layer_pairs, role_names) -> dict[tuple[int, str], AdapterModule]:
+        """The teacher's modules each mapped (target layer, role) starts from (alignment maps one
+        source layer per target layer, copying roles: plan._check_alignable)."""
+        plan, parsed, config = self.prepared.plan, self.prepared.parsed, self.prepared.adapter.config
+        modules = {}
+        for target_layer, source_layer in layer_pairs:
+            for role in role_names:
+                params = parsed.layers.get((source_layer, role))
+                if params is not None:
+                    modules[(target_layer, role)] = read_module(params, config, plan.module_path(role, source_layer, target=False))
+        return modules
+
+    def _fit_point(self, shape, stats, method: str, options: dict, role_names: list[str]) -> dict:
+        """Fit one capture point, fold it into the modules it feeds, and return its scores."""
+        layer = shape.point.student_layer
+        result = fit_point(stats, shape.kind, method, **options)
+        if shape.kind == "head":
+            self.head_map = result.pop("map").cpu()
+            return result
+        fitted = result.pop("map")
+        for role in role_names:
+            key = (layer, role)
+            if key not in self.folded:
+                continue
+            if shape.kind == "in" and input_point(role) == shape.point.point:
+                self.folded[key] = fold_input(self.folded[key], fitted)
+            elif shape.kind == "out" and output_point(role) == shape.point.point:
+                self.folded[key] = fold_output(self.folded[key], fitted)
+        return result
+
     def adjust_module(self, target_layer: int, role: str, module: AdapterModule) -> AdapterModule:
-        p_in, p_out = self.maps[(target_layer, role)]
-        return fold_module(module, p_in, p_out)
+        """The module folded during ``fit`` (from the same source module that ``module`` copies)."""
+        return self.folded[(target_layer, role)]
 
     def adjust_head(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return fold_head(params, self.head_map)
@@ -157,7 +217,8 @@ class AlignmentSession:
         self.report["distill"] = {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)}
         self.report["agreement"] = held_out_agreement()
         trained = get_peft_model_state_dict(student)
-        return {key: trained[key].detach().clone().contiguous() if key in trained else value for key, value in tensors.items()}
+        # back on the CPU, in the converted adapter's own dtype (peft may train adapters in float32 on a bf16 base)
+        return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}
 
 
 def _no_pairs() -> CalibrationDataError:
@@ -172,10 +233,40 @@ def has_tokenizer_files(folder) -> bool:
     return any((folder / name).is_file() for name in names) or any(folder.glob("*.model"))
 
 
-def identity_r2(stats) -> float | None:
-    """Activation evidence of compatibility: the share of the teacher's input variance that the
-    student's same-index dimensions explain as they are (None across widths). Beside the best
-    linear map's share (``linear_r2``), it says whether a copy would have read the right inputs."""
-    if stats.ss.shape != stats.tt.shape:
-        return None
-    return round(r_squared(stats, torch.eye(stats.ss.shape[0], dtype=torch.float64)), 4)
+def fit_point(stats, kind: str, method: str, *, ridge: float) -> dict:
+    """One capture point's fit: ``map`` (a dense selection, the head's dense matrix, or a factored
+    ``Regression`` that folds without forming its matrix) and its scores. Releases what it can of
+    ``stats`` as it goes; the caller drops the rest."""
+    student, teacher, corr_score = assign(stats)
+    if kind == "out":  # teacher -> student
+        if method == "correlation":
+            return {"map": selection(student, teacher, stats.dims["s"], stats.dims["t"]).T, "score": corr_score,
+                    "score_name": "mean correlation"}
+        solved = Regression(stats, x="t", ridge=ridge, prior=(teacher, student), release=True)
+        return {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
+    # student -> teacher: a module input, or the last hidden state the head reads
+    result = {"identity_r2": None if (r2 := lstsq_identity_r2(stats)) is None else round(r2, 4)}
+    if method == "correlation":
+        result |= {"map": selection(student, teacher, stats.dims["s"], stats.dims["t"]), "score": corr_score,
+                   "score_name": "mean correlation"}
+        linear = Regression(stats, x="s", ridge=DEFAULT_RIDGE, prior=(student, teacher), release=True)
+        result["linear_r2"] = linear.r_squared()
+        del linear
+    else:
+        same = ridge == DEFAULT_RIDGE
+        solved = Regression(stats, x="s", ridge=ridge, prior=(student, teacher), release=same)
+        result |= {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
+        if same:
+            result["linear_r2"] = result["score"]
+        else:
+            result["linear_r2"] = Regression(stats, x="s", ridge=DEFAULT_RIDGE, prior=(student, teacher), release=True).r_squared()
+    if kind == "head" and not isinstance(result["map"], torch.Tensor):
+        result["map"] = result["map"].matrix()
+    return result
+
+
+def resolve_device(device: str | None) -> str:
+    """The device alignment runs on: as asked, else cuda when torch sees one, else cpu."""
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,9 +1,14 @@
-"""Per-architecture knowledge, as data.
+"""Per-architecture knowledge: derived from the model itself, completed by data files.
 
-Each ``data/<model_type>.json`` says where a model family keeps its transformer layers and which
-module plays which *role* (``attn.q``, ``mlp.down``, ``attn.qkv`` ...). ``roles.json`` says which
-space each role reads and writes. Cross-architecture mapping is then a join on role. Adding a
-family is adding a file.
+``get_architecture(model_type, config)`` builds the model on the meta device and reads from its
+module tree where the transformer layers are and which module plays which *role* (``attn.q``,
+``mlp.down``, ``attn.qkv`` ...; ``derive.py``). ``roles.json`` says which space each role reads
+and writes. Cross-architecture mapping is then a join on role.
+
+``data/<model_type>.json`` holds only what a module tree cannot tell, each entry checked against
+the derived shapes: the row order of a fused projection (``fused_layout``: ``concat`` or
+``per_head``), or a correction of a derived field. A fused projection without a stated layout
+is copied only onto the same model type.
 """
 
 from __future__ import annotations
@@ -90,6 +95,18 @@ class Architecture:
     fused_layout: dict[str, str] = field(default_factory=dict)  # fused role -> concat | per_head
     conv1d: bool = False  # weights stored (in, out), as transformers' Conv1D
     config: dict[str, str | None] = field(default_factory=dict)  # size -> config attribute
+    origin: str = "derived"  # derived | derived + data/<model_type>.json
+    unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
+    outside: tuple[str, ...] = ()  # projections and embeddings outside the layers (a peft suffix must not select them)
+
+    @property
+    def other_modules(self) -> list[str]:
+        """Module paths without a role, in the layers and outside: target_modules must not select them."""
+        return list(self.unsupported) + list(self.outside)
+
+    def known_layout(self, fused_role: str) -> bool:
+        """Whether the row order inside this fused module is known (else it only copies onto its own type)."""
+        return self.layout(fused_role) in FUSED_LAYOUTS
 
     @property
     def layers_pattern(self) -> str:
@@ -159,9 +176,22 @@ def roles() -> Roles:
     )
 
 
-@cache
+# the families tested module by module in tests/test_architectures.py; docs/coverage.md lists
+# every model type of the installed transformers that converts (tests/test_coverage.py)
+TESTED_FAMILIES = ("bert", "deberta-v2", "distilbert", "electra", "gemma", "gemma2", "gpt2", "gpt_neox", "llama",
+                   "mistral", "phi3", "qwen2", "qwen3", "roberta", "xlm-roberta")
+FUSED_LAYOUTS = ("concat", "per_head")
+_OVERRIDE_FIELDS = ("backbone", "layers", "modules", "embeddings", "heads", "fused_layout", "conv1d", "config")
+
+
 def supported_model_types() -> tuple[str, ...]:
-    return tuple(sorted(p.name[:-5] for p in (_DATA / "data").iterdir() if p.name.endswith(".json")))
+    return TESTED_FAMILIES
+
+
+def _supported_hint(model_type: str) -> str:
+    return (f"Model types tested to convert include {', '.join(TESTED_FAMILIES)}; docs/coverage.md lists all of them "
+            f"(with the reason for each refused one). A derivation can be completed by "
+            f"adapter_convert/architectures/data/{model_type}.json.")
 
 
 def check_model_type(model_type: Any) -> str:
@@ -174,21 +204,147 @@ def check_model_type(model_type: Any) -> str:
     return model_type
 
 
+def check_known_model_type(model_type: Any) -> str:
+    """``model_type`` if the installed transformers knows it (syntax checked first)."""
+    from transformers import __version__ as transformers_version
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    check_model_type(model_type)
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise UnsupportedError(
+            f"Unknown model_type {model_type!r}: transformers {transformers_version} has no such model type, so its "
+            "architecture cannot be derived.",
+            "Check config.json's model_type, or upgrade transformers if the model is newer. " + _supported_hint(model_type),
+        )
+    return model_type
+
+
+# config settings that never change a module tree (names, labels, dtypes)
+_NOT_STRUCTURAL = {"model_type", "transformers_version", "architectures", "torch_dtype", "dtype", "name_or_path",
+                   "_name_or_path", "id2label", "label2id", "problem_type", "finetuning_task", "tokenizer_class",
+                   "prefix", "return_dict", "output_hidden_states", "output_attentions", "use_cache", "chunk_size_feed_forward"}
+
+
+def structure_signature(config: Any) -> tuple:
+    """The config's settings that may change its module tree (flags, names, layer types and
+    counts, expert steps): the derived architecture's cache key. Widths are left out: derivation
+    replaces them with its probe widths."""
+    if config is None:
+        return ()
+    try:
+        raw = config.to_dict()
+    except Exception:  # noqa: BLE001
+        return ()
+
+    from .derive import SIZE_CANDIDATES
+
+    widths = {k for keys in SIZE_CANDIDATES.values() for k in keys} - set(SIZE_CANDIDATES["layers"])
+
+    def scalar(v: Any) -> bool:
+        return v is None or isinstance(v, (bool, str))
+
+    items = []
+    for key, value in sorted(raw.items()):
+        if key in _NOT_STRUCTURAL or key.startswith("_") or key in widths or key.endswith("token_id"):
+            continue
+        if scalar(value) or isinstance(value, int):  # ints too: layer counts, expert steps, dense-layer counts
+            items.append((key, value))
+        elif isinstance(value, (list, tuple)) and all(scalar(v) or isinstance(v, int) for v in value):
+            items.append((key, tuple(value)))
+    return tuple(items)
+
+
+def get_architecture(model_type: str, config: Any = None) -> Architecture:
+    """The architecture of ``model_type``: derived from the model built on the meta device (with
+    ``config``'s structure when given, else the type's default config), then completed by
+    ``data/<model_type>.json``. Raises UnsupportedError naming the module or setting that blocks it."""
+    check_known_model_type(model_type)
+    if config is not None and getattr(config, "model_type", model_type) != model_type:
+        config = None
+    return _architecture(model_type, structure_signature(config), _Held(config))
+
+
+class _Held:
+    """Carries the config into the cached function without being part of its key."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Held)
+
+
 @cache
-def get_architecture(model_type: str) -> Architecture:
+def _architecture(model_type: str, signature: tuple, held: _Held) -> Architecture:
+    from .derive import DerivationError, derive
+
+    try:
+        derived = derive(model_type, held.config)
+    except DerivationError as err:
+        raise UnsupportedError(f"Unsupported model_type {model_type!r}: {err}.", _supported_hint(model_type)) from None
+    raw: dict[str, Any] = {
+        "model_type": model_type, "backbone": derived.backbone, "layers": derived.layers, "modules": derived.modules,
+        "embeddings": derived.embeddings, "heads": derived.heads, "conv1d": derived.conv1d, "config": derived.config,
+        "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
+        "unsupported": derived.unsupported, "outside": derived.outside,
+    }
+    override = load_override(model_type)
+    if override is not None:
+        raw = apply_override(raw, override, derived)
+    return Architecture(**raw)
+
+
+def load_override(model_type: str) -> dict | None:
     path = _DATA / "data" / f"{check_model_type(model_type)}.json"
     if not path.is_file():
-        raise UnsupportedError(
-            f"Unknown model_type {model_type!r}: adapter-convert has no architecture file for it.",
-            f"Supported model types: {', '.join(supported_model_types())}. "
-            f"Add one by writing adapter_convert/architectures/data/{model_type}.json.",
-        )
+        return None
     raw = json.loads(path.read_text())
-    known_roles = set(roles().plain) | set(roles().fused)
-    unknown = set(raw["modules"]) - known_roles
+    unknown = set(raw) - set(_OVERRIDE_FIELDS) - {"model_type", "_why"}
     if unknown:
-        raise UnsupportedError(f"{path.name} names unknown roles {sorted(unknown)}.", f"Known roles: {sorted(known_roles)}.")
-    return Architecture(**raw)
+        raise UnsupportedError(f"{path.name} sets unknown fields {sorted(unknown)}.", f"Known fields: {', '.join(_OVERRIDE_FIELDS)}.")
+    return raw
+
+
+def apply_override(raw: dict, override: dict, derived: Any) -> dict:
+    """``raw`` (derived) completed by ``override``; every override entry is checked against the
+    derived module shapes (a wrong file must not silently misplace an adapter)."""
+    model_type = raw["model_type"]
+    name = f"data/{model_type}.json"
+
+    def bad(why: str) -> UnsupportedError:
+        return UnsupportedError(f"{name} disagrees with the {model_type} model: {why}.", f"Fix {name}.")
+
+    raw = {**raw, "origin": f"derived + {name}"}
+    for key in ("backbone", "layers", "conv1d"):
+        if key in override:
+            raw[key] = override[key]
+    known_roles = set(roles().plain) | set(roles().fused)
+    for key in ("modules", "embeddings", "heads", "config"):
+        if key in override:
+            raw[key] = {**raw[key], **override[key]}
+    if set(raw["modules"]) - known_roles:
+        raise bad(f"unknown roles {sorted(set(raw['modules']) - known_roles)}")
+    for role, path in override.get("modules", {}).items():
+        if derived.modules.get(role) != path and path not in derived.layer_shapes:
+            raise bad(f"{role} names {path!r}, which its layers do not have")
+        shape = derived.layer_shapes.get(path)
+        if shape is not None and shape != role_shape(role, derived.probe_dims):
+            raise bad(f"{role} names {path!r}, which maps {shape[0]} -> {shape[1]}, not {role_shape(role, derived.probe_dims)}")
+        raw["unsupported"] = {p: why for p, why in raw["unsupported"].items() if p != path}
+    layouts = dict(raw["fused_layout"])
+    for role, layout in override.get("fused_layout", {}).items():
+        if role not in roles().fused or role not in raw["modules"]:
+            raise bad(f"fused_layout names {role}, which is not a fused module of its layers")
+        if layout not in FUSED_LAYOUTS:
+            raise bad(f"fused_layout {layout!r} for {role}; known: {', '.join(FUSED_LAYOUTS)}")
+        if layout == "per_head" and len(set(part_sizes(role, derived.probe_dims))) > 1:
+            raise bad(f"per_head needs parts of equal width, but {role}'s parts are {part_sizes(role, derived.probe_dims)}")
+        layouts[role] = layout
+    raw["fused_layout"] = {role: layout for role, layout in layouts.items() if role in raw["modules"]}
+    return raw
 
 
 def role_shape(role: str, dims: Dims) -> tuple[int, int]:

@@ -1,0 +1,436 @@
+"""Architecture data derived from the model itself.
+
+The model is built on the meta device (no memory, no weights) from its config with small,
+pairwise distinct widths, so a module's shape tells which space it reads and writes:
+
+* the backbone is the task model's ``base_model_prefix`` attribute;
+* the layer list is the ``ModuleList`` inside it whose length is the config's layer count
+  (two of them: an encoder-decoder, refused);
+* each layer's ``Linear`` / ``Conv1D`` modules get a role from a name vocabulary (``q_proj``,
+  ``query``, ``c_attn``, ``dense_h_to_4h`` ...), accepted only when the module's shape is the
+  one the config gives that role (an attention role must also sit under an attention module);
+* the size keys (``n_inner``, ``ffn_dim``, ``hidden_dim`` ...) are found the same way: each
+  candidate config attribute gets its own probe value, and the one the module's shape shows is
+  the one the model reads;
+* task heads are the ``classifier`` / ``score`` / ``lm_head`` / ``qa_outputs`` children of each
+  task model that keeps the same backbone.
+
+What a module tree cannot tell (the row order inside a fused projection) comes from an override
+file, ``data/<model_type>.json`` (see ``__init__``). Nothing here depends on the real sizes: the
+probe widths are fixed, only the config's structural settings are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# probe widths: pairwise distinct where the config lets them be (q = heads * head_dim = hidden is
+# how most models define it; kv is narrower when the model has grouped key/value heads)
+PROBE = {"hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "vocab": 160}
+# every config attribute that may hold the MLP width gets its own probe value: the one the
+# module's shape shows is the attribute the model reads
+INTERMEDIATE_PROBES = (96, 112, 80, 144, 176, 208, 240, 272, 304)
+
+SIZE_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
+    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_head_kv"),
+    "head_dim": ("head_dim", "d_kv", "attention_head_size", "kv_channels"),
+    "intermediate": (
+        "intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", "ffn_hidden_size", "inner_hidden_size",
+        "mlp_dim", "shared_expert_intermediate_size", "ffn_size",
+    ),
+    "vocab": ("vocab_size", "padded_vocab_size"),
+}
+DEFAULT_KEYS = {name: keys[0] for name, keys in SIZE_CANDIDATES.items()}
+
+# leaf module name -> roles it may play; the shape (and attention context) decides among them
+_NAMES: dict[str, tuple[str, ...]] = {}
+for _role, _names in {
+    "attn.q": "q_proj query q_lin query_proj q wq q_linear to_q linear_q",
+    "attn.k": "k_proj key k_lin key_proj k wk k_linear to_k linear_k",
+    "attn.v": "v_proj value v_lin value_proj v wv v_linear to_v linear_v",
+    "attn.o": "o_proj out_proj dense out_lin c_proj o wo out proj linear_out to_out attn_out",
+    "attn.qkv": "qkv_proj query_key_value c_attn wqkv qkv w_pack att_proj qkv_linear",
+    "mlp.gate": "gate_proj w1 wi_0 gate linear_gate",
+    "mlp.up": "up_proj fc1 fc_in dense_h_to_4h c_fc dense lin1 w3 wi_1 wi up linear_1 w1",
+    "mlp.down": "down_proj fc2 fc_out dense_4h_to_h c_proj dense lin2 w2 wo down linear_2",
+    "mlp.gate_up": "gate_up_proj fc1 dense_h_to_4h ff_proj wi w1 c_fc",
+}.items():
+    for _name in _names.split():
+        _NAMES.setdefault(_name, ())
+        _NAMES[_name] += (_role,)
+
+HEAD_NAMES = ("classifier", "score", "qa_outputs", "lm_head")
+_CROSS = re.compile(r"cross|encoder_attn|encdec", re.IGNORECASE)
+_ATTENTION = re.compile(r"att", re.IGNORECASE)
+
+
+class DerivationError(Exception):
+    """Why a model type's architecture cannot be derived (names the module or setting)."""
+
+
+@dataclass
+class Derived:
+    backbone: str
+    layers: str
+    modules: dict[str, str]
+    embeddings: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, str] = field(default_factory=dict)
+    conv1d: bool = False
+    config: dict[str, str | None] = field(default_factory=dict)
+    fused: tuple[str, ...] = ()  # fused roles found: their row layout must come from an override
+    unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> (in, out) at the probe widths
+    layer_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer 0's projections -> (in, out)
+    probe_dims: Any = None
+    outside: tuple[str, ...] = ()  # projection and embedding modules outside the layers (for unambiguous peft names)
+
+
+def task_classes() -> dict[str, Any]:
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    return {
+        "TOKEN_CLS": AutoModelForTokenClassification,
+        "SEQ_CLS": AutoModelForSequenceClassification,
+        "CAUSAL_LM": AutoModelForCausalLM,
+        "QUESTION_ANS": AutoModelForQuestionAnswering,
+    }
+
+
+def _has(config, key: str) -> bool:
+    try:
+        value = getattr(config, key)
+    except Exception:  # noqa: BLE001 - a property that cannot compute counts as absent
+        return False
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def size_keys(config) -> dict[str, list[str]]:
+    """Per size, the candidate attributes this config has (in order of preference)."""
+    return {name: [k for k in keys if _has(config, k)] for name, keys in SIZE_CANDIDATES.items()}
+
+
+def probe_config(model_type: str, config=None):
+    """``config`` (or the type's default) with the probe widths; the structure (flags, layer
+    count, layer types) is kept. Returns (probe config, {intermediate probe value: key})."""
+    from transformers import AutoConfig
+
+    from . import MAX_LAYERS
+
+    base = copy.deepcopy(config) if config is not None else None
+    if base is not None:
+        layer_key = next(iter(size_keys(base)["layers"]), None)
+        layers = getattr(base, layer_key, None) if layer_key else None
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 0 < layers <= MAX_LAYERS:
+            base = None  # an insane layer count is reported by dims(); the structure comes from the default config
+    if base is None:
+        base = AutoConfig.for_model(model_type)
+    raw = base.to_dict()
+    keys = size_keys(base)
+    overrides: dict[str, Any] = {}
+
+    def put(key: str, value: int) -> None:
+        # through attribute_map, the name the config stores
+        stored = getattr(base, "attribute_map", {}).get(key, key)
+        if stored in raw:
+            overrides[stored] = value
+
+    for key in keys["hidden"][:1]:
+        put(key, PROBE["hidden"])
+    for key in keys["heads"][:1]:
+        put(key, PROBE["heads"])
+    for key in keys["kv_heads"]:
+        if key != "multi_query_group_num" or raw.get("multi_query_group_num") is not None:
+            put(key, PROBE["kv_heads"])
+    for key in keys["head_dim"][:1]:
+        put(key, PROBE["head_dim"])
+    for key in keys["vocab"]:
+        put(key, PROBE["vocab"])
+    intermediates: dict[int, str] = {}
+    for key, value in zip(keys["intermediate"], INTERMEDIATE_PROBES):
+        stored = getattr(base, "attribute_map", {}).get(key, key)
+        if stored in raw:
+            overrides[stored] = value
+            intermediates[value] = key
+    for key, value in raw.items():  # token ids must stay inside the probe vocabulary
+        if key.endswith("token_id") and isinstance(value, int) and value >= PROBE["vocab"]:
+            overrides[key] = 0
+    probe = type(base).from_dict({**raw, **overrides})
+    return probe, intermediates
+
+
+def _build(model_class, config):
+    with torch.device("meta"):
+        return model_class.from_config(config)
+
+
+def _linear_shape(module) -> tuple[int, int] | None:
+    """(in, out) of a Linear or transformers Conv1D, else None."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight"):
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
+
+
+def derive(model_type: str, config=None) -> Derived:
+    """The architecture of ``model_type`` (structure taken from ``config`` when given)."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # building task models on meta warns about things irrelevant here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _derive(model_type, config)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _derive(model_type: str, config=None) -> Derived:
+    from transformers import AutoModel
+    from transformers.models.auto import modeling_auto
+
+    from . import Architecture, role_shape
+
+    try:
+        probe, intermediates = probe_config(model_type, config)
+        bare = _build(AutoModel, probe)
+    except Exception as err:  # noqa: BLE001 - transformers raises anything; the reason is reported
+        # some configs do not accept small widths (their sizes are tied together): the
+        # structure is the same at the real sizes, which cost nothing on the meta device
+        try:
+            from transformers import AutoConfig
+
+            probe, intermediates = AutoConfig.for_model(model_type) if config is None else copy.deepcopy(config), {}
+            bare = _build(AutoModel, probe)
+        except Exception:  # noqa: BLE001
+            raise DerivationError(f"transformers cannot build it from its config ({type(err).__name__}: {_short(err)})") from None
+
+    # which attribute holds each size: the first candidate the config has; the MLP width's by its probe value
+    keys = size_keys(probe)
+    chosen: dict[str, str | None] = {}
+    for name in ("layers", "hidden", "heads", "vocab"):
+        if not keys[name]:
+            raise DerivationError(f"its config has no {SIZE_CANDIDATES[name][0]} (nor {', '.join(SIZE_CANDIDATES[name][1:])})")
+        chosen[name] = keys[name][0]
+    chosen["kv_heads"] = keys["kv_heads"][0] if keys["kv_heads"] else None
+    chosen["head_dim"] = keys["head_dim"][0] if keys["head_dim"] else None
+
+    if getattr(probe, "is_encoder_decoder", False):
+        raise DerivationError("it is an encoder-decoder model (an encoder and a decoder layer stack, with cross-attention); "
+                              "only single-stack models are supported yet")
+    layer_count = getattr(probe, chosen["layers"])
+    if not isinstance(layer_count, int) or layer_count < 1:
+        raise DerivationError(f"its config sets {chosen['layers']} to {layer_count!r}")
+    lists = [(name, module) for name, module in bare.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and len(module) == layer_count and name]
+    top = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
+    if not top:
+        raise DerivationError(f"no list of {chosen['layers']}={layer_count} layers in {type(bare).__name__}")
+    if len(top) > 1:
+        raise DerivationError(
+            f"it has {len(top)} lists of {chosen['layers']}={layer_count} modules ({', '.join(n for n, _ in top)}), "
+            "not one list of layers"
+        )
+    layers_path, layer_list = top[0]
+
+    # collect each layer's projection modules
+    per_layer: list[dict[str, tuple[int, int]]] = []
+    conv1d_seen: set[bool] = set()
+    experts: str | None = None  # a mixture-of-experts module: 3-D expert weights
+    for layer in layer_list:
+        found = {}
+        for path, module in layer.named_modules():
+            if experts is None and any(p.ndim == 3 for p in module.parameters(recurse=False)):
+                experts = path
+            shape = _linear_shape(module)
+            if shape is not None and path:
+                found[path] = shape
+                conv1d_seen.add(type(module).__name__ == "Conv1D")
+        per_layer.append(found)
+
+    # the MLP width's attribute: the candidate whose probe value a module shows
+    widths = {w for found in per_layer for shape in found.values() for w in shape}
+    chosen["intermediate"] = next((key for value, key in intermediates.items() if value in widths), None)
+    if chosen["intermediate"] is None and intermediates:
+        chosen["intermediate"] = next(iter(intermediates.values()))
+
+    arch_keys = {name: chosen[name] for name in DEFAULT_KEYS}
+    probe_arch = Architecture(model_type=model_type, backbone="", layers=layers_path, modules={}, config=arch_keys)
+    try:
+        dims = probe_arch.dims(probe)
+    except Exception as err:  # noqa: BLE001
+        raise DerivationError(f"its sizes cannot be read ({_short(err)})") from None
+
+    unsupported: dict[str, str] = {}
+    layer_roles: list[dict[str, str]] = []
+    for found in per_layer:
+        assigned: dict[str, list[str]] = {}
+        for path, shape in found.items():
+            role = _role(path, shape, dims, role_shape)
+            if role is None:
+                unsupported.setdefault(path, _why_not(path, shape, dims))
+            else:
+                assigned.setdefault(role, []).append(path)
+        roles_here = {}
+        for role, paths in assigned.items():
+            if len(paths) == 1:
+                roles_here[role] = paths[0]
+            else:
+                for p in paths:
+                    unsupported.setdefault(p, f"{len(paths)} modules of a layer ({', '.join(paths)}) could play {role}")
+        # w1 without w3 is a plain up projection (non-gated MLP)
+        if "mlp.gate" in roles_here and "mlp.up" not in roles_here and "mlp.gate_up" not in roles_here:
+            roles_here["mlp.up"] = roles_here.pop("mlp.gate")
+        layer_roles.append(roles_here)
+
+    modules: dict[str, str] = {}
+    order = {path: i for i, path in enumerate(per_layer[0])}  # the model's own module order
+    candidates = sorted({r: p for lr in layer_roles[::-1] for r, p in lr.items()}.items(), key=lambda rp: order.get(rp[1], len(order)))
+    for role, _ in candidates:
+        paths = {lr.get(role) for lr in layer_roles}
+        if len(paths) == 1 and None not in paths:
+            modules[role] = paths.pop()
+        else:
+            missing = [i for i, lr in enumerate(layer_roles) if role not in lr]
+            for p in paths - {None}:
+                why = (f"{role} only in some layers (not in layers {_ranges(missing)})" if missing
+                       else f"{role} sits at different paths in different layers")
+                unsupported[p] = why
+    if experts is not None:  # peft renames MLP projection targets onto the fused experts: MLP roles do not carry over
+        for role in [r for r in modules if r.startswith("mlp.")]:
+            unsupported[modules.pop(role)] = (f"a mixture-of-experts layer ({experts!r} holds the experts' 3-D weights, which peft adapts "
+                                             "through target_parameters): only its attention modules convert")
+    # a fused role beside its own parts (both q_proj and qkv) would be ambiguous: keep the parts
+    from . import roles as all_roles
+
+    for fused, parts in all_roles().fused.items():
+        if fused in modules and any(p in modules for p in parts):
+            unsupported[modules.pop(fused)] = f"fused {fused} beside separate {', '.join(p for p in parts if p in modules)}"
+    for path in list(unsupported):
+        if path in modules.values():
+            del unsupported[path]
+    if not modules:
+        partial = next((f"{path}: {why}" for path, why in unsupported.items() if "layers" in why), None)
+        if partial:
+            raise DerivationError(f"no role is played by the same module in every layer (layer types differ; {partial})")
+        sample = ", ".join(list(per_layer[0])[:4]) or "none"
+        raise DerivationError(f"no attention or MLP projection in its layers matches a known role (layer 0 has: {sample})")
+    conv1d = conv1d_seen == {True}
+    if len(conv1d_seen) > 1:
+        raise DerivationError("its layers mix Linear and Conv1D projections")
+
+    embeddings = {}
+    try:
+        embedding = bare.get_input_embeddings()
+        name = next((n for n, m in bare.named_modules() if m is embedding and n), None)
+        if name is not None and isinstance(embedding, torch.nn.Embedding):
+            embeddings["embed.tokens"] = name
+    except Exception:  # noqa: BLE001 - a model without input embeddings (or not reporting them)
+        pass
+
+    in_layers = {path for path in unsupported} | set(modules.values())
+    outside = sorted({name for name, module in bare.named_modules()
+                      if name and not name.startswith(layers_path + ".") and not list(module.children())
+                      and (_linear_shape(module) is not None or isinstance(module, torch.nn.Embedding))} - in_layers)
+    backbone = getattr(bare, "base_model_prefix", "") or ""
+    heads: dict[str, str] = {}
+    for task, model_class in task_classes().items():
+        mapping = {"TOKEN_CLS": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+                   "SEQ_CLS": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                   "CAUSAL_LM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                   "QUESTION_ANS": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}[task]
+        if model_type not in mapping:
+            continue
+        try:
+            task_model = _build(model_class, probe)
+        except Exception:  # noqa: BLE001 - that task model cannot be built: no head for it
+            continue
+        inner = getattr(task_model, backbone, None) if backbone else None
+        if inner is None or type(inner) is not type(bare):
+            continue  # this task model keeps the bare model under another name (llama's QA: transformer)
+        children = dict(task_model.named_children())
+        head = next((name for name in children if name in HEAD_NAMES), None)
+        if head is not None:
+            heads[task] = head
+
+    config_keys = {name: key for name, key in chosen.items() if key != DEFAULT_KEYS[name]}
+    for name, default in DEFAULT_KEYS.items():  # a default attribute the config does not have reads as nothing
+        if name not in config_keys and not _has(probe, default):
+            config_keys[name] = None
+    fused = tuple(r for r in modules if r in all_roles().fused)
+    return Derived(
+        backbone=backbone,
+        layers=layers_path,
+        modules=modules,
+        embeddings=embeddings,
+        heads=heads,
+        conv1d=conv1d,
+        config=config_keys,
+        fused=fused,
+        unsupported=dict(sorted(unsupported.items())),
+        shapes={role: role_shape(role, dims) for role in modules},
+        layer_shapes=dict(per_layer[0]),
+        outside=tuple(_dedupe_indices(outside)),
+        probe_dims=dims,
+    )
+
+
+def _role(path: str, shape: tuple[int, int], dims, role_shape) -> str | None:
+    if _CROSS.search(path):
+        return None
+    leaf = path.rsplit(".", 1)[-1].lower()
+    in_attention = bool(_ATTENTION.search(path.rsplit(".", 1)[0])) if "." in path else False
+    for role in _NAMES.get(leaf, ()):
+        if role.startswith("attn.") != in_attention:
+            continue
+        try:
+            if role_shape(role, dims) == shape:
+                return role
+        except KeyError:
+            continue
+    return None
+
+
+def _why_not(path: str, shape: tuple[int, int], dims) -> str:
+    if _CROSS.search(path):
+        return "cross-attention (encoder-decoder) is not supported"
+    leaf = path.rsplit(".", 1)[-1].lower()
+    if leaf not in _NAMES:
+        return f"no role for a module named {leaf!r} ({shape[0]} -> {shape[1]} at the probe widths)"
+    return f"its shape {shape[0]} -> {shape[1]} is not that of {' or '.join(_NAMES[leaf])} at the probe widths"
+
+
+def _ranges(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:8])) + (" ..." if len(indices) > 8 else "")
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:160] + ("..." if len(text) > 160 else "")
+
+
+def _dedupe_indices(paths: list[str]) -> list[str]:
+    """One path per repeated block (vision towers repeat theirs): indices kept only for the first."""
+    seen, out = set(), []
+    for path in paths:
+        key = re.sub(r"\.\d+\.", ".N.", path)
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
