@@ -166,10 +166,26 @@ def alignment_table(report: dict) -> Table:
     return table
 
 
+def _local_base(folder: Path) -> str | None:
+    """The adapter's base_model_name_or_path when it is a local path, not a Hub id."""
+    from .hub import parse_hub_reference
+
+    try:
+        base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    except (OSError, ValueError, AttributeError):
+        return None
+    return base if base and (parse_hub_reference(base) is None or Path(base).expanduser().exists()) else None
+
+
 def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
     from .hub import PUBLISHED_FILES, push_folder
 
     branch = options.get("branch")
+    local_base = _local_base(folder)
+    if local_base:
+        console.print(f"[yellow]Warning:[/yellow] the adapter names its base by a local path ({local_base!r}); on the Hub the card's "
+                      "base_model and PeftModel.from_pretrained need a Hub id. Convert with --target user/name to publish one.",
+                      highlight=False, soft_wrap=True)
     console.print(f"- Pushing {folder} to {repo_id}" + (f" ({branch})" if branch else ""), highlight=False)
     result = push_folder(folder, repo_id, **options)
     if result.left_out:

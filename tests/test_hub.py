@@ -89,6 +89,7 @@ def test_pull_convert_push_download_and_load(hub, on_hub, tmp_path):
                  "--push", "alice/ner-lora-distilbert", "--token", TOKEN, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
+    assert "names its base by a local path" not in result.output  # converted from Hub ids: no warning
 
     # every source is pinned to the commit it resolved to
     assert summary["source_adapter"] == {"id": "alice/ner-lora", "revision": head_sha(hub, "alice/ner-lora"), "bytes": summary["source_adapter"]["bytes"]}
@@ -208,6 +209,7 @@ def test_push_identical_content_twice_makes_no_commit(hub, on_hub, tmp_path):
     first = run("push", out, "alice/pushed", "--token", TOKEN)
     assert first.exit_code == 0, first.output
     assert "Pushed commit" in first.output
+    assert "names its base by a local path" in first.output  # converted from local folders: said before publishing
     commits = len(hub.repos[("model", "alice/pushed")].commits)
     second = run("push", out, "alice/pushed", "--token", TOKEN)
     assert second.exit_code == 0
