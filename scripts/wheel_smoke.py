@@ -103,11 +103,15 @@ def main(workdir: Path) -> None:
     bert = AutoModelForTokenClassification.from_config(config("bert", 4, len(tok)))
     bert_dir = save(workdir / "bert", bert, tok)
     distilbert = AutoModelForTokenClassification.from_config(config("distilbert", 2, len(tok)))
+    with torch.no_grad():  # a student initialised from its teacher: --align auto measures it compatible and copies
+        distilbert.get_input_embeddings().weight.copy_(bert.get_input_embeddings().weight)
     distil_dir = save(workdir / "distilbert", distilbert, tok)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
                       task_type="TOKEN_CLS")
     adapter = save_lora(workdir / "bert-lora", bert, lora, bert_dir)
-    run("convert", str(adapter), "--target", str(distil_dir), "--out", str(workdir / "direct"), "--json")
+    summary = run("convert", str(adapter), "--target", str(distil_dir), "--out", str(workdir / "direct"), "--json")
+    if summary["compatibility"]["verdict"] != "compatible" or summary["method"] != "direct tensor mapping":
+        fail(f"expected a measured-compatible direct mapping, got {summary['compatibility']['verdict']} / {summary['method']}")
     check_output(workdir / "direct")
     print("direct conversion ok", flush=True)
 

@@ -139,3 +139,19 @@ def test_inspect_names_what_blocks_a_conversion(tmp_path):
     result = run("inspect", root / "adapter", "--target", root / "student")
     assert result.exit_code == 4, result.output
     assert "mlp.gate" in result.output
+
+
+def test_calibration_text_never_runs_past_a_models_positions(tmp_path):
+    """bert with 24 position embeddings aligned on the built-in calibration text, whose lines are
+    longer than that: texts are cut to the shorter model's positions instead of crashing."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    teacher = save_tiny_model(tmp_path / "teacher", "bert", 2, vocab_size=len(tokenizer), max_position_embeddings=24)
+    save_tiny_model(tmp_path / "student", "distilbert", 2, seed=11, vocab_size=len(tokenizer), hidden_size=48, hidden_dim=96,
+                    max_position_embeddings=24)
+    for name in ("teacher", "student"):
+        tokenizer.save_pretrained(tmp_path / name)
+    save_adapter(tmp_path / "adapter", teacher, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="TOKEN_CLS"),
+                 tmp_path / "teacher")
+    result = run("convert", tmp_path / "adapter", "--target", tmp_path / "student", "--out", tmp_path / "out", "--align", "lstsq",
+                 "--calibration-tokens", "512")
+    assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from collections.abc import Iterator
 
-from ..calibration import PairedBatch, load_texts, paired_batches
+from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
 from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
@@ -75,6 +75,8 @@ class AlignmentSession:
                 ) from None
             loaded[side] = (tokenizer, model)
         (self.teacher_tokenizer, self.teacher), (self.student_tokenizer, self.student) = loaded["source base"], loaded["target base"]
+        # a text never runs past either model's positions (small models may have 64)
+        self.max_length = min([MAX_LENGTH] + [n for model in (self.teacher, self.student) if (n := max_positions(model.config))])
         self.folded: dict[tuple[int, str], AdapterModule] = {}
         self.head_map: torch.Tensor | None = None
         self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason,
@@ -83,7 +85,7 @@ class AlignmentSession:
 
     def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         """Batches are made as they are used, never all held: memory does not grow with tokens."""
-        return paired_batches(texts, self.teacher_tokenizer, self.student_tokenizer, max_tokens=max_tokens)
+        return paired_batches(texts, self.teacher_tokenizer, self.student_tokenizer, max_tokens=max_tokens, max_length=self.max_length)
 
     def endless_batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         while True:  # distillation cycles through the calibration text, in order
@@ -270,3 +272,12 @@ def resolve_device(device: str | None) -> str:
     if device:
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def max_positions(config) -> int | None:
+    """The longest input a model's position embeddings take (None: no such limit in its config)."""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

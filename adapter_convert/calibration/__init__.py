@@ -86,7 +86,7 @@ class PairedBatch:
         return len(self.teacher_index[0])
 
 
-def _encode(tokenizer, texts: list[str]):
+def _encode(tokenizer, texts: list[str], max_length: int = MAX_LENGTH):
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedError(
             f"Calibration pairs tokens by character offsets, which the slow tokenizer {type(tokenizer).__name__} cannot give.",
@@ -95,7 +95,7 @@ def _encode(tokenizer, texts: list[str]):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True,
-                     max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+                     max_length=max_length, padding=True, return_tensors="pt")
 
 
 def pair_positions(teacher_enc, student_enc, row: int) -> list[tuple[int, int]]:
@@ -111,12 +111,13 @@ def pair_positions(teacher_enc, student_enc, row: int) -> list[tuple[int, int]]:
     return [(teacher_spans[span], student_spans[span]) for span in teacher_spans if span in student_spans]
 
 
-def paired_batches(texts: list[str], teacher_tokenizer, student_tokenizer, *, max_tokens: int, batch_size: int = 8) -> Iterator[PairedBatch]:
+def paired_batches(texts: list[str], teacher_tokenizer, student_tokenizer, *, max_tokens: int, batch_size: int = 8,
+                   max_length: int = MAX_LENGTH) -> Iterator[PairedBatch]:
     """Batches of both tokenizations with their paired token positions, up to ``max_tokens`` pairs."""
     total = 0
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        teacher_enc, student_enc = _encode(teacher_tokenizer, chunk), _encode(student_tokenizer, chunk)
+        teacher_enc, student_enc = _encode(teacher_tokenizer, chunk, max_length), _encode(student_tokenizer, chunk, max_length)
         pairs = [(row, t, s) for row in range(len(chunk)) for t, s in pair_positions(teacher_enc, student_enc, row)]
         pairs = pairs[: max(0, max_tokens - total)]
         if not pairs:
