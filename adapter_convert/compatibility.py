@@ -73,6 +73,9 @@ INCOMPATIBLE_MAX_COSINE = 0.2
 # A linear fit this good means the same space in another basis (permuted copy: 1.000, narrower
 # cut: 0.921), against 0.017 or less in size for unrelated pairs.
 LINEAR_RELATED_MIN = 0.5
+# A linear fit this close to 1 beside an unrelated identity is a copy in another basis (a permuted
+# copy measured 1.000, a narrower cut 0.92): then the correlation assignment recovers it exactly.
+BASIS_CHANGE_MIN_FIT = 0.99
 # Fewer shared tokens than this give no verdict.
 MIN_SHARED_TOKENS = 32
 
@@ -298,6 +301,23 @@ def decide(identity: float | None, linear: float | None, *, sampled: int, widths
                                     f"({linear:.3f}): the same space in another basis; align instead of copying")
         return "incompatible", f"rows of shared tokens are unrelated (mean cosine {identity:.3f})"
     return "unknown", f"rows of shared tokens are partly similar (mean cosine {identity:.3f}, between {INCOMPATIBLE_MAX_COSINE} and {COMPATIBLE_MIN_COSINE})"
+
+
+def decision_verdict(evidence: dict[str, Any] | None) -> str | None:
+    """The verdict ``--align auto`` acts on: a measured but ambiguous similarity counts as
+    incompatible (aligning is safe either way; copying is not); only no measurement is unknown."""
+    if evidence is None:
+        return None
+    measured = evidence.get("identity_cosine") is not None or evidence.get("linear_fit") is not None
+    return "incompatible" if evidence["verdict"] == "unknown" and measured else evidence["verdict"]
+
+
+def basis_change(evidence: dict[str, Any] | None) -> bool:
+    """The probe found the same space in another basis (a permuted or rotated copy): equal widths,
+    unrelated coordinates, and a linear map explaining nearly everything."""
+    if not evidence or evidence.get("identity_cosine") is None or evidence.get("linear_fit") is None:
+        return False
+    return evidence["identity_cosine"] <= INCOMPATIBLE_MAX_COSINE and evidence["linear_fit"] >= BASIS_CHANGE_MIN_FIT
 
 
 # ---- readers ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import AdapterConvertError, CompatibilityUnknownError
 from .pipeline import (ConversionRequest, PreparedConversion, Reporter, alignment_resources, compatibility_summary, prepare,
                        reproduce_command, summarize)
+from .plan import width_mismatch
 from .sources import ResolvedSource
 
 # Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
@@ -47,7 +48,8 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
         "supported": True,
         "plan": {key: summary[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
                                                 "layer_map", "modules", "heads", "dropped")}
-        | {"alignment": summary["alignment"], "width_mismatch": plan.alignment.method is not None and "shapes differ" in plan.alignment.reason},
+        | {"alignment": summary["alignment"],
+           "width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
         "compatibility": compatibility_summary(prepared.compatibility),
         "recommended": {"align": recommended, "command": command,
                         "why": unknown.problem if unknown else plan.alignment.reason},

@@ -23,7 +23,7 @@ from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
 from .architectures import get_architecture
 from .card import build_model_card
-from .compatibility import cached_embedding_evidence
+from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
 from .calibration import load_texts
 from .errors import BadAdapterError, SourceNotFoundError, UsageError, VerificationError
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
@@ -207,23 +207,6 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     if request.out is not None and not request.dry_run:
         check_output(request.out, force=request.force, inputs=input_paths(prepared))
     return prepared
-
-
-def decision_verdict(evidence: dict | None) -> str | None:
-    """The verdict ``--align auto`` acts on: a measured but ambiguous similarity counts as
-    incompatible (aligning is safe either way; copying is not); only no measurement is unknown."""
-    if evidence is None:
-        return None
-    measured = evidence.get("identity_cosine") is not None or evidence.get("linear_fit") is not None
-    return "incompatible" if evidence["verdict"] == "unknown" and measured else evidence["verdict"]
-
-
-def basis_change(evidence: dict | None) -> bool:
-    """The probe found the same space in another basis (a permuted or rotated copy): equal widths,
-    unrelated coordinates, and a linear map explaining nearly everything."""
-    if not evidence or evidence.get("identity_cosine") is None or evidence.get("linear_fit") is None:
-        return False
-    return evidence["identity_cosine"] <= 0.2 and evidence["linear_fit"] >= 0.99
 
 
 def compatibility_summary(evidence: dict | None) -> dict:

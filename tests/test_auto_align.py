@@ -111,7 +111,7 @@ def test_inspect_reports_verdict_plan_command_and_costs_and_writes_nothing(tmp_p
     assert report["recommended"]["align"] == "distill"
     assert report["recommended"]["command"].startswith(f"adapter-convert convert {root / 'adapter'} --target {root / 'student'}")
     assert "--align distill" in report["recommended"]["command"]
-    assert [m["role"] for m in report["plan"]["modules"]] == ["attn.q", "attn.v"]
+    assert [m["role"] for m in report["plan"]["modules"]] == ["attn.q", "attn.v"] and report["plan"]["width_mismatch"] is False
     assert report["costs"]["base_weights_needed"] is True and report["costs"]["base_weight_bytes"] > 0
     resources = report["costs"]["resources"]  # align/budget.py's prediction for the alignment
     assert resources["passes"] >= 1 and 0 < resources["alignment_bytes"] < resources["peak_bytes"] <= report["costs"]["predicted_peak_bytes"]
