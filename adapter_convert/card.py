@@ -47,6 +47,7 @@ def build_model_card(summary: dict) -> ModelCard:
         method=summary["method"],
         layer_strategy=summary["layer_map"]["strategy"],
         layer_rows=[(row["target"], row["sources"]) for row in summary["layer_map"]["rows"]],
+        layer_type_warning=summary["layer_map"].get("warning"),
         module_rows=summary["modules"],
         heads=list(summary["heads"].items()),
         tool_version=summary["tool_version"],

@@ -140,6 +140,8 @@ def plan_table(summary: dict) -> Table:
         ", ".join("+".join(map(str, r["sources"])) for r in rows),
         ", ".join(str(r["target"]) for r in rows),
     )
+    if summary["layer_map"].get("warning"):
+        table.add_row("[yellow]warning: layer types[/yellow]", summary["layer_map"]["warning"], "")
     for module in summary["modules"]:
         table.add_row(f"{module['role']} ({module['operation']})", ", ".join(module["sources"]), module["target"])
     for source_head, target_head in summary["heads"].items():

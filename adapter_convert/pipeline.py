@@ -27,7 +27,7 @@ from .compatibility import basis_change, cached_embedding_evidence, decision_ver
 from .calibration import load_texts
 from .errors import BadAdapterError, SourceNotFoundError, UsageError, VerificationError
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
-from .layer_maps import build_layer_map
+from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
 from .plan import ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
 from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
@@ -175,7 +175,7 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     source_dims, target_dims = source_arch.dims(source_config), target_arch.dims(target_config)
     parsed = parse_adapter(adapter.tensors, arch=source_arch, dims=source_dims, modules_to_save=adapter.config.modules_to_save)
     check_source_ranks(adapter.config, parsed, source_arch)
-    layer_map = build_layer_map(request.layer_map, source_layers=source_dims.layers, target_layers=target_dims.layers)
+    layer_map = layer_map_for(request.layer_map, source_dims, target_dims)  # layer types compared where both name them
     check_layer_map_covers(parsed, layer_map)
     compatibility = None
     if request.align != "none":  # a few MB of embedding rows, never the checkpoint
@@ -253,7 +253,7 @@ def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> d
         "source_base": base(prepared.source_base, plan.source_arch, plan.source_dims),
         "target_base": base(prepared.target_base, plan.target_arch, plan.target_dims),
         "method": _method(plan),
-        "layer_map": {"strategy": plan.layer_map.strategy, "rows": [{"target": t, "sources": list(s)} for t, s in plan.layer_map.rows()]},
+        "layer_map": plan.layer_map.summary(),
         "modules": modules,
         "heads": dict(plan.heads),
         "dropped": list(plan.dropped),

@@ -73,6 +73,10 @@ class Dims:
     head_dim: int
     intermediate: int
     vocab: int
+    # per layer, when the model names them: its attention kind (config.layer_types: full_attention,
+    # sliding_attention ...) and, in a model with experts, whether it is a moe or a dense layer
+    layer_types: tuple[str, ...] | None = None
+    mlp_types: tuple[str, ...] | None = None
 
     def space(self, name: str) -> int:
         return {
@@ -98,6 +102,7 @@ class Architecture:
     origin: str = "derived"  # derived | derived + data/<model_type>.json
     unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
     outside: tuple[str, ...] = ()  # projections and embeddings outside the layers (a peft suffix must not select them)
+    mlp_types: tuple[str, ...] = ()  # per layer of the derived model, moe or dense, when any layer holds experts
 
     @property
     def other_modules(self) -> list[str]:
@@ -155,8 +160,9 @@ class Architecture:
                 f"config.json has {spelled('heads')}={heads} attention heads, which {spelled('kv_heads')}={kv_heads} key/value heads do not divide.",
                 "Fix the model's config.json.",
             )
+        layers = read("layers", limit=MAX_LAYERS)
         return Dims(
-            layers=read("layers", limit=MAX_LAYERS),
+            layers=layers,
             hidden=hidden,
             heads=heads,
             kv_heads=kv_heads,
@@ -164,7 +170,17 @@ class Architecture:
             # gpt2 leaves n_inner unset and means 4 * hidden
             intermediate=read("intermediate", required=False) or 4 * hidden,
             vocab=read("vocab", limit=MAX_VOCAB),
+            layer_types=_layer_types(model_config, layers),
+            mlp_types=self.mlp_types if len(self.mlp_types) == layers else None,
         )
+
+
+def _layer_types(model_config: Any, layers: int) -> tuple[str, ...] | None:
+    """config.layer_types when it names one kind per layer (gemma2: sliding_attention, full_attention)."""
+    value = getattr(model_config, "layer_types", None)
+    if isinstance(value, (list, tuple)) and len(value) == layers and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
 
 
 @cache
@@ -289,7 +305,7 @@ def _architecture(model_type: str, signature: tuple, held: _Held) -> Architectur
         "model_type": model_type, "backbone": derived.backbone, "layers": derived.layers, "modules": derived.modules,
         "embeddings": derived.embeddings, "heads": derived.heads, "conv1d": derived.conv1d, "config": derived.config,
         "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
-        "unsupported": derived.unsupported, "outside": derived.outside,
+        "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types,
     }
     override = load_override(model_type)
     if override is not None:

@@ -91,6 +91,7 @@ class Derived:
     layer_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer 0's projections -> (in, out)
     probe_dims: Any = None
     outside: tuple[str, ...] = ()  # projection and embedding modules outside the layers (for unambiguous peft names)
+    mlp_types: tuple[str, ...] = ()  # per layer: moe (holds experts) or dense; empty when no layer holds experts
 
 
 def task_classes() -> dict[str, Any]:
@@ -253,11 +254,14 @@ def _derive(model_type: str, config=None) -> Derived:
     per_layer: list[dict[str, tuple[int, int]]] = []
     conv1d_seen: set[bool] = set()
     experts: str | None = None  # a mixture-of-experts module: 3-D expert weights
+    has_experts: list[bool] = []
     for layer in layer_list:
         found = {}
+        has_experts.append(False)
         for path, module in layer.named_modules():
-            if experts is None and any(p.ndim == 3 for p in module.parameters(recurse=False)):
-                experts = path
+            if any(p.ndim == 3 for p in module.parameters(recurse=False)):
+                experts = experts or path
+                has_experts[-1] = True
             shape = _linear_shape(module)
             if shape is not None and path:
                 found[path] = shape
@@ -388,6 +392,7 @@ def _derive(model_type: str, config=None) -> Derived:
         layer_shapes=dict(per_layer[0]),
         outside=tuple(_dedupe_indices(outside)),
         probe_dims=dims,
+        mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
     )
 
 
