@@ -343,6 +343,8 @@ def plan_conversion(
                 "Heads carry over only between models of the same hidden size.",
             )
         heads[head] = target_head or head
+        if head == source_arch.heads.get(task_type or "") and task_type in target_arch.head_params:
+            check_head_params(head, params, target_arch, task_type)
     return ConversionPlan(
         peft_type=peft_type,
         source_arch=source_arch,
@@ -358,6 +360,39 @@ def plan_conversion(
         task_type=task_type,
         alignment=alignment,
         dropped=tuple(parsed.dropped),
+    )
+
+
+def check_head_params(head: str, params: dict[str, torch.Tensor], target: Architecture, task_type: str) -> None:
+    """The task head carries over only onto a head with the same parameters. A trained bias is
+    never dropped: every logit would lose its class's offset, so the head would no longer compute
+    what was trained (peft would also refuse the unexpected key at write time, exit 7)."""
+    target_head, wanted = target.heads[task_type], set(target.head_params[task_type])
+    extra, missing = sorted(set(params) - wanted), sorted(wanted - set(params))
+    if not extra and not missing:
+        return
+    where = f"{target.model_type}'s {task_type} head {target_head!r}"
+    if extra == ["bias"] and not missing:
+        bias = params["bias"]
+        if not bias.any():  # exact without it, but the file is the user's to change
+            raise UnsupportedError(
+                f"The adapter's task head {head!r} has a bias, which {where} lacks; the bias is all zeros, so the head "
+                "computes the same without it.",
+                f"Delete the tensor '{PEFT_PREFIX}{head}.bias' from the adapter's weights file and convert again.",
+            )
+        raise UnsupportedError(
+            f"The adapter's task head {head!r} has a trained bias ({bias.numel()} values, largest |b| = "
+            f"{bias.abs().max().item():.3g}), but {where} has none: dropping it would shift the logits, so the head "
+            "would not compute what it was trained to.",
+            f"Convert onto a target whose {task_type} head has a bias, or train the source head without one; or remove "
+            f"{head!r} from modules_to_save (and its tensors) and train a new head on the target.",
+        )
+    raise UnsupportedError(
+        f"The adapter's task head {head!r} has parameters {', '.join(sorted(params))}, but {where} has "
+        f"{', '.join(sorted(wanted)) or 'none'}: the heads are built differently"
+        + (" (the target's bias would keep its random initialization)" if missing == ["bias"] and not extra else "") + ".",
+        f"Convert onto a target whose {task_type} head has the same parameters, or remove {head!r} from modules_to_save "
+        "(and its tensors) and train a new head on the target.",
     )
 
 

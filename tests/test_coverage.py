@@ -21,7 +21,7 @@ from adapter_convert import architectures
 from adapter_convert.architectures import get_architecture
 from adapter_convert.architectures.coverage import check_model_type
 from adapter_convert.architectures.derive import derive
-from adapter_convert.errors import UnsupportedError
+from adapter_convert.errors import BadModelConfigError, UnsupportedError
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDWRITTEN = json.loads((Path(__file__).parent / "data" / "handwritten_architectures.json").read_text())
@@ -115,6 +115,7 @@ def test_the_coverage_table_is_current_and_the_goal_met():
     converts = [r for r in COVERAGE if r["status"] == "converts"]
     assert len(converts) >= 100
     assert not [r["model_type"] for r in COVERAGE if r["status"] == "failed"]
+    assert not [r["model_type"] for r in COVERAGE if r["onto_llama"].startswith("failed")]
     for row in COVERAGE:
         if row["status"] == "refused":
             assert row["reason"].startswith(("Unsupported model_type", "Adapter key", "Cannot build", "The adapter adapts")) or \
@@ -129,3 +130,19 @@ def test_every_model_type(row, tmp_path):
     assert outcome.status != "failed", outcome.reason
     recorded = {k: row[k] for k in ("status", "reason", "origin", "roles", "onto_llama")}
     assert {k: getattr(outcome, k) for k in recorded} == recorded
+
+
+def test_mpt_mlp_width_follows_what_transformers_builds():
+    """mpt states its MLP width as expansion_ratio * d_model, but transformers' MptMLP builds
+    4 * d_model whatever the ratio says: derivation finds that out by building it with another
+    ratio, reads the width as 4 * d_model, and refuses a config stating another ratio (its
+    weights would not fit the model) instead of checking shapes against the wrong width."""
+    config = transformers.AutoConfig.for_model("mpt", d_model=128, n_heads=4, n_layers=2, expansion_ratio=4)
+    arch = get_architecture("mpt", config)
+    assert arch.fixed == {"expansion_ratio": 4}
+    assert arch.dims(config).intermediate == 512
+    config.expansion_ratio = 2
+    with pytest.raises(BadModelConfigError, match=r"sets expansion_ratio=2, but transformers .*'s mpt ignores expansion_ratio "
+                                                  r"and builds its layers with expansion_ratio=4"):
+        get_architecture("mpt", config).dims(config)
+    assert get_architecture("llama").fixed == {}

@@ -39,6 +39,7 @@ _DEFAULT_CONFIG_KEYS = {
     "kv_heads": "num_key_value_heads",
     "head_dim": "head_dim",
     "intermediate": "intermediate_size",
+    "intermediate_ratio": None,  # MLP width as a multiple of the hidden size, when no width is given
     "vocab": "vocab_size",
 }
 
@@ -96,6 +97,7 @@ class Architecture:
     modules: dict[str, str]  # role -> module path inside one layer
     embeddings: dict[str, str] = field(default_factory=dict)  # role -> module path in backbone
     heads: dict[str, str] = field(default_factory=dict)  # peft task_type -> head module
+    head_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # peft task_type -> its head's parameter names
     fused_layout: dict[str, str] = field(default_factory=dict)  # fused role -> concat | per_head
     conv1d: bool = False  # weights stored (in, out), as transformers' Conv1D
     config: dict[str, str | None] = field(default_factory=dict)  # size -> config attribute
@@ -103,6 +105,7 @@ class Architecture:
     unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
     outside: tuple[str, ...] = ()  # projections and embeddings outside the layers (a peft suffix must not select them)
     mlp_types: tuple[str, ...] = ()  # per layer of the derived model, moe or dense, when any layer holds experts
+    fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
 
     @property
     def other_modules(self) -> list[str]:
@@ -154,6 +157,17 @@ class Architecture:
                     "Fix the model's config.json: the hidden size must be a multiple of the number of heads.",
                 )
             head_dim = hidden // heads
+        for key, built in self.fixed.items():
+            stated = getattr(model_config, key, built)
+            if stated != built:
+                from transformers import __version__ as transformers_version
+
+                raise BadModelConfigError(
+                    f"config.json sets {key}={stated!r}, but transformers {transformers_version}'s {self.model_type} ignores "
+                    f"{key} and builds its layers with {key}={built}: weights made with {stated!r} do not fit it.",
+                    f"Use a checkpoint whose config has {key}={built}, or a transformers version whose {self.model_type} reads {key}.",
+                )
+        ratio = read("intermediate_ratio", required=False, limit=64)
         kv_heads = read("kv_heads", required=False) or heads
         if heads % kv_heads:
             raise BadModelConfigError(
@@ -168,7 +182,7 @@ class Architecture:
             kv_heads=kv_heads,
             head_dim=head_dim,
             # gpt2 leaves n_inner unset and means 4 * hidden
-            intermediate=read("intermediate", required=False) or 4 * hidden,
+            intermediate=read("intermediate", required=False) or (ratio or 4) * hidden,
             vocab=read("vocab", limit=MAX_VOCAB),
             layer_types=_layer_types(model_config, layers),
             mlp_types=self.mlp_types if len(self.mlp_types) == layers else None,
@@ -303,9 +317,9 @@ def _architecture(model_type: str, signature: tuple, held: _Held) -> Architectur
         raise UnsupportedError(f"Unsupported model_type {model_type!r}: {err}.", _supported_hint(model_type)) from None
     raw: dict[str, Any] = {
         "model_type": model_type, "backbone": derived.backbone, "layers": derived.layers, "modules": derived.modules,
-        "embeddings": derived.embeddings, "heads": derived.heads, "conv1d": derived.conv1d, "config": derived.config,
+        "embeddings": derived.embeddings, "heads": derived.heads, "head_params": derived.head_params, "conv1d": derived.conv1d, "config": derived.config,
         "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
-        "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types,
+        "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types, "fixed": derived.fixed,
     }
     override = load_override(model_type)
     if override is not None:

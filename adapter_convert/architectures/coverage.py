@@ -279,6 +279,8 @@ def _onto_llama(tmp: Path, source_dir: Path, source_peft, arch, dims, task: str)
         (folder / "adapter" / item.name).write_bytes(item.read_bytes())
     try:
         _convert_and_compare(folder, source_dir, source_peft, arch, dims, llama, task)
+    except VerificationError as err:  # peft refused the written adapter: a bug, never a reason
+        return f"failed: {err.problem}"
     except AdapterConvertError as err:
         return f"refused: {err.problem}"
     except Exception as err:  # noqa: BLE001

@@ -83,6 +83,7 @@ class Derived:
     modules: dict[str, str]
     embeddings: dict[str, str] = field(default_factory=dict)
     heads: dict[str, str] = field(default_factory=dict)
+    head_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # peft task_type -> the head's parameter names
     conv1d: bool = False
     config: dict[str, str | None] = field(default_factory=dict)
     fused: tuple[str, ...] = ()  # fused roles found: their row layout must come from an override
@@ -91,6 +92,7 @@ class Derived:
     layer_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer 0's projections -> (in, out)
     probe_dims: Any = None
     outside: tuple[str, ...] = ()  # projection and embedding modules outside the layers (for unambiguous peft names)
+    fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
     mlp_types: tuple[str, ...] = ()  # per layer: moe (holds experts) or dense; empty when no layer holds experts
 
 
@@ -273,8 +275,11 @@ def _derive(model_type: str, config=None) -> Derived:
     chosen["intermediate"] = next((key for value, key in intermediates.items() if value in widths), None)
     if chosen["intermediate"] is None and intermediates:
         chosen["intermediate"] = next(iter(intermediates.values()))
+    ratio_key, fixed_ratios = None, {}
+    if chosen["intermediate"] is None:  # no width attribute: maybe a ratio to the hidden size (mpt's expansion_ratio)
+        ratio_key, fixed_ratios = _ratio_setting(model_type, probe, per_layer[0])
 
-    arch_keys = {name: chosen[name] for name in DEFAULT_KEYS}
+    arch_keys = {name: chosen[name] for name in DEFAULT_KEYS} | {"intermediate_ratio": ratio_key}
     probe_arch = Architecture(model_type=model_type, backbone="", layers=layers_path, modules={}, config=arch_keys)
     try:
         dims = probe_arch.dims(probe)
@@ -354,6 +359,7 @@ def _derive(model_type: str, config=None) -> Derived:
                       and (_linear_shape(module) is not None or isinstance(module, torch.nn.Embedding))} - in_layers)
     backbone = getattr(bare, "base_model_prefix", "") or ""
     heads: dict[str, str] = {}
+    head_params: dict[str, tuple[str, ...]] = {}  # a head without bias (llama's score) must not receive one
     for task, model_class in task_classes().items():
         mapping = {"TOKEN_CLS": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
                    "SEQ_CLS": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -372,8 +378,11 @@ def _derive(model_type: str, config=None) -> Derived:
         head = next((name for name in children if name in HEAD_NAMES), None)
         if head is not None:
             heads[task] = head
+            head_params[task] = tuple(name for name, _ in children[head].named_parameters())
 
     config_keys = {name: key for name, key in chosen.items() if key != DEFAULT_KEYS[name]}
+    if ratio_key:
+        config_keys["intermediate_ratio"] = ratio_key
     for name, default in DEFAULT_KEYS.items():  # a default attribute the config does not have reads as nothing
         if name not in config_keys and not _has(probe, default):
             config_keys[name] = None
@@ -384,6 +393,8 @@ def _derive(model_type: str, config=None) -> Derived:
         modules=modules,
         embeddings=embeddings,
         heads=heads,
+        head_params=head_params,
+        fixed=fixed_ratios,
         conv1d=conv1d,
         config=config_keys,
         fused=fused,
@@ -394,6 +405,41 @@ def _derive(model_type: str, config=None) -> Derived:
         probe_dims=dims,
         mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
     )
+
+
+# attributes that may give the MLP width as a multiple of the hidden size
+RATIO_KEYS = ("expansion_ratio",)
+
+
+def _ratio_setting(model_type: str, probe, layer0: dict[str, tuple[int, int]]) -> tuple[str | None, dict[str, int]]:
+    """(the ratio attribute the model reads, {ratio attribute it ignores: the ratio it builds with}).
+
+    The model is built again with the ratio one higher: if layer 0's shapes change, it reads the
+    attribute (MLP width = ratio * hidden); if not, the width is fixed whatever the config says
+    (transformers' mpt builds 4 * d_model and ignores expansion_ratio), and a config stating
+    another ratio describes weights this model cannot hold."""
+    from transformers import AutoModel
+
+    hidden = next((getattr(probe, k) for k in SIZE_CANDIDATES["hidden"] if _has(probe, k) and getattr(probe, k)), None)
+    for key in RATIO_KEYS:
+        value = getattr(probe, key, None)
+        if isinstance(value, bool) or not isinstance(value, int) or not hidden:
+            continue
+        other = copy.deepcopy(probe)
+        setattr(other, key, value + 1)
+        try:
+            layer = next(m for m in _build(AutoModel, other).modules() if isinstance(m, torch.nn.ModuleList) and len(m))[0]
+        except Exception:  # noqa: BLE001 - cannot tell: the default 4 * hidden stands
+            continue
+        shapes = {path: shape for path, m in layer.named_modules() if (shape := _linear_shape(m)) is not None and path}
+        if shapes != layer0:
+            return key, {}
+        mlp = [shape for path, shape in layer0.items() if not _ATTENTION.search(path)
+               and any(r.startswith("mlp.") for r in _NAMES.get(path.rsplit(".", 1)[-1].lower(), ()))]
+        built = {w // hidden for shape in mlp for w in shape if w % hidden == 0 and w > hidden}
+        if len(built) == 1:
+            return None, {key: built.pop()}
+    return None, {}
 
 
 def _role(path: str, shape: tuple[int, int], dims, role_shape) -> str | None:
