@@ -64,7 +64,14 @@ def test_other_widths_convert_end_to_end_and_load(decoders, tmp_path, method):
     report = summary["alignment"]
     assert report["method"] == ("lstsq" if method == "distill" else method)
     assert len(report["modules"]) == 2 * 7  # two student layers x seven modules, each with its fits
-    assert all(-1.0 <= row["input_fit"] <= 1.0 + 1e-9 for row in report["modules"])
+    assert {row["score"] for row in report["modules"]} == {"mean correlation" if report["method"] == "correlation" else "R^2"}
+    # 4 -> 2 layers by skip; q, k and v read one input (gate and up another): one capture point, one fit
+    rows = {(row["target_layer"], row["source_layer"], row["role"]): row["input_fit"] for row in report["modules"]}
+    assert {(target, source) for target, source, _ in rows} == {(0, 0), (1, 2)}
+    for target, source in ((0, 0), (1, 2)):
+        assert rows[(target, source, "attn.q")] == rows[(target, source, "attn.k")] == rows[(target, source, "attn.v")]
+        assert rows[(target, source, "mlp.gate")] == rows[(target, source, "mlp.up")]
+        assert rows[(target, source, "attn.q")] != rows[(target, source, "attn.o")]  # another space, another fit
     assert report["calibration"]["tokens"] > 100
     assert report["agreement"]["metric"] == "cosine of last-hidden-state changes"
     assert (method == "distill") == ("distill" in report)

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from adapter_convert.align import student_to_teacher, teacher_to_student
+from adapter_convert.align.correlation import assign
 from adapter_convert.align.fold import fold_head, fold_module, is_selection
 from adapter_convert.align.stats import PairStats
 from adapter_convert.calibration import load_texts, pair_positions, paired_batches
@@ -21,14 +22,44 @@ def stats_of(student: torch.Tensor, teacher: torch.Tensor, chunks: int = 5) -> P
     return stats
 
 
-def test_streamed_statistics_equal_the_batch_computation_and_do_not_grow():
+def test_streamed_statistics_equal_the_batch_computation():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(1000, 6, generator=g), torch.randn(1000, 9, generator=g)
     stats = stats_of(s, t, chunks=7)
-    torch.testing.assert_close(stats.st, s.double().T @ t.double())
-    size = sum(x.numel() for x in (stats.ss, stats.tt, stats.st, stats.sum_s, stats.sum_t))
-    stats.update(s, t)  # ten times the data later, the same memory
-    assert size == sum(x.numel() for x in (stats.ss, stats.tt, stats.st, stats.sum_s, stats.sum_t)) == 36 + 81 + 54 + 15
+    S, T = s.double(), t.double()
+    torch.testing.assert_close(stats.st, S.T @ T)
+    torch.testing.assert_close(stats.ss, S.T @ S)
+    torch.testing.assert_close(stats.tt, T.T @ T)
+    torch.testing.assert_close(stats.sum_s, S.sum(0))
+    torch.testing.assert_close(stats.diagonal("t"), (T * T).sum(0))
+    assert stats.n == 1000
+    # the memory these statistics hold against the budget's formula: tests/test_alignment_memory.py
+
+
+def test_correlation_known_answers():
+    """Hand-computed Pearson correlations: a dimension against its negation is -1, against an affine
+    copy of itself 1; a = (1, 2, 3, 4) and b = (1, -1, 1, -1) correlate -2 / (sqrt(5) * 2) = -1/sqrt(5);
+    a constant dimension correlates with nothing (0)."""
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    b = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    student = torch.stack([a, b, torch.full_like(a, 7.0)], 1)
+    teacher = torch.stack([-a, 3 * b + 1, 2 * a + 5], 1)
+    given = student.clone(), teacher.clone()
+    stats = PairStats(3, 3)
+    stats.update(student, teacher)
+    r = 5**-0.5
+    expected = torch.tensor([[-1, -r, 1], [r, 1, -r], [0, 0, 0]], dtype=torch.float64)
+    torch.testing.assert_close(stats.correlation(), expected)
+    assert torch.equal(student, given[0]) and torch.equal(teacher, given[1])  # the caller's rows are left alone
+    # the assignment takes a -> 2a + 5 and b -> 3b + 1 (correlation 1 each) and the constant the rest (0)
+    picked_student, picked_teacher, score = assign(stats)
+    assert picked_student.tolist() == [0, 1, 2] and picked_teacher.tolist() == [2, 1, 0]
+    assert score == pytest.approx(2 / 3)
+    # one tensor as both sides: each dimension with itself is 1
+    both = PairStats(2, 2)
+    x = torch.stack([a, b], 1)
+    both.update(x, x)
+    torch.testing.assert_close(both.correlation(), torch.tensor([[1, -r], [-r, 1]], dtype=torch.float64))
 
 
 def test_correlation_is_pearson():

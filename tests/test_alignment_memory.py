@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from adapter_convert.align.budget import BUDGET_ENV, GiB, parse_bytes, point_shapes, predict
+from adapter_convert.align.budget import BUDGET_ENV, GiB, PointShape, parse_bytes, point_shapes, predict
+from adapter_convert.align.capture import CapturePoint
 from adapter_convert.align.lstsq import Regression, fit, r_squared
 from adapter_convert.align.stats import PairStats
 from adapter_convert.architectures import Dims
@@ -42,6 +43,40 @@ def test_small_pairs_stay_one_float64_pass():
     r = predict(tiny_t, tiny_s, SEVEN, [(0, 0), (1, 2)], method="lstsq", rank=4)
     assert r["passes"] == 1 and r["statistics_dtype"] == "float64"
     assert parse_bytes("4GiB") == 4 * GiB and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("1000") == 1000
+
+
+def allocated_bytes(stats: PairStats) -> int:
+    """Bytes of every tensor a PairStats holds, each storage counted once (whatever fields it has)."""
+    storages = {}
+    for value in vars(stats).values():
+        for x in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(x, torch.Tensor):
+                storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+# (kind, method) -> bytes for d_s = 5, d_t = 7 at float64 / float32, from the formula in align/budget.py:
+# e (d_full^2 + d_s d_t) + 8 * 3 (d_s + d_t), d_full the student's for inputs and the head, the teacher's
+# for lstsq outputs, none for correlation outputs; 8 * 3 * 12 = 288 bytes of float64 vectors
+KNOWN_BYTES = {("in", "lstsq"): (8 * 60 + 288, 4 * 60 + 288), ("head", "correlation"): (8 * 60 + 288, 4 * 60 + 288),
+               ("out", "lstsq"): (8 * 84 + 288, 4 * 84 + 288), ("out", "correlation"): (8 * 35 + 288, 4 * 35 + 288)}
+
+
+@pytest.mark.parametrize("kind,method", list(KNOWN_BYTES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_statistics_allocate_what_the_budget_predicts_and_do_not_grow(kind, method, dtype):
+    element = 8 if dtype == torch.float64 else 4
+    g = torch.Generator().manual_seed(0)
+    for d_s, d_t in ((5, 7), (10, 7), (5, 14), (40, 56)):
+        shape = PointShape(CapturePoint("point", 0, 0), kind, d_s, d_t)
+        stats = PairStats(d_s, d_t, dtype=dtype, full=shape.full(method))
+        predicted = shape.stats_bytes(method, element)
+        if (d_s, d_t) == (5, 7):
+            assert predicted == KNOWN_BYTES[(kind, method)][element == 4]
+        assert allocated_bytes(stats) == predicted
+        for _ in range(10):  # 640 rows later, the same memory
+            stats.update(torch.randn(64, d_s, generator=g), torch.randn(64, d_t, generator=g))
+        assert allocated_bytes(stats) == stats.nbytes() == predicted
 
 
 def activations(n=3000, d_s=40, d_t=56, seed=0, offset=0.0):

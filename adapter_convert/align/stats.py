@@ -47,8 +47,10 @@ class PairStats:
         """Add paired rows: (n, d_s) and (n, d_t)."""
         if self.n == 0 and self.device != x_student.device:  # accumulate where the activations are
             self._move(x_student.device)
-        s = x_student.reshape(-1, self.dims["s"]).to(self.device, F64)
-        t = x_teacher.reshape(-1, self.dims["t"]).to(self.device, F64)
+        # own copies: the rows are shifted in place below, and must not change the caller's tensors
+        # (float64 input on this device would otherwise be the same tensor, or both sides one tensor)
+        s = x_student.reshape(-1, self.dims["s"]).to(self.device, F64, copy=True)
+        t = x_teacher.reshape(-1, self.dims["t"]).to(self.device, F64, copy=True)
         if s.shape[0] != t.shape[0]:
             raise ValueError(f"paired rows differ in number: {s.shape[0]} vs {t.shape[0]}")
         if s.shape[0] == 0:
