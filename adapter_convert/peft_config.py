@@ -13,7 +13,8 @@ from .plan import ConversionPlan, ParsedAdapter
 from .transform import ConvertedAdapter, ConvertedModule, Ia3Module, LoraModule, lora_alpha_for
 
 # Config fields that name modules of the source model in ways we cannot carry over.
-_REFUSED_FIELDS = ("layer_replication", "trainable_token_indices", "target_parameters")
+# target_parameters (LoRA on the experts' 3-D weights) is carried over as it is, between equal expert layouts
+_REFUSED_FIELDS = ("layer_replication", "trainable_token_indices")
 
 
 def check_source_config(config: PeftConfig) -> None:

@@ -31,6 +31,8 @@ class ParsedAdapter:
     embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # role -> params
     heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param path: tensor}
     dropped: list[str] = field(default_factory=list)  # keys deliberately not carried over
+    # LoRA on the experts' 3-D weights (peft target_parameters): (layer, key after "<layers>.<layer>.") -> tensor
+    experts: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
 
     @property
     def roles(self) -> list[str]:
@@ -78,6 +80,12 @@ def parse_adapter(
         module = module[len(prefix) :]
         if match := layer_re.match(module):
             layer, path = int(match.group(1)), match.group(2)
+            if arch.experts and re.fullmatch(rf"{re.escape(arch.experts)}(\.base_layer)*", path) and param in LORA_PARAMS[:2]:
+                # peft nests one wrapper per target parameter: experts.lora_*, experts.base_layer.lora_* ...
+                if layer >= dims.layers:
+                    raise _key_mismatch(key, arch, f"layer {layer} does not exist, the base has {dims.layers} layers")
+                parsed.experts[(layer, f"{path}.{param}")] = tensor
+                continue
             role = arch.role_of(path)
             if role is None and path in arch.unsupported:
                 raise UnsupportedError(
@@ -248,6 +256,8 @@ class ConversionPlan:
     task_type: str | None = None
     alignment: AlignmentPlan = AlignmentPlan(None, False, "shapes agree: direct tensor mapping")
     dropped: tuple[str, ...] = ()
+    # expert LoRAs (peft target_parameters), copied between equal expert layouts: (source layer, key in it, target key)
+    expert_tensors: tuple[tuple[int, str, str], ...] = ()
 
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
@@ -345,6 +355,7 @@ def plan_conversion(
         heads[head] = target_head or head
         if head == source_arch.heads.get(task_type or "") and task_type in target_arch.head_params:
             check_head_params(head, params, target_arch, task_type)
+    expert_tensors = plan_experts(parsed, source_arch, target_arch, source_dims, target_dims, layer_map, alignment)
     return ConversionPlan(
         peft_type=peft_type,
         source_arch=source_arch,
@@ -360,7 +371,65 @@ def plan_conversion(
         task_type=task_type,
         alignment=alignment,
         dropped=tuple(parsed.dropped),
+        expert_tensors=expert_tensors,
     )
+
+
+def plan_experts(parsed: ParsedAdapter, source_arch: Architecture, target_arch: Architecture, source_dims: Dims,
+                 target_dims: Dims, layer_map: LayerMap, alignment: AlignmentPlan) -> tuple[tuple[int, str, str], ...]:
+    """Expert LoRAs (peft ``target_parameters``: one LoRA per 3-D expert weight, its rank times the
+    number of experts) carry over only as they are: onto layers whose experts have the same names,
+    number and shapes, one source layer per target layer, without alignment. Returns what to copy:
+    (source layer, key inside it, target key)."""
+    if not parsed.experts:
+        return ()
+    adapted = sorted({layer for layer, _ in parsed.experts})
+
+    def refuse(why: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"The adapter has LoRAs on the experts' weights (peft target_parameters, {source_arch.model_type} layers "
+            f"{_short_list(adapted)}), which carry over only between the same expert layout: {why}.",
+            "Convert onto a model with the same experts (number and shapes) in every mapped layer, with --align none "
+            "and a one-to-one layer map; or retrain the adapter without target_parameters (attention and shared-expert "
+            "modules convert between any widths).",
+        )
+
+    if target_arch.experts != source_arch.experts or target_dims.expert_shapes is None or source_dims.expert_shapes is None:
+        raise refuse(f"{target_arch.model_type} has no experts module at {source_arch.experts!r}"
+                             + (f" (its experts are at {target_arch.experts!r})" if target_arch.experts else ""))
+    if alignment.method is not None or alignment.refine:
+        raise refuse(f"this conversion aligns or distils ({alignment.reason}), and expert weights are copied only")
+    suffixes = sorted({suffix for _, suffix in parsed.experts})
+    pairs = []
+    for target, sources in layer_map.rows():
+        target_experts = target_dims.expert_shapes[target]
+        carried = [s for s in sources if s in adapted]
+        if not carried:
+            if target_experts and adapted:
+                raise refuse(f"target layer {target} has experts but takes source layer(s) {list(sources)}, whose "
+                                     "experts carry no LoRA (peft's target_parameters adapts the experts of every layer)")
+            continue
+        if len(sources) > 1:
+            raise refuse(f"target layer {target} averages source layers {list(sources)}")
+        (source,) = sources
+        if target_experts != source_dims.expert_shapes[source]:
+            raise refuse(f"source layer {source} has experts {_describe_experts(source_dims.expert_shapes[source])}, "
+                                 f"target layer {target} {_describe_experts(target_experts)}")
+        for suffix in suffixes:
+            if (source, suffix) in parsed.experts:
+                pairs.append((source, suffix, f"{PEFT_PREFIX}{target_arch.backbone + '.' if parsed.prefix else ''}"
+                                              f"{target_arch.layers}.{target}.{suffix}"))
+    return tuple(pairs)
+
+
+def _short_list(values: list[int]) -> str:
+    return ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
+
+
+def _describe_experts(shapes) -> str:
+    if not shapes:
+        return "none (a dense layer)"
+    return ", ".join(f"{name} {shape[0]} x {' x '.join(map(str, shape[1:]))}" for name, shape in shapes)
 
 
 def check_head_params(head: str, params: dict[str, torch.Tensor], target: Architecture, task_type: str) -> None:

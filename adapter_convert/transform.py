@@ -234,6 +234,8 @@ def convert_tensors(
         module = LoraModule(A, B, lora_scaling(config, source_name, A.shape[0]))
         converted.append(ConvertedModule(name, role, None, module))
         tensors |= {f"{PEFT_PREFIX}{name}.{k}": v.clone() for k, v in params.items()}
+    for source_layer, key, target_key in plan.expert_tensors:  # expert LoRAs: equal layouts, copied (plan.plan_experts)
+        tensors[target_key] = parsed.experts[(source_layer, key)].clone()
     for source_head, target_head in plan.heads.items():
         params = parsed.heads[source_head] if adjust_head is None else adjust_head(parsed.heads[source_head])
         tensors |= {f"{PEFT_PREFIX}{target_head}.{k}": v.clone() for k, v in params.items()}

@@ -78,6 +78,9 @@ class Dims:
     # sliding_attention ...) and, in a model with experts, whether it is a moe or a dense layer
     layer_types: tuple[str, ...] | None = None
     mlp_types: tuple[str, ...] | None = None
+    # per layer, the experts' 3-D weights and their shapes ((name, (experts, out, in)), ...); () in a
+    # dense layer; None in a model without experts
+    expert_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] | None = None
 
     def space(self, name: str) -> int:
         return {
@@ -106,6 +109,7 @@ class Architecture:
     outside: tuple[str, ...] = ()  # projections and embeddings outside the layers (a peft suffix must not select them)
     mlp_types: tuple[str, ...] = ()  # per layer of the derived model, moe or dense, when any layer holds experts
     fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
+    experts: str | None = None  # in-layer module holding the experts' 3-D weights (peft adapts them through target_parameters)
 
     @property
     def other_modules(self) -> list[str]:
@@ -186,7 +190,18 @@ class Architecture:
             vocab=read("vocab", limit=MAX_VOCAB),
             layer_types=_layer_types(model_config, layers),
             mlp_types=self.mlp_types if len(self.mlp_types) == layers else None,
+            expert_shapes=self._expert_shapes(model_config),
         )
+
+    def _expert_shapes(self, model_config: Any):
+        if self.experts is None or not hasattr(model_config, "to_json_string"):
+            return None
+        from .derive import expert_shapes
+
+        try:
+            return expert_shapes(model_config, self.layers, self.experts)
+        except Exception:  # noqa: BLE001 - not buildable from this config: expert adapters are then refused
+            return None
 
 
 def _layer_types(model_config: Any, layers: int) -> tuple[str, ...] | None:
@@ -320,6 +335,7 @@ def _architecture(model_type: str, signature: tuple, held: _Held) -> Architectur
         "embeddings": derived.embeddings, "heads": derived.heads, "head_params": derived.head_params, "conv1d": derived.conv1d, "config": derived.config,
         "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
         "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types, "fixed": derived.fixed,
+        "experts": derived.experts,
     }
     override = load_override(model_type)
     if override is not None:

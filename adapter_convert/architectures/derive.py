@@ -23,6 +23,7 @@ probe widths are fixed, only the config's structural settings are kept.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,7 @@ class Derived:
     probe_dims: Any = None
     outside: tuple[str, ...] = ()  # projection and embedding modules outside the layers (for unambiguous peft names)
     fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
+    experts: str | None = None  # the in-layer module holding the experts' 3-D weights (peft target_parameters)
     mlp_types: tuple[str, ...] = ()  # per layer: moe (holds experts) or dense; empty when no layer holds experts
 
 
@@ -235,8 +237,12 @@ def _derive(model_type: str, config=None) -> Derived:
     chosen["head_dim"] = keys["head_dim"][0] if keys["head_dim"] else None
 
     if getattr(probe, "is_encoder_decoder", False):
-        raise DerivationError("it is an encoder-decoder model (an encoder and a decoder layer stack, with cross-attention); "
-                              "only single-stack models are supported yet")
+        stacks = [n for n, m in bare.named_modules() if isinstance(m, torch.nn.ModuleList) and n.count(".") <= 2
+                  and re.search(r"(^|\.)(encoder|decoder)\.", n + ".") and len(m) > 1]
+        raise DerivationError("it is an encoder-decoder model: two layer stacks"
+                              + (f" ({', '.join(stacks[:2])})" if stacks else "")
+                              + f" and cross-attention from one to the other, where a layer map and roles are defined "
+                              "for one stack; only single-stack models are supported yet")
     layer_count = getattr(probe, chosen["layers"])
     if not isinstance(layer_count, int) or layer_count < 1:
         raise DerivationError(f"its config sets {chosen['layers']} to {layer_count!r}")
@@ -321,10 +327,11 @@ def _derive(model_type: str, config=None) -> Derived:
                 why = (f"{role} only in some layers (not in layers {_ranges(missing)})" if missing
                        else f"{role} sits at different paths in different layers")
                 unsupported[p] = why
-    if experts is not None:  # peft renames MLP projection targets onto the fused experts: MLP roles do not carry over
-        for role in [r for r in modules if r.startswith("mlp.")]:
-            unsupported[modules.pop(role)] = (f"a mixture-of-experts layer ({experts!r} holds the experts' 3-D weights, which peft adapts "
-                                             "through target_parameters): only its attention modules convert")
+    # a mixture-of-experts layer: its experts are 3-D parameters (peft's target_parameters, see
+    # plan.parse_expert_parameters), not modules; a shared expert beside them is an MLP of Linear
+    # modules and plays the MLP roles
+    for role in [r for r in modules if r.startswith("mlp.") and experts is not None and modules[r].startswith(experts + ".")]:
+        unsupported[modules.pop(role)] = f"inside the experts module {experts!r}"
     # a fused role beside its own parts (both q_proj and qkv) would be ambiguous: keep the parts
     from . import roles as all_roles
 
@@ -404,7 +411,35 @@ def _derive(model_type: str, config=None) -> Derived:
         outside=tuple(_dedupe_indices(outside)),
         probe_dims=dims,
         mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
+        experts=experts,
     )
+
+
+@functools.cache
+def _expert_shapes(config_json: str, layers_path: str, experts: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], ...]:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(**__import__("json").loads(config_json))
+    layer_list = _build(AutoModel, config).get_submodule(layers_path)
+    out = []
+    for layer in layer_list:
+        try:
+            module = layer.get_submodule(experts)
+        except AttributeError:  # a dense layer
+            out.append(())
+            continue
+        out.append(tuple((name, tuple(p.shape)) for name, p in module.named_parameters(recurse=False) if p.ndim == 3))
+    return tuple(out)
+
+
+def expert_shapes(config, layers_path: str, experts: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], ...]:
+    """Per layer, the experts module's 3-D parameters and their real shapes (experts, out, in), read
+    from the model built on the meta device with ``config`` (no weights, no memory)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _expert_shapes(config.to_json_string(use_diff=False), layers_path, experts)
 
 
 # attributes that may give the MLP width as a multiple of the hidden size
