@@ -394,7 +394,9 @@ def plan_experts(parsed: ParsedAdapter, source_arch: Architecture, target_arch: 
             "modules convert between any widths).",
         )
 
-    if target_arch.experts != source_arch.experts or target_dims.expert_shapes is None or source_dims.expert_shapes is None:
+    if target_arch.experts == source_arch.experts and None in (target_dims.expert_shapes, source_dims.expert_shapes):
+        raise refuse("the experts' shapes could not be read from the models' configs (transformers cannot build them)")
+    if target_arch.experts != source_arch.experts:
         raise refuse(f"{target_arch.model_type} has no experts module at {source_arch.experts!r}"
                              + (f" (its experts are at {target_arch.experts!r})" if target_arch.experts else ""))
     if alignment.method is not None or alignment.refine:
