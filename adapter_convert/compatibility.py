@@ -96,6 +96,9 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 # ---- which tensor, which rows ----------------------------------------------------------------------
+TIED_OUTPUT_NAME = "lm_head.weight"
+
+
 def embedding_key(arch: Architecture, tensor_names: Iterable[str]) -> str | None:
     """The checkpoint's input-embedding weight among ``tensor_names``, or None.
 
@@ -493,6 +496,8 @@ class _Model:
         else:
             raise _Unreadable(f"{self.reference} has no {SINGLE_FILE} or {INDEX_FILE}")
         self.key = next((k for arch in archs if (k := embedding_key(arch, names))), None)
+        if self.key is None and isinstance(raw, dict) and raw.get("tie_word_embeddings") and TIED_OUTPUT_NAME in names:
+            self.key = TIED_OUTPUT_NAME  # tied weights saved once, under the output name (transformers loads both from it)
         if self.key is None:
             raise _Unreadable(f"no input-embedding tensor found in {self.reference} (model_type {self.model_type!r})")
         self.file = weight_map[self.key]
