@@ -415,7 +415,8 @@ def demo(
 
     console = Console()
     try:
-        run_demo(workdir, steps=steps, data=data, console=console, reporter=ConsoleReporter(console))
+        run_demo(workdir, steps=steps, data=data, console=console, reporter=ConsoleReporter(console),
+                 show_plan=lambda prepared: console.print(plan_table(summarize(prepared))))
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
 
