@@ -427,13 +427,30 @@ def version() -> None:
     typer.echo(f"adapter-convert {__version__}")
 
 
-@app.callback()
-def _quiet_libraries() -> None:
-    """Library warnings (peft, transformers) are noise in a CLI; ADAPTER_CONVERT_DEBUG=1 keeps them."""
-    if not os.environ.get("ADAPTER_CONVERT_DEBUG"):
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Library warnings (peft, transformers), transformers' logs and its progress bars are noise in a
+    CLI: off while a command runs, and as they were afterwards (the CLI may run inside a caller's
+    process, as tests and notebooks run it). ADAPTER_CONVERT_DEBUG=1 keeps them."""
+    if os.environ.get("ADAPTER_CONVERT_DEBUG"):
+        yield
+        return
+    verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+            if progress_bars:
+                transformers_logging.enable_progress_bar()
+
+
+@app.callback()
+def _callback(ctx: typer.Context) -> None:
+    ctx.with_resource(quiet_libraries())  # left when the command's context closes, after the command
 
 
 class Terminated(BaseException):
