@@ -20,7 +20,7 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
-from .errors import AdapterConvertError, UsageError, exit_code_table
+from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
@@ -33,8 +33,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # tokens must never reach a traceback
 )
 
-EXIT_CODES = "Exit codes: " + "; ".join(f"{code} {label}" for code, label in exit_code_table()) + \
-    "; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM). Nothing partial is left behind on any failure."
+EXIT_CODES = "Exit codes: " + "; ".join(
+    f"{code} {label}" for code, label in [*exit_code_table(), *SIGNAL_EXIT_CODES.items()]
+) + ". Nothing partial is left behind on any failure."
 
 AdapterArgument = Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name\\[@revision]).")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name\\[@revision]).")]
@@ -170,10 +171,11 @@ def alignment_table(report: dict) -> Table:
 
 def _local_base(folder: Path) -> str | None:
     """The adapter's base_model_name_or_path when it is a local path, not a Hub id."""
+    from .adapter_io import CONFIG_NAME
     from .hub import parse_hub_reference
 
     try:
-        base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        base = json.loads((Path(folder) / CONFIG_NAME).read_text()).get("base_model_name_or_path") or ""
     except (OSError, ValueError, AttributeError):
         return None
     return base if base and (parse_hub_reference(base) is None or Path(base).expanduser().exists()) else None

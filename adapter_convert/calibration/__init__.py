@@ -9,7 +9,7 @@ sentences separated by blank lines).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,22 +56,29 @@ def _parse(source: Path, content: str) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
         return texts
-    if suffix in (".conll", ".conllu"):
-        texts, words = [], []
-        for line in content.splitlines():
-            columns = line.split("\t")
-            if not line.strip():
-                if words:
-                    texts.append(" ".join(words))
-                words = []
-            elif not line.startswith("#"):
-                words.append(columns[1] if len(columns) > 1 else columns[0])
-        if words:
-            texts.append(" ".join(words))
-        return texts
+    if suffix in (".conll", ".conllu"):  # the token is the second column (the only one in a bare token list)
+        return [" ".join(columns[1] if len(columns) > 1 else columns[0] for columns in sentence)
+                for sentence in conll_sentences(content.splitlines())]
     if suffix in (".txt", ""):
         return content.splitlines()
     raise CalibrationDataError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
+
+
+def conll_sentences(lines: Iterable[str]) -> Iterator[list[list[str]]]:
+    """The sentences of CoNLL lines, each a list of tokens, each token its tab-separated columns
+    (``INDEX<TAB>TOKEN<TAB>TAG ...``). A blank line ends a sentence; lines starting with ``#``
+    are comments. Read lazily, so a caller may stop after the sentences it needs."""
+    sentence: list[list[str]] = []
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if sentence:
+                yield sentence
+            sentence = []
+        elif not line.startswith("#"):
+            sentence.append(line.split("\t"))
+    if sentence:
+        yield sentence
 
 
 @dataclass

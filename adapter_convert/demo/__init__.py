@@ -59,7 +59,9 @@ def train_example_adapter(teacher: Path, out: Path, *, data: Path, steps: int, r
 def _set_base(adapter: Path, base: Path) -> None:
     import json
 
-    config_path = adapter / "adapter_config.json"
+    from ..adapter_io import CONFIG_NAME
+
+    config_path = adapter / CONFIG_NAME
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(base)
     config_path.write_text(json.dumps(config, indent=2))
