@@ -445,7 +445,6 @@ def publishable_files(folder: Path) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class PushResult:
-    repo_url: str
     commit_sha: str
     commit_url: str
     pr_url: str | None
@@ -632,7 +631,7 @@ class _PushRun:
                 continue
             if self._holds_our_files(details.git_reference):
                 head = self.api.repo_info(self.repo_id, revision=details.git_reference).sha
-                return PushResult(self.url(), head, self.url(f"/commit/{head}"), details.url, changed=False, existing_pr=True)
+                return PushResult(head, self.url(f"/commit/{head}"), details.url, changed=False, existing_pr=True)
         return None
 
     def _operations(self) -> list[CommitOperationAdd]:
@@ -644,7 +643,7 @@ class _PushRun:
 
     def _unchanged(self) -> PushResult:
         pr_url = self.url(f"/discussions/{self.pr_num}") if self.pr_num else None
-        return PushResult(self.url(), self.head_before, self.url(f"/commit/{self.head_before}"), pr_url, changed=False)
+        return PushResult(self.head_before, self.url(f"/commit/{self.head_before}"), pr_url, changed=False)
 
     # -- the commit ----------------------------------------------------------------------------
     def _commit(self) -> PushResult:
@@ -678,7 +677,7 @@ class _PushRun:
             pr_url = info.pr_url or (self.url(f"/discussions/{self.pr_num}") if self.pr_num else None)
             committed = info.oid != self.head_before or bool(info.pr_url)  # else: the files were there already
             changed = committed or self.created_branch or self.created_repo
-            return PushResult(self.url(), info.oid, info.commit_url, pr_url, changed=changed, committed=committed)
+            return PushResult(info.oid, info.commit_url, pr_url, changed=changed, committed=committed)
         raise AssertionError("unreachable")
 
     def _landed(self) -> PushResult | None:
@@ -692,7 +691,7 @@ class _PushRun:
             head = self._call(lambda: self._head(self.target))
             if head is not None and head != self.head_before and self._call(lambda: self._holds_our_files(head)):
                 pr_url = self.url(f"/discussions/{self.pr_num}") if self.pr_num else None
-                return PushResult(self.url(), head, self.url(f"/commit/{head}"), pr_url, changed=True, committed=True, reply_lost=True)
+                return PushResult(head, self.url(f"/commit/{head}"), pr_url, changed=True, committed=True, reply_lost=True)
             return None
         except Exception as err:
             raise _Unknown() from err

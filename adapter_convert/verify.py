@@ -38,8 +38,8 @@ def empty_target_model(model_config: PretrainedConfig, *, task_type: str | None,
         return auto_class.from_config(model_config)
 
 
-def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool) -> int:
-    """Load ``folder`` with peft onto the target; return the number of adapter tensors loaded."""
+def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool) -> None:
+    """Load ``folder`` with peft onto the target; raise VerificationError unless every adapter key loads."""
     config = PeftConfig.from_pretrained(str(folder))
     tensors = load_file(folder / WEIGHTS_NAME)
     num_labels = head_labels(tensors, config.modules_to_save)
@@ -59,4 +59,3 @@ def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare:
             f"unexpected keys (first: {(missing or result.unexpected_keys)[0]!r}).",
             "Nothing was written. Please report this with the --dry-run plan.",
         )
-    return len(tensors)

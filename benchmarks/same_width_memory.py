@@ -6,9 +6,10 @@ Makes a synthetic LoRA shaped for a llama-7B config (hidden 4096, intermediate 1
 r=16 on all seven linear modules, fp32), then converts it in a fresh subprocess onto (a) a
 16-layer llama (SKIP) and (b) a same-depth qwen2 of the same widths. Only config.json files
 exist for the bases, so the conversion runs with --align none (the fast path: nothing measured, no
-base weights read, because none are there). Peak memory is the
-subprocess's max RSS, minus that of a subprocess that only imports the same libraries.
-Results go to benchmarks/results/same_width_memory.md.
+base weights read, because none are there); the default layer map, auto, is SKIP for 32 -> 16 layers.
+Each run is a fresh subprocess that imports the libraries first; its peak memory is the resident
+memory sampled every 5 ms during the run (benchmarks/_peak_rss.py), reported whole and above the
+RSS once the libraries were imported. Results go to docs/benchmarks/same_width_memory.md (--results).
 """
 
 from __future__ import annotations

@@ -59,9 +59,6 @@ class Roles:
         """The plain roles a role stands for: itself, or the parts of a fused role."""
         return self.fused.get(role, (role,))
 
-    def fused_role_of(self, part: str) -> str | None:
-        return next((fused for fused, parts in self.fused.items() if part in parts), None)
-
 
 @dataclass(frozen=True)
 class Dims:
@@ -119,11 +116,6 @@ class Architecture:
     def known_layout(self, fused_role: str) -> bool:
         """Whether the row order inside this fused module is known (else it only copies onto its own type)."""
         return self.layout(fused_role) in FUSED_LAYOUTS
-
-    @property
-    def layers_pattern(self) -> str:
-        """The name peft's ``layers_pattern`` expects: the layer list's own attribute."""
-        return self.layers.rsplit(".", 1)[-1]
 
     def role_of(self, module_path: str) -> str | None:
         return next((role for role, path in self.modules.items() if path == module_path), None)
