@@ -1,7 +1,7 @@
 """Generate docs/coverage.md and adapter_convert/architectures/coverage.json.
 
 For every model type of the installed transformers with a token-classification, causal-LM or
-sequence-classification head, ``adapter_convert.architectures.coverage.check_model_type``
+sequence-classification head, ``tests/architecture_coverage.py``'s ``check_model_type``
 builds a tiny random model, puts a LoRA on every module with a role, converts it with the real
 pipeline onto the same type with fewer layers and onto llama of equal widths, and compares every
 module's delta weight. tests/test_coverage.py re-runs each row and checks the recorded outcome.
@@ -19,8 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the coverage check is a test harness, not part of the package
 
-from adapter_convert.architectures.coverage import candidate_model_types, check_model_type  # noqa: E402
+from architecture_coverage import candidate_model_types, check_model_type  # noqa: E402
 
 TABLE = ROOT / "docs" / "coverage.md"
 DATA = ROOT / "adapter_convert" / "architectures" / "coverage.json"

@@ -19,7 +19,7 @@ import transformers
 
 from adapter_convert import architectures
 from adapter_convert.architectures import get_architecture
-from adapter_convert.architectures.coverage import check_model_type
+from architecture_coverage import check_model_type
 from adapter_convert.architectures.derive import derive
 from adapter_convert.errors import BadModelConfigError, UnsupportedError
 

@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adapter_convert.architectures import get_architecture
-from adapter_convert.architectures.coverage import tiny_config
+from architecture_coverage import tiny_config
 from adapter_convert.errors import UnsupportedError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 

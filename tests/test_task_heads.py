@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 from adapter_convert.architectures import get_architecture
-from adapter_convert.architectures.coverage import tiny_config
+from architecture_coverage import tiny_config
 from adapter_convert.cli import app
 from adapter_convert.errors import UnsupportedError
 from adapter_convert.pipeline import ConversionRequest, prepare

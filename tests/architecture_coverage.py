@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AdapterConvertError, VerificationError
-from . import get_architecture, roles
-from .derive import probe_config, size_keys, task_classes
+from adapter_convert.architectures import get_architecture, roles
+from adapter_convert.architectures.derive import probe_config, size_keys, task_classes
+from adapter_convert.errors import AdapterConvertError, VerificationError
 
 SOURCE_LAYERS, TARGET_LAYERS = 4, 2
 TASK_ORDER = ("TOKEN_CLS", "CAUSAL_LM", "SEQ_CLS")
@@ -147,7 +147,7 @@ def _convert_and_compare(folder: Path, source_dir: Path, source_peft, source_arc
     """Convert the adapter in ``folder / 'adapter'`` onto ``target_config``; compare every delta. Returns modules compared."""
     from peft import PeftModel
 
-    from ..pipeline import ConversionRequest, execute, prepare
+    from adapter_convert.pipeline import ConversionRequest, execute, prepare
 
     target_dir, out = folder / "target", folder / "out"
     target_config.save_pretrained(target_dir)
