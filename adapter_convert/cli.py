@@ -20,6 +20,7 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
+from .align import METHODS
 from .errors import AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
@@ -55,9 +56,9 @@ AlignOption = Annotated[
         help="auto: copy tensors only when the shapes agree AND the bases are measured to share a hidden space "
         "(their token embeddings, a few MB read); otherwise align and refine by distillation; stop (exit 19) when "
         "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
-        "correlation (the paper's Prune & Align), lstsq (ridge least-squares maps), distill (the best start, a copy "
-        "only between bases measured compatible, refined by a short distillation). Alignment runs both base models "
-        "on calibration text.",
+        + "".join(f"{name}: {method.HELP}. " for name, method in METHODS.items())
+        + "distill: the best start (a copy only between bases measured compatible), refined by a short distillation. "
+        "Alignment runs both base models on calibration text.",
         rich_help_panel="Alignment",
     ),
 ]
