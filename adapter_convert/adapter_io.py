@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig
+# peft's file names, under the names the package uses: adapter_config.json, adapter_model.safetensors, adapter_model.bin
+from peft.utils import CONFIG_NAME
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
+from peft.utils import WEIGHTS_NAME as PICKLE_WEIGHTS_NAME
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import BadAdapterError, SourceNotFoundError, UnsupportedError
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 SUPPORTED_PEFT_TYPES = ("LORA", "IA3")
 
 

@@ -6,13 +6,9 @@ from importlib import resources
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .tasks import model_class_name, pipeline_tag
+
 TEMPLATE = resources.files(__package__) / "templates" / "model_card.md"
-_MODEL_CLASS = {
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-}
 
 
 def build_model_card(summary: dict) -> ModelCard:
@@ -24,9 +20,7 @@ def build_model_card(summary: dict) -> ModelCard:
         library_name="peft",
         tags=list(dict.fromkeys(tags)),
         base_model_relation="adapter",
-        pipeline_tag={"TOKEN_CLS": "token-classification", "SEQ_CLS": "text-classification", "CAUSAL_LM": "text-generation"}.get(
-            summary["task_type"] or ""
-        ),
+        pipeline_tag=pipeline_tag(summary["task_type"]),
     )
     target_id = target["id"]
     return ModelCard.from_template(
@@ -52,7 +46,7 @@ def build_model_card(summary: dict) -> ModelCard:
         heads=list(summary["heads"].items()),
         tool_version=summary["tool_version"],
         command_line=summary["command_line"],
-        model_class=_MODEL_CLASS.get(summary["task_type"] or "", "AutoModel"),
+        model_class=model_class_name(summary["task_type"]),
         num_labels=summary.get("num_labels"),
         alignment=summary.get("alignment"),
         compatibility=describe_compatibility(summary.get("compatibility")),

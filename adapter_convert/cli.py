@@ -21,7 +21,7 @@ from transformers.utils import logging as transformers_logging
 
 from . import __version__
 from .align import METHODS
-from .errors import AdapterConvertError, UsageError, exit_code_table
+from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
@@ -34,8 +34,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # tokens must never reach a traceback
 )
 
-EXIT_CODES = "Exit codes: " + "; ".join(f"{code} {label}" for code, label in exit_code_table()) + \
-    "; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM). Nothing partial is left behind on any failure."
+EXIT_CODES = "Exit codes: " + "; ".join(
+    f"{code} {label}" for code, label in [*exit_code_table(), *SIGNAL_EXIT_CODES.items()]
+) + ". Nothing partial is left behind on any failure."
 
 AdapterArgument = Annotated[str, typer.Argument(help="The trained adapter: a folder with adapter_config.json, or a Hub id (user/name\\[@revision]).")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="The base model to move the adapter onto: a folder or a Hub id (user/name\\[@revision]).")]
@@ -171,10 +172,11 @@ def alignment_table(report: dict) -> Table:
 
 def _local_base(folder: Path) -> str | None:
     """The adapter's base_model_name_or_path when it is a local path, not a Hub id."""
+    from .adapter_io import CONFIG_NAME
     from .hub import parse_hub_reference
 
     try:
-        base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        base = json.loads((Path(folder) / CONFIG_NAME).read_text()).get("base_model_name_or_path") or ""
     except (OSError, ValueError, AttributeError):
         return None
     return base if base and (parse_hub_reference(base) is None or Path(base).expanduser().exists()) else None
@@ -416,7 +418,8 @@ def demo(
 
     console = Console()
     try:
-        run_demo(workdir, steps=steps, data=data, console=console, reporter=ConsoleReporter(console))
+        run_demo(workdir, steps=steps, data=data, console=console, reporter=ConsoleReporter(console),
+                 show_plan=lambda prepared: console.print(plan_table(summarize(prepared))))
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
 
@@ -427,13 +430,30 @@ def version() -> None:
     typer.echo(f"adapter-convert {__version__}")
 
 
-@app.callback()
-def _quiet_libraries() -> None:
-    """Library warnings (peft, transformers) are noise in a CLI; ADAPTER_CONVERT_DEBUG=1 keeps them."""
-    if not os.environ.get("ADAPTER_CONVERT_DEBUG"):
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Library warnings (peft, transformers), transformers' logs and its progress bars are noise in a
+    CLI: off while a command runs, and as they were afterwards (the CLI may run inside a caller's
+    process, as tests and notebooks run it). ADAPTER_CONVERT_DEBUG=1 keeps them."""
+    if os.environ.get("ADAPTER_CONVERT_DEBUG"):
+        yield
+        return
+    verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+            if progress_bars:
+                transformers_logging.enable_progress_bar()
+
+
+@app.callback()
+def _callback(ctx: typer.Context) -> None:
+    ctx.with_resource(quiet_libraries())  # left when the command's context closes, after the command
 
 
 class Terminated(BaseException):

@@ -142,6 +142,10 @@ class HubUnreachableError(HubError):
     label = "Hub unreachable (network, timeouts, server errors after retries, offline)"
 
 
+# a process stopped by a signal exits 128 + the signal's number (after removing its partial output)
+SIGNAL_EXIT_CODES = {130: "interrupted (Ctrl-C, SIGINT)", 143: "terminated (SIGTERM)"}
+
+
 def exit_code_table() -> list[tuple[int, str]]:
     """(exit code, meaning) for every error above, in code order: the one source for help and docs."""
     codes: dict[int, str] = {0: "ok", 1: AdapterConvertError.label}

@@ -48,6 +48,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects, hf_raise_for_status, http_backoff, validate_repo_id
 
 from . import __version__
+from .adapter_io import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
 from .errors import (
     BadAdapterError,
     HubAuthError,
@@ -60,14 +61,14 @@ from .errors import (
     UsageError,
 )
 
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
-PICKLE_ADAPTER_FILES = ["adapter_model.bin"]
+ADAPTER_FILES = [CONFIG_NAME, WEIGHTS_NAME]
+PICKLE_ADAPTER_FILES = [PICKLE_WEIGHTS_NAME]
 CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "*.model"]
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json"]
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # an adapter needs one of these
-PUBLISHED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # all that `push` uploads
+ADAPTER_WEIGHT_FILES = (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME)  # an adapter needs one of these
+PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")  # all that `push` uploads
 
 _HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@(?P<revision>[^@\s]+))?$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")

@@ -12,40 +12,30 @@ from pathlib import Path
 import torch
 from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PretrainedConfig,
-)
+from transformers import PretrainedConfig
 
 from .adapter_io import WEIGHTS_NAME
 from .errors import VerificationError
+from .plan import PEFT_PREFIX
+from .tasks import LABELLED, TASKS, model_class
 
-TASK_MODEL_CLASSES = {
-    "TOKEN_CLS": AutoModelForTokenClassification,
-    "SEQ_CLS": AutoModelForSequenceClassification,
-    "CAUSAL_LM": AutoModelForCausalLM,
-    "QUESTION_ANS": AutoModelForQuestionAnswering,
-}
+TASK_MODEL_CLASSES = {task: model_class(task) for task in TASKS}  # the classes of tasks.TASKS
 _ADAPTER_KEY_MARKERS = ("lora_", "ia3_", ".modules_to_save.")
 
 
 def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
     """Number of labels a classification head was trained with (its last weight's rows)."""
-    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"base_model.model.{h}.") and t.ndim == 2]
+    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"{PEFT_PREFIX}{h}.") and t.ndim == 2]
     return weights[-1].shape[0] if weights else None
 
 
 def empty_target_model(model_config: PretrainedConfig, *, task_type: str | None, bare: bool, num_labels: int | None):
     model_config = copy.deepcopy(model_config)
-    if num_labels is not None and task_type in ("TOKEN_CLS", "SEQ_CLS"):
+    if num_labels is not None and task_type in LABELLED:
         model_config.num_labels = num_labels
-    model_class = AutoModel if bare else TASK_MODEL_CLASSES.get(task_type or "", AutoModelForCausalLM)
+    auto_class = model_class(None) if bare else model_class(task_type, default=TASKS["CAUSAL_LM"].model_class)
     with torch.device("meta"):
-        return model_class.from_config(model_config)
+        return auto_class.from_config(model_config)
 
 
 def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool) -> int:

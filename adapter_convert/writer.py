@@ -17,10 +17,11 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from .adapter_io import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
 from .errors import AdapterConvertError, OutputExistsError, OutputWriteError
 
 # What a previous conversion leaves in its output folder; --force replaces nothing else.
-ADAPTER_OUTPUT_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md"})
+ADAPTER_OUTPUT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, PICKLE_WEIGHTS_NAME, "README.md"})
 _PARTIAL = ".partial-"
 _OLD = ".old-"  # written by adapter-convert 0.1.0 when it swapped folders
 
@@ -52,11 +53,11 @@ def check_output(out: Path | str, *, force: bool, inputs: Mapping[str, Path] | N
                 "Pass --force to replace a previous conversion's output there, or pick another --out.",
             )
         foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries if p.name not in ADAPTER_OUTPUT_FILES or p.is_dir())
-        if entries and (foreign or not (out / "adapter_config.json").is_file()):
+        if entries and (foreign or not (out / CONFIG_NAME).is_file()):
             shown = foreign or sorted(p.name for p in entries)
             raise OutputExistsError(
                 f"--force replaces only an empty folder or a previous adapter output, and {str(out)!r} holds "
-                f"{'other files' if foreign else 'no adapter_config.json'}; it would have deleted: "
+                f"{'other files' if foreign else 'no ' + CONFIG_NAME}; it would have deleted: "
                 f"{', '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}.",
                 "Pick another --out, or empty that folder yourself.",
             )

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the MiniLM test fixtures (minilm_students)
 MiB = 2**20
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -147,7 +148,8 @@ def float32_section(quick: bool) -> list[str]:
 
     from adapter_convert.align.stats import PairStats
     from adapter_convert.calibration import load_texts, paired_batches
-    from adapter_convert.demo.minilm import build_narrow_student, build_teacher
+    from adapter_convert.demo.minilm import build_teacher
+    from minilm_students import build_narrow_student
 
     work = ROOT / ".cache" / "transfer-quality"
     teacher_dir, student_dir = work / "teacher", work / "student-narrow-256"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +26,12 @@ from transformers import AutoModel, AutoTokenizer
 
 from adapter_convert.align.stats import PairStats
 from adapter_convert.calibration import load_texts, paired_batches
-from adapter_convert.demo.minilm import build_narrow_student, build_teacher
+from adapter_convert.demo.minilm import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from minilm_students import build_narrow_student  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 
 

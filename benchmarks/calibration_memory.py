@@ -21,9 +21,12 @@ from pathlib import Path
 import torch
 
 from adapter_convert.demo import train_example_adapter
-from adapter_convert.demo.minilm import build_narrow_student, build_teacher
+from adapter_convert.demo.minilm import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from minilm_students import build_narrow_student  # noqa: E402
+
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_=65536"
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 

@@ -89,7 +89,8 @@ def with_noise(relative: float, seed: int = 0):
 
 
 def minilm_pairs(root: Path) -> list[tuple[str, Path, Path]]:
-    from adapter_convert.demo.minilm import build_narrow_student, build_permuted_student, build_student, build_teacher, minilm_dir
+    from adapter_convert.demo.minilm import build_student, build_teacher, minilm_dir
+    from minilm_students import build_narrow_student, build_permuted_student  # tests/ is on sys.path
 
     teacher = build_teacher(root / "teacher")
     build_student(root / "student", model_type="distilbert")

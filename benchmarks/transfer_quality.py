@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,10 +32,13 @@ import torch
 from transformers import AutoTokenizer
 
 from adapter_convert.demo import ner, train_example_adapter
-from adapter_convert.demo.minilm import build_narrow_student, build_student, build_teacher
+from adapter_convert.demo.minilm import build_student, build_teacher
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from minilm_students import build_narrow_student  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 
 # method -> (student, conversion options or None for a fresh LoRA, labelled budgets or None for all)

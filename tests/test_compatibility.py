@@ -182,7 +182,8 @@ def test_local_reader_reads_only_the_rows_asked_for():
 def minilm_pairs(tmp_path_factory) -> dict[str, Path]:
     """The real teacher (the package's folder, a bare BertModel), a real student cut from its layers
     (demo code, a distilbert), a real permuted copy, and embedding-only folders for the rest."""
-    from adapter_convert.demo.minilm import build_permuted_student, build_student
+    from adapter_convert.demo.minilm import build_student
+    from minilm_students import build_permuted_student
 
     root = tmp_path_factory.mktemp("minilm_pairs")
     teacher = minilm()

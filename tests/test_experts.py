@@ -98,3 +98,10 @@ def test_shared_expert_modules_play_the_mlp_roles():
     assert {role: arch.modules[role] for role in ("mlp.gate", "mlp.up", "mlp.down")} == {
         "mlp.gate": "mlp.shared_expert.gate_proj", "mlp.up": "mlp.shared_expert.up_proj", "mlp.down": "mlp.shared_expert.down_proj"}
     assert arch.experts == "mlp.experts"
+
+
+def test_a_convolution_is_not_taken_for_experts():
+    # lfm3's short convolution has a 3-D weight too; its layers hold no experts, and its dense MLP converts
+    arch = get_architecture("lfm3", tiny_config("lfm3", 4))
+    assert arch.experts is None and arch.mlp_types == ()
+    assert arch.modules["mlp.gate"] == "feed_forward.w1"

@@ -115,7 +115,7 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
     import torch
     from peft import LoraConfig
 
-    from adapter_convert.demo.minilm import build_permuted_student
+    from minilm_students import build_permuted_student
     from helpers import all_module_names, save_adapter
 
     student = _cached(minilm, "student-permuted", build_permuted_student)
@@ -168,7 +168,7 @@ def test_narrow_student_every_method_beats_untrained_and_helps_fine_tuning(minil
     """MiniLM cut to hidden 256 (8 heads, intermediate 1024) and 3 layers: each --align method
     beats an untrained adapter zero-shot; the aligned adapter fine-tuned briefly beats a student
     LoRA trained from scratch for the same steps."""
-    from adapter_convert.demo.minilm import build_narrow_student
+    from minilm_students import build_narrow_student
 
     student = _cached(minilm, "student-narrow-256", build_narrow_student)
     tokenizer = AutoTokenizer.from_pretrained(minilm["teacher"])

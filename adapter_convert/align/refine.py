@@ -74,29 +74,30 @@ def distill(
     ``batches`` is an endless stream, read in order: deterministic for a seed (both models run
     without dropout, so nothing else is random).
     """
-    torch.manual_seed(seed)
-    teacher.eval(), student.eval()
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    logits = uses_logits(task_type, has_head)
-    head_map = head_map.float()
-    loss_value = float("nan")
-    for _, batch in zip(range(steps), batches):
-        if logits:
-            with torch.no_grad():
-                target = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
-            predicted = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
-            target = target.to(predicted.device)
-            loss = F.kl_div(F.log_softmax(predicted, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean")
-        else:
-            target = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
-            predicted = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=True)
-            predicted = predicted @ head_map.to(predicted.device).T
-            target = target.to(predicted.device)
-            loss = F.mse_loss(predicted, target) / target.pow(2).mean().clamp_min(1e-12)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        loss_value = loss.item()
-        on_step(loss_value)
-    return loss_value
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the caller's generators are left as they were
+        torch.manual_seed(seed)
+        teacher.eval(), student.eval()
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        logits = uses_logits(task_type, has_head)
+        head_map = head_map.float()
+        loss_value = float("nan")
+        for _, batch in zip(range(steps), batches):
+            if logits:
+                with torch.no_grad():
+                    target = _outputs(teacher, batch.teacher_inputs, batch.teacher_index, logits=True, task_type=task_type)
+                predicted = _outputs(student, batch.student_inputs, batch.student_index, logits=True, task_type=task_type)
+                target = target.to(predicted.device)
+                loss = F.kl_div(F.log_softmax(predicted, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean")
+            else:
+                target = _hidden_delta(teacher, batch.teacher_inputs, batch.teacher_index, grad=False)
+                predicted = _hidden_delta(student, batch.student_inputs, batch.student_index, grad=True)
+                predicted = predicted @ head_map.to(predicted.device).T
+                target = target.to(predicted.device)
+                loss = F.mse_loss(predicted, target) / target.pow(2).mean().clamp_min(1e-12)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            loss_value = loss.item()
+            on_step(loss_value)
+        return loss_value

@@ -344,13 +344,37 @@ def _architecture(model_type: str, signature: tuple, held: _Held) -> Architectur
 
 
 def load_override(model_type: str) -> dict | None:
+    """``data/<model_type>.json``, checked as it is read: every field known and of its type (a
+    wrong file is refused naming the file and the field, never an internal error later)."""
     path = _DATA / "data" / f"{check_model_type(model_type)}.json"
     if not path.is_file():
         return None
-    raw = json.loads(path.read_text())
-    unknown = set(raw) - set(_OVERRIDE_FIELDS) - {"model_type", "_why"}
+    name = f"adapter_convert/architectures/data/{path.name}"
+
+    def bad(problem: str) -> UnsupportedError:
+        return UnsupportedError(f"{name} {problem}.", f"Fix {name}; its fields: model_type, _why, {', '.join(_OVERRIDE_FIELDS)}.")
+
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as err:
+        raise bad(f"is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise bad(f"holds a JSON {type(raw).__name__}, not an object")
+    unknown = sorted(set(raw) - set(_OVERRIDE_FIELDS) - {"model_type", "_why"})
     if unknown:
-        raise UnsupportedError(f"{path.name} sets unknown fields {sorted(unknown)}.", f"Known fields: {', '.join(_OVERRIDE_FIELDS)}.")
+        raise bad(f"sets unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}")
+    for key, value in raw.items():
+        if key == "conv1d":
+            expected, ok = "true or false", isinstance(value, bool)
+        elif key in ("model_type", "_why", "backbone", "layers"):
+            expected, ok = "a string", isinstance(value, str)
+        else:  # name -> module path, layout or config attribute (a config size may be null: the family has none)
+            expected = "an object of strings" + (" or nulls" if key == "config" else "")
+            ok = isinstance(value, dict) and all(isinstance(v, str) or (key == "config" and v is None) for v in value.values())
+        if not ok:
+            raise bad(f"sets {key!r} to {value!r}, but it must be {expected}")
+    if raw.get("model_type", model_type) != model_type:
+        raise bad(f"sets 'model_type' to {raw['model_type']!r}, but the file is for {model_type!r}")
     return raw
 
 

@@ -267,7 +267,8 @@ def _derive(model_type: str, config=None) -> Derived:
         found = {}
         has_experts.append(False)
         for path, module in layer.named_modules():
-            if any(p.ndim == 3 for p in module.parameters(recurse=False)):
+            # experts: 3-D weights outside a convolution (a Conv1d's weight is 3-D too)
+            if not isinstance(module, torch.nn.modules.conv._ConvNd) and any(p.ndim == 3 for p in module.parameters(recurse=False)):
                 experts = experts or path
                 has_experts[-1] = True
             shape = _linear_shape(module)
@@ -330,8 +331,13 @@ def _derive(model_type: str, config=None) -> Derived:
     # a mixture-of-experts layer: its experts are 3-D parameters (peft's target_parameters, see
     # plan.parse_expert_parameters), not modules; a shared expert beside them is an MLP of Linear
     # modules and plays the MLP roles
-    for role in [r for r in modules if r.startswith("mlp.") and experts is not None and modules[r].startswith(experts + ".")]:
-        unsupported[modules.pop(role)] = f"inside the experts module {experts!r}"
+    renamed = _peft_moe_renames(model_type) if experts is not None else set()
+    for role in [r for r in modules if r.startswith("mlp.") and experts is not None]:
+        if modules[role].startswith(experts + "."):
+            unsupported[modules.pop(role)] = f"inside the experts module {experts!r}"
+        elif modules[role].rsplit(".", 1)[-1] in renamed:
+            unsupported[modules.pop(role)] = (f"peft renames {model_type} targets named {modules[role].rsplit('.', 1)[-1]!r} onto the "
+                                              "fused experts (peft.utils.transformers_weight_conversion), so this module cannot be targeted")
     # a fused role beside its own parts (both q_proj and qkv) would be ambiguous: keep the parts
     from . import roles as all_roles
 
@@ -440,6 +446,17 @@ def expert_shapes(config, layers_path: str, experts: str) -> tuple[tuple[tuple[s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _expert_shapes(config.to_json_string(use_diff=False), layers_path, experts)
+
+
+def _peft_moe_renames(model_type: str) -> set[str]:
+    """Module names that peft turns into expert targets for this model type (transformers v5's fused
+    experts): a shared expert's gate_proj named in target_modules would adapt the experts instead."""
+    try:
+        from peft.utils import transformers_weight_conversion as conversion
+    except ImportError:
+        return set()
+    pattern = getattr(conversion, "_MODEL_TO_CONVERSION_PATTERN", {}).get(model_type)
+    return set(getattr(conversion, "_MOE_TARGET_MODULE_MAPPING", {}).get(pattern, {}))
 
 
 # attributes that may give the MLP width as a multiple of the hidden size

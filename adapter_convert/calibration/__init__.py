@@ -9,7 +9,7 @@ sentences separated by blank lines).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,22 +56,29 @@ def _parse(source: Path, content: str) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
         return texts
-    if suffix in (".conll", ".conllu"):
-        texts, words = [], []
-        for line in content.splitlines():
-            columns = line.split("\t")
-            if not line.strip():
-                if words:
-                    texts.append(" ".join(words))
-                words = []
-            elif not line.startswith("#"):
-                words.append(columns[1] if len(columns) > 1 else columns[0])
-        if words:
-            texts.append(" ".join(words))
-        return texts
+    if suffix in (".conll", ".conllu"):  # the token is the second column (the only one in a bare token list)
+        return [" ".join(columns[1] if len(columns) > 1 else columns[0] for columns in sentence)
+                for sentence in conll_sentences(content.splitlines())]
     if suffix in (".txt", ""):
         return content.splitlines()
     raise CalibrationDataError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
+
+
+def conll_sentences(lines: Iterable[str]) -> Iterator[list[list[str]]]:
+    """The sentences of CoNLL lines, each a list of tokens, each token its tab-separated columns
+    (``INDEX<TAB>TOKEN<TAB>TAG ...``). A blank line ends a sentence; lines starting with ``#``
+    are comments. Read lazily, so a caller may stop after the sentences it needs."""
+    sentence: list[list[str]] = []
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if sentence:
+                yield sentence
+            sentence = []
+        elif not line.startswith("#"):
+            sentence.append(line.split("\t"))
+    if sentence:
+        yield sentence
 
 
 @dataclass
@@ -92,10 +99,23 @@ def _encode(tokenizer, texts: list[str], max_length: int = MAX_LENGTH):
             f"Calibration pairs tokens by character offsets, which the slow tokenizer {type(tokenizer).__name__} cannot give.",
             "Use a model that ships a fast tokenizer (tokenizer.json).",
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True,
-                     max_length=max_length, padding=True, return_tensors="pt")
+    encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True, max_length=max_length)
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) if i is not None), 0)
+    return _padded(dict(encoded), pad_id=pad_id, left=tokenizer.padding_side == "left")
+
+
+def _padded(encoded: dict[str, list[list]], *, pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+    """Rows padded to the longest, as the tokenizer pads, but also for a tokenizer without a pad
+    token (then with its eos or unk id) and without setting one on the caller's tokenizer. Pads are
+    masked out and marked special, so nothing attends to them and nothing pairs them."""
+    width = max((len(ids) for ids in encoded["input_ids"]), default=0)
+    fill = {"input_ids": pad_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}  # everything else pads with 0
+    padded = {}
+    for key, rows in encoded.items():
+        pad = [fill.get(key, 0)]
+        padded[key] = torch.tensor([pad * (width - len(row)) + list(row) if left else list(row) + pad * (width - len(row))
+                                    for row in rows])
+    return padded
 
 
 def pair_positions(teacher_enc, student_enc, row: int) -> list[tuple[int, int]]:

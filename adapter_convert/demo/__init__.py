@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +13,9 @@ from transformers import AutoTokenizer
 
 from ..errors import SourceNotFoundError
 from .minilm import build_student, build_teacher
+
+if TYPE_CHECKING:
+    from ..pipeline import PreparedConversion
 
 DATA_FILES = ("val.conllu", "test.conllu")
 
@@ -54,13 +59,18 @@ def train_example_adapter(teacher: Path, out: Path, *, data: Path, steps: int, r
 def _set_base(adapter: Path, base: Path) -> None:
     import json
 
-    config_path = adapter / "adapter_config.json"
+    from ..adapter_io import CONFIG_NAME
+
+    config_path = adapter / CONFIG_NAME
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(base)
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def run_demo(workdir: Path, *, steps: int, console: Console, reporter, data: Path | None = None, eval_sentences: int = 300) -> Path:
+def run_demo(workdir: Path, *, steps: int, console: Console, reporter, show_plan: Callable[[PreparedConversion], None] = lambda prepared: None,
+             data: Path | None = None, eval_sentences: int = 300) -> Path:
+    """Build the models, train the teacher's LoRA, convert it (``show_plan`` gets the prepared
+    conversion before it runs: the CLI prints its plan table) and print the scores."""
     from ..pipeline import ConversionRequest, execute, prepare
     from . import ner
 
@@ -76,11 +86,8 @@ def run_demo(workdir: Path, *, steps: int, console: Console, reporter, data: Pat
     if not adapter.is_dir():
         train_example_adapter(teacher, adapter, data=data, steps=steps, reporter=reporter)
     request = ConversionRequest(adapter=str(adapter), target=str(student), out=converted, layer_map="skip", force=True)
-    from ..cli import plan_table
-    from ..pipeline import summarize
-
     prepared = prepare(request, reporter)
-    console.print(plan_table(summarize(prepared)))
+    show_plan(prepared)
     execute(prepared, reporter)
 
     test = ner.read_conll(data / "test.conllu", limit=eval_sentences)

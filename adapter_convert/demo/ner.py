@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from ..architectures import get_architecture
+from ..calibration import conll_sentences
 from .minilm import NER_LABELS
 
 LABEL_IDS = {label: i for i, label in enumerate(NER_LABELS)}
@@ -25,24 +27,10 @@ class Sentence:
 
 
 def read_conll(path: Path, *, limit: int | None = None) -> list[Sentence]:
-    """``INDEX<TAB>TOKEN<TAB>TAG`` lines; a blank line ends a sentence."""
-    sentences, words, tags = [], [], []
+    """``INDEX<TAB>TOKEN<TAB>TAG`` lines; a blank line ends a sentence. The first ``limit`` sentences, or all."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                if words:
-                    sentences.append(Sentence(words, tags))
-                    words, tags = [], []
-                    if limit and len(sentences) >= limit:
-                        break
-                continue
-            _, word, tag = line.split("\t")
-            words.append(word)
-            tags.append(tag)
-    if words and not (limit and len(sentences) >= limit):
-        sentences.append(Sentence(words, tags))
-    return sentences
+        sentences = islice(conll_sentences(f), limit or None)
+        return [Sentence([word for _, word, _ in tokens], [tag for _, _, tag in tokens]) for tokens in sentences]
 
 
 def encode(tokenizer, sentences: list[Sentence]) -> dict[str, torch.Tensor]:
