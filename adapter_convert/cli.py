@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 from . import __version__
 from .align import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
-from .layer_maps import STRATEGIES
+from .layer_maps import STRATEGIES, explicit
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
 app = typer.Typer(
@@ -46,9 +46,8 @@ SourceBaseOption = Annotated[
 LayerMapOption = Annotated[
     str,
     typer.Option(
-        help=f"How target layers take source layers: {', '.join(STRATEGIES)}, or explicit source:target "
-        "pairs such as '0:0,2:1,4:2'. auto = identity for equal depth, skip when the source depth is a "
-        "multiple of the target's, else uniform."
+        help="How target layers take source layers. " + "".join(f"{name}: {strategy.HELP}. " for name, strategy in STRATEGIES.items())
+        + f"Or {explicit.HELP}."
     ),
 ]
 AlignOption = Annotated[
