@@ -20,8 +20,9 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
+from .align import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
-from .layer_maps import STRATEGIES
+from .layer_maps import STRATEGIES, explicit
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
 
 app = typer.Typer(
@@ -45,9 +46,8 @@ SourceBaseOption = Annotated[
 LayerMapOption = Annotated[
     str,
     typer.Option(
-        help=f"How target layers take source layers: {', '.join(STRATEGIES)}, or explicit source:target "
-        "pairs such as '0:0,2:1,4:2'. auto = identity for equal depth, skip when the source depth is a "
-        "multiple of the target's, else uniform."
+        help="How target layers take source layers. " + "".join(f"{name}: {strategy.HELP}. " for name, strategy in STRATEGIES.items())
+        + f"Or {explicit.HELP}."
     ),
 ]
 AlignOption = Annotated[
@@ -56,9 +56,9 @@ AlignOption = Annotated[
         help="auto: copy tensors only when the shapes agree AND the bases are measured to share a hidden space "
         "(their token embeddings, a few MB read); otherwise align and refine by distillation; stop (exit 19) when "
         "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
-        "correlation (the paper's Prune & Align), lstsq (ridge least-squares maps), distill (the best start, a copy "
-        "only between bases measured compatible, refined by a short distillation). Alignment runs both base models "
-        "on calibration text.",
+        + "".join(f"{name}: {method.HELP}. " for name, method in METHODS.items())
+        + "distill: the best start (a copy only between bases measured compatible), refined by a short distillation. "
+        "Alignment runs both base models on calibration text.",
         rich_help_panel="Alignment",
     ),
 ]

@@ -304,21 +304,23 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     request, plan = prepared.request, prepared.plan
     if request.out is None:
         raise ValueError("execute() needs request.out")
-    session = None
-    adjust = {}
+    session = fitted = None
     if plan.alignment.needs_models:
         from .align.session import AlignmentSession
 
         session = AlignmentSession(prepared, reporter)
         if plan.alignment.method:
-            session.fit()
-            adjust = {"adjust_module": session.adjust_module, "adjust_head": session.adjust_head}
+            fitted = session.fit()
     total = len(plan.layer_map.sources) * len(plan.modules)
     with reporter.progress("Converting modules", total) as advance:
-        converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance, **adjust)
+        converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance,
+                                    aligned_modules=fitted.modules if fitted else None,
+                                    aligned_heads=fitted.heads(prepared.parsed.heads) if fitted else None)
     config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target_base.id, target_revision=prepared.target_base.revision)
+    alignment_report = None
     if session is not None:
-        converted.tensors = session.evaluate_and_refine(converted.tensors, config)
+        converted.tensors, evaluation = session.refine(converted.tensors, config, fitted)
+        alignment_report = session.report(fitted, evaluation)
     broken = [key for key, tensor in converted.tensors.items() if not torch.isfinite(tensor).all()]
     if broken:
         raise VerificationError(
@@ -333,8 +335,8 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
         "bytes": sum(t.numel() * t.element_size() for t in converted.tensors.values()),
     }
     summary = summarize(prepared, written=written)
-    if session is not None:
-        summary["alignment"] = session.report
+    if alignment_report is not None:
+        summary["alignment"] = alignment_report
 
     def fill(folder: Path) -> None:
         config.save_pretrained(str(folder))

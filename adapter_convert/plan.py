@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .align import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap
@@ -179,7 +180,7 @@ class AlignmentPlan:
         return self.method is not None or self.refine
 
 
-ALIGN_CHOICES = ("auto", "none", "correlation", "lstsq", "distill")
+ALIGN_CHOICES = ("auto", "none", *METHODS, "distill")  # the methods from align.METHODS, the registry
 
 
 AUTO_REFINE_BELOW = 0.999
@@ -226,7 +227,7 @@ def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None,
                                              "mapping, refined by distillation")
         why = f"shapes differ ({mismatch})" if mismatch else f"shapes agree, compatibility {verdict or 'not measured'}"
         return AlignmentPlan(best, True, f"{why}: {best} alignment refined by distillation")
-    if align in ("correlation", "lstsq"):
+    if align in METHODS:
         return AlignmentPlan(align, False, f"--align {align} requested" + (f"; shapes differ ({mismatch})" if mismatch else ""))
     raise UsageError(f"Unknown alignment {align!r}.", f"Use one of {', '.join(ALIGN_CHOICES)}.")
 

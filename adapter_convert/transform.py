@@ -20,6 +20,7 @@ No file or Hub access here. Every operation preserves each module's delta exactl
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -195,10 +196,12 @@ class ConvertedAdapter:
 
 
 def convert_tensors(
-    plan: ConversionPlan, parsed: ParsedAdapter, config, on_module=lambda: None, *, adjust_module=None, adjust_head=None
+    plan: ConversionPlan, parsed: ParsedAdapter, config, on_module=lambda: None, *,
+    aligned_modules: Mapping[tuple[int, str], AdapterModule] | None = None, aligned_heads: Mapping[str, dict] | None = None,
 ) -> ConvertedAdapter:
-    """Apply ``plan`` to the parsed adapter. ``on_module`` is called once per target module (progress);
-    ``adjust_module(target_layer, role, module)`` and ``adjust_head(params)`` fold an alignment in."""
+    """Apply ``plan`` to the parsed adapter. ``on_module`` is called once per target module (progress).
+    With an alignment, ``aligned_modules`` (per target layer and role) and ``aligned_heads`` (per
+    source head) are the already-folded values, used in place of the copies."""
     converted: list[ConvertedModule] = []
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
@@ -214,9 +217,7 @@ def convert_tensors(
                     f"adapt {mapping.target_role}.",
                     "Use --layer-map skip or an explicit map.",
                 )
-            module = average(per_layer)
-            if adjust_module is not None:
-                module = adjust_module(target_layer, mapping.target_role, module)
+            module = average(per_layer) if aligned_modules is None else aligned_modules[(target_layer, mapping.target_role)]
             name = plan.module_path(mapping.target_role, target_layer, target=True)
             converted.append(ConvertedModule(name, mapping.target_role, target_layer, module))
             for key, value in module_tensors(module).items():
@@ -237,7 +238,7 @@ def convert_tensors(
     for source_layer, key, target_key in plan.expert_tensors:  # expert LoRAs: equal layouts, copied (plan.plan_experts)
         tensors[target_key] = parsed.experts[(source_layer, key)].clone()
     for source_head, target_head in plan.heads.items():
-        params = parsed.heads[source_head] if adjust_head is None else adjust_head(parsed.heads[source_head])
+        params = (aligned_heads or parsed.heads)[source_head]
         tensors |= {f"{PEFT_PREFIX}{target_head}.{k}": v.clone() for k, v in params.items()}
     return ConvertedAdapter(converted, tensors)
 

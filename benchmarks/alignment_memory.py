@@ -58,9 +58,9 @@ with PeakRSS() as whole:
         for param in model.parameters():
             param.data.sum()
     with PeakRSS() as fit:
-        session.fit()
+        fitted = session.fit()
 print(json.dumps({"resources": resources, "fit_mb": fit.peak - fit.start, "whole_mb": whole.peak - whole.start,
-                  "memory": session.report["memory"], "tokens": session.report["calibration"]["tokens"]}))
+                  "memory": fitted.report["memory"], "tokens": fitted.report["calibration"]["tokens"]}))
 """.replace("BENCHMARKS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from adapter_convert.align import student_to_teacher, teacher_to_student
+from adapter_convert.align import fit_point
 from adapter_convert.align.correlation import assign
 from adapter_convert.align.fold import fold_head, fold_module, is_selection
 from adapter_convert.align.stats import PairStats
@@ -74,29 +74,33 @@ def test_correlation_recovers_a_permutation_and_selects_the_wider_teachers_dims(
     g = torch.Generator().manual_seed(2)
     teacher = torch.randn(400, 10, generator=g)
     picked = torch.tensor([7, 2, 9, 0, 4])  # the student holds these teacher dims, in this order
-    fit = student_to_teacher("correlation", stats_of(teacher[:, picked], teacher))
-    assert is_selection(fit.matrix) and fit.score == pytest.approx(1.0)
-    assert fit.matrix.shape == (10, 5)
-    assert torch.equal(fit.matrix.argmax(0), picked)
+    fit = fit_point(stats_of(teacher[:, picked], teacher), "head", "correlation", ridge=0.0)
+    assert is_selection(fit["map"]) and fit["score"] == pytest.approx(1.0) and fit["score_name"] == "mean correlation"
+    assert fit["map"].shape == (10, 5)
+    assert torch.equal(fit["map"].argmax(0), picked)
+    # the evidence beside it: a linear map explains the 5 held teacher dims fully, the 5 others not at all
+    assert fit["identity_r2"] is None and fit["linear_r2"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_lstsq_recovers_a_linear_map_and_reports_r2():
     g = torch.Generator().manual_seed(3)
     student = torch.randn(2000, 5, generator=g)
     mixing = torch.randn(8, 5, generator=g)
-    fit = student_to_teacher("lstsq", stats_of(student, student @ mixing.T), ridge=1e-9)
-    torch.testing.assert_close(fit.matrix, mixing.double(), atol=1e-5, rtol=1e-5)
-    assert fit.score == pytest.approx(1.0, abs=1e-6)
-    noisy = student_to_teacher("lstsq", stats_of(student, student @ mixing.T + torch.randn(2000, 8, generator=g) * 3))
-    assert 0.0 < noisy.score < 0.9
+    fit = fit_point(stats_of(student, student @ mixing.T), "head", "lstsq", ridge=1e-9)
+    torch.testing.assert_close(fit["map"], mixing.double(), atol=1e-5, rtol=1e-5)
+    assert fit["score"] == pytest.approx(1.0, abs=1e-6) and fit["score_name"] == "R^2"
+    noisy = fit_point(stats_of(student, student @ mixing.T + torch.randn(2000, 8, generator=g) * 3), "head", "lstsq", ridge=1e-2)
+    assert 0.0 < noisy["score"] < 0.9 and noisy["linear_r2"] == noisy["score"]  # the default ridge: one fit serves both
 
 
 def test_output_maps_run_teacher_to_student():
     g = torch.Generator().manual_seed(4)
     teacher = torch.randn(1000, 6, generator=g)
     squeeze = torch.randn(4, 6, generator=g)
-    fit = teacher_to_student("lstsq", stats_of(teacher @ squeeze.T, teacher), ridge=1e-9)
-    torch.testing.assert_close(fit.matrix, squeeze.double(), atol=1e-5, rtol=1e-5)
+    fit = fit_point(stats_of(teacher @ squeeze.T, teacher), "out", "lstsq", ridge=1e-9)
+    torch.testing.assert_close(fit["map"].matrix(), squeeze.double(), atol=1e-5, rtol=1e-5)
+    selection = fit_point(stats_of(teacher[:, [4, 1]], teacher), "out", "correlation", ridge=0.0)["map"]
+    assert selection.shape == (2, 6) and selection.argmax(1).tolist() == [4, 1]  # teacher -> student: the transpose
 
 
 def test_folding_keeps_the_rank_and_conjugates_the_delta():

@@ -8,10 +8,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adapter_convert"
 ENTRY_POINTS = {"adapter_convert.cli", "adapter_convert.__main__"}
-# Circles that exist today, each being removed by its own change; the test fails on any other.
+# Circles that exist today (derive reads the Architecture type it builds); the test fails on any
+# other, and on a listed one that is gone (then delete its line).
 KNOWN_CIRCLES = {
     frozenset({"adapter_convert.architectures", "adapter_convert.architectures.derive"}),
-    frozenset({"adapter_convert.align", "adapter_convert.align.correlation", "adapter_convert.align.lstsq"}),
 }
 
 
@@ -91,5 +91,7 @@ def test_nothing_imports_the_cli():
 
 
 def test_no_new_import_circles():
-    new = circles(import_graph()) - KNOWN_CIRCLES
+    found = circles(import_graph())
+    new = found - KNOWN_CIRCLES
     assert not new, f"import circles: {[sorted(circle) for circle in new]}"
+    assert KNOWN_CIRCLES <= found, f"circles gone, remove them from KNOWN_CIRCLES: {[sorted(c) for c in KNOWN_CIRCLES - found]}"

@@ -7,55 +7,36 @@ module, which ``fold`` applies to the adapter without changing its rank:
 * ``P_out`` (d_out_student x d_out_teacher): teacher output -> student output, so ``B' = P_out B``.
 
 Then ``s B' A' x_s = P_out (s B A) (P_in x_s)``: the teacher's adapter, read and written through
-the alignment. Adding a method is adding a module with a ``fit(stats, ...) -> Fit`` function and
-an entry in ``METHODS``.
+the alignment. Adding a method is adding one module with ``NAME``, ``HELP`` and
+``fit_map(stats, kind, assigned, *, ridge)`` and listing it in ``METHODS``: ``--align``'s choices,
+its help and the plan's validation all read this registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 
-from ..errors import UsageError
+from . import correlation, lstsq
 from .stats import PairStats
 
-
-@dataclass
-class Fit:
-    """A map from student space to teacher space, ``x_t ~ M x_s`` with M (d_t x d_s), and how well it explains."""
-
-    matrix: torch.Tensor
-    score: float  # correlation of the assignment, or R^2 of the projection
-    score_name: str
+METHODS = {method.NAME: method for method in (correlation, lstsq)}
 
 
-def _methods() -> dict[str, Callable[..., Fit]]:
-    from . import correlation, lstsq
-
-    return {"correlation": correlation.fit, "lstsq": lstsq.fit}
-
-
-METHOD_NAMES = ("auto", "none", "correlation", "lstsq", "distill")
-
-
-def student_to_teacher(method: str, stats: PairStats, **options) -> Fit:
-    """``x_t ~ M x_s``, M (d_t x d_s): for module inputs (P_in) and the head's input."""
-    methods = _methods()
-    if method not in methods:
-        raise UsageError(f"Unknown alignment method {method!r}.", f"Use one of {', '.join(METHOD_NAMES)}.")
-    return methods[method](stats, **options)
-
-
-def teacher_to_student(method: str, stats: PairStats, **options) -> Fit:
-    """``y_s ~ M y_t``, M (d_s x d_t): for module outputs (P_out)."""
-    if method == "correlation":  # a selection: its transpose selects the other way
-        fit = student_to_teacher(method, stats, **options)
-        return Fit(fit.matrix.T.contiguous(), fit.score, fit.score_name)
-    return student_to_teacher(method, transposed(stats), **options)
-
-
-def transposed(stats: PairStats) -> PairStats:
-    """The same statistics with the roles of student and teacher swapped."""
-    return stats.transposed()
+def fit_point(stats: PairStats, kind: str, method: str, *, ridge: float) -> dict:
+    """One capture point's fit with ``method``: ``map`` (a dense selection, the head's dense
+    matrix, or a factored ``lstsq.Regression`` that folds without forming its matrix), ``score``
+    and ``score_name``, and for inputs the activation evidence: ``identity_r2`` (a copy) and
+    ``linear_r2`` (the best linear map). ``kind``: "in" (student -> teacher, a module input),
+    "head" (the same, for the last hidden state) or "out" (teacher -> student, a module output).
+    Releases what it can of ``stats`` as it goes; the caller drops the rest."""
+    assigned = correlation.assign(stats)  # every method starts from (or shrinks toward) the paper's assignment
+    if kind == "out":
+        return METHODS[method].fit_map(stats, kind, assigned, ridge=ridge)
+    identity = lstsq.identity_r2(stats)  # before any fit releases the Grams (it reads their diagonals only)
+    result = {"identity_r2": None if identity is None else round(identity, 4)}
+    result |= METHODS[method].fit_map(stats, kind, assigned, ridge=ridge)
+    if "linear_r2" not in result:  # the evidence the method did not already compute
+        result["linear_r2"] = lstsq.Regression(stats, x="s", ridge=lstsq.DEFAULT_RIDGE, prior=assigned[:2], release=True).r_squared()
+    if kind == "head" and not isinstance(result["map"], torch.Tensor):
+        result["map"] = result["map"].matrix()
+    return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from . import Fit
 from .stats import F64, PairStats, standardize
 
 
@@ -41,6 +40,12 @@ def selection(student: torch.Tensor, teacher: torch.Tensor, student_dim: int, te
     return select
 
 
-def fit(stats: PairStats, **_) -> Fit:
-    student, teacher, score = assign(stats)
-    return Fit(selection(student, teacher, stats.dims["s"], stats.dims["t"], stats.device), score, "mean correlation")
+NAME = "correlation"
+HELP = "the paper's Prune & Align: each target dimension takes the source dimension it correlates with best"
+
+
+def fit_map(stats: PairStats, kind: str, assigned, *, ridge: float) -> dict:
+    """The selection (its transpose for an output, teacher -> student); ``ridge`` is unused."""
+    student, teacher, score = assigned
+    chosen = selection(student, teacher, stats.dims["s"], stats.dims["t"])
+    return {"map": chosen.T if kind == "out" else chosen, "score": score, "score_name": "mean correlation"}

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from . import Fit
-from . import correlation as correlation_method
 from .stats import F64, PairStats
 
 DEFAULT_RIDGE = 1e-2
@@ -146,17 +144,20 @@ def explained(residual: torch.Tensor, diag_yy: torch.Tensor, sum_y: torch.Tensor
     return float((1 - residual[live] / total[live]).mean())
 
 
-def regression(stats: PairStats, *, ridge: float = DEFAULT_RIDGE, prior=None, release: bool = False) -> Regression:
-    """Student -> teacher (``x_t ~ M x_s``); ``prior`` (student dims, teacher dims) or computed."""
-    if prior is None:
-        student, teacher, _ = correlation_method.assign(stats)
-        prior = (student, teacher)
-    return Regression(stats, x="s", ridge=ridge, prior=prior, release=release)
+NAME = "lstsq"
+HELP = "ridge least-squares maps shrunk toward the correlation assignment (dense, same rank)"
 
 
-def fit(stats: PairStats, *, ridge: float = DEFAULT_RIDGE, **_) -> Fit:
-    solved = regression(stats, ridge=ridge)
-    return Fit(solved.matrix(), solved.r_squared(), "R^2")
+def fit_map(stats: PairStats, kind: str, assigned, *, ridge: float = DEFAULT_RIDGE) -> dict:
+    """The factored regression: teacher -> student for an output, student -> teacher otherwise."""
+    student, teacher, _ = assigned
+    if kind == "out":
+        solved = Regression(stats, x="t", ridge=ridge, prior=(teacher, student), release=True)
+        return {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
+    same = ridge == DEFAULT_RIDGE  # then this fit is also the evidence fit, and may free the Gram
+    solved = Regression(stats, x="s", ridge=ridge, prior=(student, teacher), release=same)
+    result = {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
+    return result | ({"linear_r2": result["score"]} if same else {})
 
 
 def r_squared(stats: PairStats, matrix: torch.Tensor) -> float:

@@ -27,12 +27,13 @@ def _outputs(model, batch_inputs, index, *, logits: bool, task_type: str | None,
     different dtypes and on different devices; comparisons and losses are made in float32)."""
     context = contextlib.nullcontext() if adapter else model.disable_adapter()
     with context:
-        out = model(**on_device(batch_inputs, model), output_hidden_states=not logits)
-    if logits:
-        result = out.logits if task_type == "SEQ_CLS" else out.logits[index_on(index, out.logits)]
-    else:
-        result = out.hidden_states[-1][index_on(index, out.hidden_states[-1])]
-    return result.float()
+        if logits:
+            out = model(**on_device(batch_inputs, model)).logits
+            return (out if task_type == "SEQ_CLS" else out[index_on(index, out)]).float()
+        # the backbone alone (its adapted layers included): a causal LM's vocabulary-wide logits
+        # would cost more than the rest of the model and are not compared
+        hidden = model.get_base_model().base_model(**on_device(batch_inputs, model)).last_hidden_state
+    return hidden[index_on(index, hidden)].float()
 
 
 def _hidden_delta(model, inputs, index, *, grad: bool) -> torch.Tensor:

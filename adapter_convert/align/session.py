@@ -5,9 +5,10 @@ weights; the math lives in stats.py, correlation.py, lstsq.py, fold.py and refin
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoTokenizer
 
 from collections.abc import Iterator
@@ -18,10 +19,8 @@ from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
-from .correlation import assign, selection
+from . import fit_point
 from .fold import fold_head, fold_input, fold_output
-from .lstsq import DEFAULT_RIDGE, Regression
-from .lstsq import identity_r2 as lstsq_identity_r2
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
@@ -77,11 +76,7 @@ class AlignmentSession:
         (self.teacher_tokenizer, self.teacher), (self.student_tokenizer, self.student) = loaded["source base"], loaded["target base"]
         # a text never runs past either model's positions (small models may have 64)
         self.max_length = min([MAX_LENGTH] + [n for model in (self.teacher, self.student) if (n := max_positions(model.config))])
-        self.folded: dict[tuple[int, str], AdapterModule] = {}
-        self.head_map: torch.Tensor | None = None
-        self.report: dict = {"method": self.method or "direct", "reason": plan.alignment.reason,
-                             "device": self.device, "dtypes": {"source": str(self.teacher.dtype).removeprefix("torch."),
-                                                               "target": str(self.student.dtype).removeprefix("torch.")}}
+        self.dtypes = {"source": str(self.teacher.dtype).removeprefix("torch."), "target": str(self.student.dtype).removeprefix("torch.")}
 
     def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         """Batches are made as they are used, never all held: memory does not grow with tokens."""
@@ -95,7 +90,7 @@ class AlignmentSession:
             if before is None:  # not one paired token: cycling would never end
                 raise _no_pairs()
 
-    def fit(self) -> None:
+    def fit(self) -> FittedAlignment:
         """Calibrate, fit P_in / P_out for every mapped module and fold them into the adapter, and
         fit the head's input map: statistics -> fitted maps -> folded modules, pass by pass.
 
@@ -110,13 +105,12 @@ class AlignmentSession:
         method = self.method
         shapes = point_shapes(role_names, layer_pairs, plan.source_dims, plan.target_dims)
         activation = max(self.teacher.dtype.itemsize, self.student.dtype.itemsize)
-        planned = schedule(shapes, method=method, budget=budget_bytes(self.prepared.request.memory_budget), rank=self._rank(), activation_bytes=activation)
+        planned = schedule(shapes, method=method, budget=budget_bytes(request.memory_budget), rank=self._rank(), activation_bytes=activation)
         dtype = torch.float64 if planned.element == 8 else torch.float32
         full = {shape.point: shape.full(method) for shape in shapes}
-        self.folded = {key: module for key, module in self._source_modules(layer_pairs, role_names).items()}
-        scores: dict[tuple[int | None, str], dict] = {}
+        folded = self._source_modules(layer_pairs, role_names)
+        fits: dict[tuple[int | None, str], dict] = {}
         tokens = None
-        options = {"ridge": request.ridge}
         with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens * len(planned.passes)) as advance:
             for group in planned.passes:
                 stats = collect_statistics(
@@ -130,19 +124,25 @@ class AlignmentSession:
                         raise _no_pairs()
                 for shape in group:
                     key = (shape.point.student_layer, shape.point.point)
-                    scores[key] = self._fit_point(shape, stats.pop(key), method, options, role_names)
+                    fits[key] = fit_point(stats.pop(key), shape.kind, method, ridge=request.ridge)
+                    if shape.kind != "head":  # fold now, so the d x d map can go with the statistics
+                        folded = fold_point(folded, shape, fits[key].pop("map"), role_names)
                 del stats
+        head_map = fits[(None, LAST_HIDDEN)].pop("map").cpu() if (None, LAST_HIDDEN) in fits else None
+        return FittedAlignment(folded, head_map, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
+
+    def _fit_report(self, fits, layer_pairs, role_names, tokens, planned) -> dict:
         rows = []
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
-                p_in, p_out = scores[(target_layer, input_point(role))], scores[(target_layer, output_point(role))]
+                p_in, p_out = fits[(target_layer, input_point(role))], fits[(target_layer, output_point(role))]
                 rows.append({"target_layer": target_layer, "source_layer": source_layer, "role": role,
                              "input_fit": round(p_in["score"], 4), "output_fit": round(p_out["score"], 4), "score": p_in["score_name"],
                              "identity_r2": p_in["identity_r2"], "linear_r2": round(p_in["linear_r2"], 4)})
-        head = scores[(None, LAST_HIDDEN)]
-        self.report |= {
-            "calibration": {"source": self.prepared.calibration.pinned if self.prepared.calibration else "built-in multilingual sample",
-                            "tokens": tokens},
+        head = fits[(None, LAST_HIDDEN)]
+        calibration = self.prepared.calibration
+        return {
+            "calibration": {"source": calibration.pinned if calibration else "built-in multilingual sample", "tokens": tokens},
             "modules": rows,
             "head_input_fit": round(head["score"], 4),
             "score": head["score_name"],
@@ -166,36 +166,14 @@ class AlignmentSession:
                     modules[(target_layer, role)] = read_module(params, config, plan.module_path(role, source_layer, target=False))
         return modules
 
-    def _fit_point(self, shape, stats, method: str, options: dict, role_names: list[str]) -> dict:
-        """Fit one capture point, fold it into the modules it feeds, and return its scores."""
-        layer = shape.point.student_layer
-        result = fit_point(stats, shape.kind, method, **options)
-        if shape.kind == "head":
-            self.head_map = result.pop("map").cpu()
-            return result
-        fitted = result.pop("map")
-        for role in role_names:
-            key = (layer, role)
-            if key not in self.folded:
-                continue
-            if shape.kind == "in" and input_point(role) == shape.point.point:
-                self.folded[key] = fold_input(self.folded[key], fitted)
-            elif shape.kind == "out" and output_point(role) == shape.point.point:
-                self.folded[key] = fold_output(self.folded[key], fitted)
-        return result
-
-    def adjust_module(self, target_layer: int, role: str, module: AdapterModule) -> AdapterModule:
-        """The module folded during ``fit`` (from the same source module that ``module`` copies)."""
-        return self.folded[(target_layer, role)]
-
-    def adjust_head(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return fold_head(params, self.head_map)
-
-    def evaluate_and_refine(self, tensors: dict[str, torch.Tensor], peft_config) -> dict[str, torch.Tensor]:
-        """Agreement on held-out text, and with ``refine`` a short distillation; returns the final tensors."""
+    def refine(self, tensors: dict[str, torch.Tensor], peft_config, fitted: FittedAlignment | None) -> tuple[dict[str, torch.Tensor], dict]:
+        """Agreement on held-out text, and with ``refine`` a short distillation: the final tensors
+        and the evaluation report. The teacher's adapter comes from memory, never re-read from disk."""
         request, plan = self.prepared.request, self.prepared.plan
-        head_map = self.head_map if self.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
-        teacher = PeftModel.from_pretrained(self.teacher, self.prepared.adapter_source.path).eval()
+        head_map = fitted.head_map if fitted is not None and fitted.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
+        teacher = get_peft_model(self.teacher, dataclasses.replace(self.prepared.adapter.config, inference_mode=True))
+        set_peft_model_state_dict(teacher, self.prepared.adapter.tensors)
+        teacher.eval()
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
@@ -204,23 +182,57 @@ class AlignmentSession:
             result = agreement(teacher, student, self.batches(self.held_texts, held_out_tokens(request.calibration_tokens)), **compare)
             return result | {"held_out_tokens": result["tokens"]}
 
-        self.report["agreement"] = held_out_agreement()
+        before = held_out_agreement()
         if not plan.alignment.refine:
-            return tensors
+            return tensors, {"agreement": before}
         good_enough = plan.alignment.refine_below
-        if good_enough is not None and self.report["agreement"]["value"] >= good_enough:
-            self.report["distill"] = {"skipped": f"held-out agreement {self.report['agreement']['value']:.4f} is already at least {good_enough}"}
-            return tensors
-        self.report["agreement_before_distill"] = self.report.pop("agreement")
+        if good_enough is not None and before["value"] >= good_enough:
+            return tensors, {"agreement": before, "distill": {"skipped": f"held-out agreement {before['value']:.4f} is already at least {good_enough}"}}
         with self.reporter.progress("Distilling", request.distill_steps) as advance:
             final_loss = distill(teacher, student, self.endless_batches(self.fit_texts, request.calibration_tokens),
                                  steps=request.distill_steps, lr=request.lr, seed=request.seed,
                                  on_step=lambda loss: advance(f"loss {loss:.4f}"), **compare)
-        self.report["distill"] = {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)}
-        self.report["agreement"] = held_out_agreement()
+        report = {"agreement_before_distill": before,
+                  "distill": {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)},
+                  "agreement": held_out_agreement()}
         trained = get_peft_model_state_dict(student)
         # back on the CPU, in the converted adapter's own dtype (peft may train adapters in float32 on a bf16 base)
-        return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}
+        return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}, report
+
+    def report(self, fitted: FittedAlignment | None, evaluation: dict) -> dict:
+        """The alignment report of the run: what was asked, where it ran, the fit, the evaluation."""
+        plan = self.prepared.plan
+        return ({"method": self.method or "direct", "reason": plan.alignment.reason, "device": self.device, "dtypes": self.dtypes}
+                | (fitted.report if fitted is not None else {}) | evaluation)
+
+
+@dataclass(frozen=True)
+class FittedAlignment:
+    """What calibration and fitting hand forward: the folded module per (target layer, role), the
+    head's input map (student -> teacher, None without a head point) and the fit's report."""
+
+    modules: dict[tuple[int, str], AdapterModule]
+    head_map: torch.Tensor | None
+    report: dict
+
+    def heads(self, heads: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+        """The adapter's task heads read through the head map (unchanged without one)."""
+        return heads if self.head_map is None else {name: fold_head(params, self.head_map) for name, params in heads.items()}
+
+
+def fold_point(folded: dict[tuple[int, str], AdapterModule], shape, fitted, role_names) -> dict[tuple[int, str], AdapterModule]:
+    """``folded`` with one capture point's map folded into the modules that read (P_in) or write (P_out) it."""
+    layer, point = shape.point.student_layer, shape.point.point
+    result = dict(folded)
+    for role in role_names:
+        key = (layer, role)
+        if key not in result:
+            continue
+        if shape.kind == "in" and input_point(role) == point:
+            result[key] = fold_input(result[key], fitted)
+        elif shape.kind == "out" and output_point(role) == point:
+            result[key] = fold_output(result[key], fitted)
+    return result
 
 
 def _no_pairs() -> CalibrationDataError:
@@ -234,37 +246,6 @@ def has_tokenizer_files(folder) -> bool:
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
     return any((folder / name).is_file() for name in names) or any(folder.glob("*.model"))
 
-
-def fit_point(stats, kind: str, method: str, *, ridge: float) -> dict:
-    """One capture point's fit: ``map`` (a dense selection, the head's dense matrix, or a factored
-    ``Regression`` that folds without forming its matrix) and its scores. Releases what it can of
-    ``stats`` as it goes; the caller drops the rest."""
-    student, teacher, corr_score = assign(stats)
-    if kind == "out":  # teacher -> student
-        if method == "correlation":
-            return {"map": selection(student, teacher, stats.dims["s"], stats.dims["t"]).T, "score": corr_score,
-                    "score_name": "mean correlation"}
-        solved = Regression(stats, x="t", ridge=ridge, prior=(teacher, student), release=True)
-        return {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
-    # student -> teacher: a module input, or the last hidden state the head reads
-    result = {"identity_r2": None if (r2 := lstsq_identity_r2(stats)) is None else round(r2, 4)}
-    if method == "correlation":
-        result |= {"map": selection(student, teacher, stats.dims["s"], stats.dims["t"]), "score": corr_score,
-                   "score_name": "mean correlation"}
-        linear = Regression(stats, x="s", ridge=DEFAULT_RIDGE, prior=(student, teacher), release=True)
-        result["linear_r2"] = linear.r_squared()
-        del linear
-    else:
-        same = ridge == DEFAULT_RIDGE
-        solved = Regression(stats, x="s", ridge=ridge, prior=(student, teacher), release=same)
-        result |= {"map": solved, "score": solved.r_squared(), "score_name": "R^2"}
-        if same:
-            result["linear_r2"] = result["score"]
-        else:
-            result["linear_r2"] = Regression(stats, x="s", ridge=DEFAULT_RIDGE, prior=(student, teacher), release=True).r_squared()
-    if kind == "head" and not isinstance(result["map"], torch.Tensor):
-        result["map"] = result["map"].matrix()
-    return result
 
 
 def resolve_device(device: str | None) -> str:

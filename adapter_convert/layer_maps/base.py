@@ -1,0 +1,64 @@
+"""The layer map value every strategy builds, and what strategies share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import LayerMapError
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    strategy: str
+    sources: dict[int, tuple[int, ...]]  # target layer -> source layers it draws from
+    # the type of every source and target layer, when both models name them (else None)
+    source_types: tuple[str, ...] | None = None
+    target_types: tuple[str, ...] | None = None
+
+    def rows(self) -> list[tuple[int, tuple[int, ...]]]:
+        return sorted(self.sources.items())
+
+    def mismatches(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(target layer, its source layers of another type), for each target layer that has any."""
+        if self.source_types is None or self.target_types is None:
+            return []
+        out = []
+        for target, sources in self.rows():
+            other = tuple(s for s in sources if self.source_types[s] != self.target_types[target])
+            if other:
+                out.append((target, other))
+        return out
+
+    def warning(self) -> str | None:
+        """One sentence naming every target layer whose adapter comes from a layer of another type."""
+        mismatches = self.mismatches()
+        if not mismatches:
+            return None
+        assert self.source_types is not None and self.target_types is not None
+        pairs = "; ".join(f"{t} ({self.target_types[t]}) <- " + ", ".join(f"{s} ({self.source_types[s]})" for s in sources)
+                          for t, sources in mismatches)
+        return (f"{len(mismatches)} of {len(self.sources)} target layers get their adapter from a source layer of another "
+                f"type: {pairs}")
+
+    def summary(self) -> dict:
+        """The map as --json, the plan table and the card show it; types only where both models name them."""
+        rows = [{"target": t, "sources": list(s)} for t, s in self.rows()]
+        out: dict = {"strategy": self.strategy, "rows": rows}
+        if self.source_types is not None and self.target_types is not None:
+            for row in rows:
+                row["target_type"] = self.target_types[row["target"]]
+                row["source_types"] = [self.source_types[s] for s in row["sources"]]
+            out["type_mismatches"] = [{"target": t, "sources": list(s)} for t, s in self.mismatches()]
+            out["warning"] = self.warning()
+        return out
+
+
+def ratio(source_layers: int, target_layers: int, name: str) -> int:
+    """k for the paper's strategies: the source depth must be k times the target's."""
+    if target_layers > source_layers or source_layers % target_layers:
+        raise LayerMapError(
+            f"Layer map {name!r} needs the source's layer count to be a multiple of the target's, "
+            f"but the source has {source_layers} layers and the target {target_layers}.",
+            "Use --layer-map uniform, or an explicit list such as '0:0,2:1'.",
+        )
+    return source_layers // target_layers
