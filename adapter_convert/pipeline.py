@@ -330,7 +330,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
     out = Path(request.out)
     written = {
         "path": str(out),
-        "files": ["adapter_config.json", WEIGHTS_NAME, "README.md"],
+        "files": [CONFIG_NAME, WEIGHTS_NAME, "README.md"],
         "tensors": len(converted.tensors),
         "bytes": sum(t.numel() * t.element_size() for t in converted.tensors.values()),
     }
@@ -343,7 +343,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
         canonicalize_config_file(folder / CONFIG_NAME)
         save_file(converted.tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         reporter.stage("Verifying: loading the result with peft onto an empty target model")
-        verify_adapter_folder(folder, prepared.target_config, bare=not plan.target_prefix)
+        verify_adapter_folder(folder, prepared.target_config, bare=not plan.target_prefix, written=converted.tensors)
         build_model_card(summary).save(folder / "README.md")
 
     reporter.stage(f"Writing {out}")

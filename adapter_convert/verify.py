@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import PretrainedConfig
 
@@ -38,10 +39,14 @@ def empty_target_model(model_config: PretrainedConfig, *, task_type: str | None,
         return auto_class.from_config(model_config)
 
 
-def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool) -> None:
-    """Load ``folder`` with peft onto the target; raise VerificationError unless every adapter key loads."""
+def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare: bool, written: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``folder`` with peft onto the target; raise VerificationError unless every adapter key loads.
+
+    ``written``: the tensors just saved into ``folder``. Then the file's header is checked against
+    them (names, shapes, dtypes: a few KB read) and peft loads them from memory, instead of reading
+    the whole file back: the proof that the folder loads, without a second pass over its bytes."""
     config = PeftConfig.from_pretrained(str(folder))
-    tensors = load_file(folder / WEIGHTS_NAME)
+    tensors = load_file(folder / WEIGHTS_NAME) if written is None else _matching_header(folder / WEIGHTS_NAME, written)
     num_labels = head_labels(tensors, config.modules_to_save)
     model = empty_target_model(model_config, task_type=config.task_type, bare=bare, num_labels=num_labels)
     try:
@@ -59,3 +64,18 @@ def verify_adapter_folder(folder: Path, model_config: PretrainedConfig, *, bare:
             f"unexpected keys (first: {(missing or result.unexpected_keys)[0]!r}).",
             "Nothing was written. Please report this with the --dry-run plan.",
         )
+
+
+def _matching_header(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        on_disk = {name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape())) for name in handle.keys()}
+    in_memory = {name: (_SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for name, t in tensors.items()}
+    if on_disk != in_memory:
+        differ = sorted(set(on_disk.items()) ^ set(in_memory.items()))
+        raise VerificationError(f"The written {path.name} does not hold the converted tensors (first difference: {differ[0]!r}).",
+                                "Nothing was written. Check the disk, then run again.")
+    return tensors
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}

@@ -504,3 +504,29 @@ def test_hub_error_maps_network_failures_and_passes_its_own_errors_through():
     assert isinstance(own, HubError)
     with pytest.raises(KeyError):
         hub_error(KeyError("a bug"), REF, what="adapter", token=None)
+
+
+# ---- verify: the written file's header against the tensors in memory ------------------------------
+def test_verify_checks_the_written_header_against_the_tensors_in_memory(tmp_path):
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from adapter_convert.errors import VerificationError
+    from adapter_convert.verify import verify_adapter_folder
+    from helpers import tiny_config
+
+    config = tiny_config("llama", 2)
+    LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM").save_pretrained(tmp_path)
+    tensors = {f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{p}.weight": torch.ones(shape)
+               for i in range(2) for p, shape in (("A", (2, 32)), ("B", (32, 2)))}
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    verify_adapter_folder(tmp_path, config, bare=False, written=tensors)  # the header matches: loads from memory
+    verify_adapter_folder(tmp_path, config, bare=False)  # and read back whole, the old way
+    wider = dict(tensors) | {next(iter(tensors)): torch.ones(2, 33)}
+    with pytest.raises(VerificationError, match=r"does not hold the converted tensors"):
+        verify_adapter_folder(tmp_path, config, bare=False, written=wider)
+    with pytest.raises(VerificationError, match=r"does not hold the converted tensors"):
+        verify_adapter_folder(tmp_path, config, bare=False, written={k: v.half() for k, v in tensors.items()})
+    missing = dict(list(tensors.items())[:-1])
+    with pytest.raises(VerificationError):
+        verify_adapter_folder(tmp_path, config, bare=False, written=missing)

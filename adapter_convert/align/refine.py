@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ..calibration import PairedBatch
+from ..tasks import LABELLED
 from .capture import index_on, on_device
 
 
 def uses_logits(task_type: str | None, has_head: bool) -> bool:
-    return has_head and task_type in ("TOKEN_CLS", "SEQ_CLS")
+    return has_head and task_type in LABELLED  # heads both models share: compare their logits
 
 
 def _outputs(model, batch_inputs, index, *, logits: bool, task_type: str | None, adapter: bool = True):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
+from ..tasks import LABELLED
 from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
 from .budget import budget_bytes, point_shapes, schedule
@@ -51,7 +52,7 @@ class AlignmentSession:
         # the checkpoint's own dtype unless asked; accelerate's device map places (and offloads) big models
         kwargs = {"dtype": getattr(torch, request.dtype) if request.dtype else "auto",
                   "device_map": "auto" if self.device == "auto" else self.device}
-        if self.num_labels and self.task_type in ("TOKEN_CLS", "SEQ_CLS"):
+        if self.num_labels and self.task_type in LABELLED:
             # the base's own head (if any) is replaced by the adapter's, whatever its size
             kwargs |= {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
         loaded = {}

@@ -316,6 +316,60 @@ class _Held:
 
 @cache
 def _architecture(model_type: str, signature: tuple, held: _Held) -> Architecture:
+    override = load_override(model_type)
+    cache_file = _disk_cache_file(model_type, signature, override)
+    cached = _read_cached(cache_file)
+    if cached is not None:
+        return cached
+    architecture = _derive_architecture(model_type, held, override)
+    _write_cached(cache_file, architecture)
+    return architecture
+
+
+# Deriving builds the model on the meta device: 0.3-0.6 s per type, paid by every process. The
+# result depends only on transformers' code for the type, the structure signature, the override
+# file and this package's derivation, so it is kept on disk under a key of all four.
+_TUPLE_FIELDS = ("outside", "mlp_types")
+
+
+def _disk_cache_file(model_type: str, signature: tuple, override: dict | None):
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import transformers
+
+    from .. import __version__
+
+    root = os.environ.get("ADAPTER_CONVERT_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "adapter-convert"
+    key = json.dumps([__version__, transformers.__version__, model_type, signature, override], sort_keys=True, default=str)
+    return Path(root) / "architectures" / f"{model_type}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _read_cached(path) -> Architecture | None:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw |= {name: tuple(raw[name]) for name in _TUPLE_FIELDS}
+        raw["head_params"] = {task: tuple(names) for task, names in raw["head_params"].items()}
+        return Architecture(**raw)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # absent or unreadable: derive again
+        return None
+
+
+def _write_cached(path, architecture: Architecture) -> None:
+    import dataclasses
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(dataclasses.asdict(architecture)), encoding="utf-8")
+        os.replace(partial, path)  # readers see the whole file or none
+    except OSError:  # a read-only cache only costs the next process the derivation
+        pass
+
+
+def _derive_architecture(model_type: str, held: _Held, override: dict | None) -> Architecture:
     from .derive import DerivationError, derive
 
     try:
@@ -329,7 +383,6 @@ def _architecture(model_type: str, signature: tuple, held: _Held) -> Architectur
         "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types, "fixed": derived.fixed,
         "experts": derived.experts,
     }
-    override = load_override(model_type)
     if override is not None:
         raw = apply_override(raw, override, derived)
     return Architecture(**raw)
