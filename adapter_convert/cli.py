@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from .align import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES, explicit
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
+from .summary import AlignmentSummary, ConversionSummary, PushSummary
 
 app = typer.Typer(
     name="adapter-convert",
@@ -124,48 +126,48 @@ def _fail(err: BaseException, console: Console) -> typer.Exit:
     return typer.Exit(1)
 
 
-def plan_table(summary: dict) -> Table:
-    source, target = summary["source_base"], summary["target_base"]
+def plan_table(summary: ConversionSummary) -> Table:
+    source, target, layer_map = summary.source_base, summary.target_base, summary.layer_map
     table = Table(title="Conversion plan", show_header=True, title_justify="left")
     table.add_column("")
     table.add_column("source")
     table.add_column("target")
-    table.add_row("base", source["id"], target["id"])
-    described = lambda base: f"{base['model_type']} ({base['architecture']['origin']})" if "architecture" in base else base["model_type"]  # noqa: E731
-    table.add_row("architecture", described(source), described(target))
-    table.add_row("layers / hidden", f"{source['layers']} / {source['hidden']}", f"{target['layers']} / {target['hidden']}")
-    table.add_row("method", summary["method"], summary["alignment"]["reason"])
-    rows = summary["layer_map"]["rows"]
+    table.add_row("base", source.id, target.id)
+    table.add_row("architecture", source.described, target.described)
+    table.add_row("layers / hidden", f"{source.layers} / {source.hidden}", f"{target.layers} / {target.hidden}")
+    table.add_row("method", summary.method, summary.alignment.reason)
+    rows = layer_map["rows"]
     table.add_row(
-        f"layer map ({summary['layer_map']['strategy']})",
+        f"layer map ({layer_map['strategy']})",
         ", ".join("+".join(map(str, r["sources"])) for r in rows),
         ", ".join(str(r["target"]) for r in rows),
     )
-    if summary["layer_map"].get("warning"):
-        table.add_row("[yellow]warning: layer types[/yellow]", summary["layer_map"]["warning"], "")
-    for module in summary["modules"]:
-        table.add_row(f"{module['role']} ({module['operation']})", ", ".join(module["sources"]), module["target"])
-    for source_head, target_head in summary["heads"].items():
+    if layer_map.get("warning"):
+        table.add_row("[yellow]warning: layer types[/yellow]", layer_map["warning"], "")
+    for module in summary.modules:
+        table.add_row(f"{module.role} ({module.operation})", ", ".join(module.sources), module.target)
+    for source_head, target_head in summary.heads.items():
         table.add_row("task head", source_head, target_head)
-    for key in summary["dropped"]:
+    for key in summary.dropped:
         table.add_row("dropped (base weights)", key, "-")
     return table
 
 
-def alignment_table(report: dict) -> Table:
-    table = Table(title=f"Alignment ({report['method']}): {report['score']} of the fitted maps", title_justify="left")
+def alignment_table(report: AlignmentSummary) -> Table:
+    """The fits of an alignment run (``report.modules`` set)."""
+    table = Table(title=f"Alignment ({report.method}): {report.score} of the fitted maps", title_justify="left")
     for column in ("target layer", "source layer", "module", "input fit", "output fit", "input R^2: copy / linear"):
         table.add_column(column, justify="right" if "fit" in column or "layer" in column or "R^2" in column else "left")
-    for row in report["modules"]:
-        copy = "-" if row.get("identity_r2") is None else f"{row['identity_r2']:.3f}"
-        table.add_row(str(row["target_layer"]), str(row["source_layer"]), row["role"], f"{row['input_fit']:.3f}", f"{row['output_fit']:.3f}",
-                      f"{copy} / {row['linear_r2']:.3f}" if "linear_r2" in row else "")
-    table.add_row("", "", "task head / last hidden", f"{report['head_input_fit']:.3f}", "", "")
-    agreement = report.get("agreement")
+    for row in report.modules or ():
+        copy = "-" if row.identity_r2 is None else f"{row.identity_r2:.3f}"
+        table.add_row(str(row.target_layer), str(row.source_layer), row.role, f"{row.input_fit:.3f}", f"{row.output_fit:.3f}",
+                      f"{copy} / {row.linear_r2:.3f}")
+    if report.head_input_fit is not None:
+        table.add_row("", "", "task head / last hidden", f"{report.head_input_fit:.3f}", "", "")
+    agreement, before = report.agreement, report.agreement_before_distill
     if agreement:
-        before = report.get("agreement_before_distill")
-        extra = f" (before distillation {before['value']:.3f})" if before else ""
-        table.caption = f"{agreement['metric']} on {agreement['held_out_tokens']} held-out tokens: {agreement['value']:.3f}{extra}"
+        extra = f" (before distillation {before.value:.3f})" if before else ""
+        table.caption = f"{agreement.metric} on {agreement.held_out_tokens} held-out tokens: {agreement.value:.3f}{extra}"
     return table
 
 
@@ -181,7 +183,7 @@ def _local_base(folder: Path) -> str | None:
     return base if base and (parse_hub_reference(base) is None or Path(base).expanduser().exists()) else None
 
 
-def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
+def _push(console: Console, folder: Path, repo_id: str, **options) -> PushSummary:
     from .hub import PUBLISHED_FILES, push_folder
 
     branch = options.get("branch")
@@ -211,9 +213,9 @@ def _push(console: Console, folder: Path, repo_id: str, **options) -> dict:
         console.print(f"Pushed commit {result.commit_sha}: {result.commit_url}", highlight=False)
     if result.reply_lost:
         console.print("The Hub's answer to the commit was lost; reading the repo back showed that the commit landed.", highlight=False)
-    return {"repo": repo_id, "branch": branch or "main", "commit": result.commit_sha, "commit_url": result.commit_url,
-            "pr_url": result.pr_url, "changed": result.changed, "existing_pr": result.existing_pr,
-            "created": list(result.created), "files": list(result.files), "left_out": list(result.left_out)}
+    return PushSummary(repo=repo_id, branch=branch or "main", commit=result.commit_sha, commit_url=result.commit_url,
+                       pr_url=result.pr_url, changed=result.changed, existing_pr=result.existing_pr,
+                       created=tuple(result.created), files=tuple(result.files), left_out=tuple(result.left_out))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -296,28 +298,26 @@ def convert(
 
             check_push_options(push, branch=branch, create_pr=create_pr, commit_message=commit_message, token=token)
         prepared = prepare(request, reporter)
-        plan_summary = summarize(prepared)
-        console.print(plan_table(plan_summary))
-        if dry_run:
-            summary = plan_summary | {"dry_run": True, "output": None}
-        else:
-            summary = execute(prepared, reporter) | {"dry_run": False}
-            if summary.get("alignment") and summary["alignment"].get("modules"):
-                console.print(alignment_table(summary["alignment"]))
+        summary = summarize(prepared)
+        console.print(plan_table(summary))
+        if not dry_run:
+            summary = execute(prepared, reporter)
+            if summary.alignment.modules:
+                console.print(alignment_table(summary.alignment))
             if push:  # only ever after a complete, verified write
-                summary["push"] = _push(console, out, push, token=token, private=private, branch=branch,
-                                        create_pr=create_pr, commit_message=commit_message)
+                summary = dataclasses.replace(summary, push=_push(console, out, push, token=token, private=private, branch=branch,
+                                                                  create_pr=create_pr, commit_message=commit_message))
     except Exception as err:  # one clean message and an exit code a CI job can act on
         raise _fail(err, errors) from None
     if json_output:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    if dry_run:
+        sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
+    if summary.output is None:
         console.print("Dry run: nothing written.")
     else:
-        written = summary["output"]
+        written = summary.output
         console.print(
-            f"[green]Done.[/green] Wrote {written['tensors']} tensors ({written['bytes'] / 1e6:.2f} MB) to {written['path']}; "
-            f"model card: {Path(written['path']) / 'README.md'}",
+            f"[green]Done.[/green] Wrote {written.tensors} tensors ({written.bytes / 1e6:.2f} MB) to {written.path}; "
+            f"model card: {Path(written.path) / 'README.md'}",
             highlight=False,
         )
 
@@ -399,7 +399,7 @@ def push(
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
     if json_output:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 @app.command()

@@ -13,8 +13,7 @@ import shlex
 from pathlib import Path
 
 from .errors import AdapterConvertError, CompatibilityUnknownError
-from .pipeline import (ConversionRequest, PreparedConversion, Reporter, alignment_resources, compatibility_summary, prepare,
-                       reproduce_command, summarize)
+from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
 from .plan import width_mismatch
 from .sources import ResolvedSource
 
@@ -43,14 +42,13 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
     command = reproduce_command(dataclasses.replace(prepared, request=command_request))
     if "--align" not in shlex.split(command):
         command += f" --align {recommended}"
-    summary = summarize(prepared)
+    summary = summarize(prepared).to_json()  # the plan's part of convert's --json, in the same serialization
     return {
         "supported": True,
         "plan": {key: summary[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
-                                                "layer_map", "modules", "heads", "dropped")}
-        | {"alignment": summary["alignment"],
-           "width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
-        "compatibility": compatibility_summary(prepared.compatibility),
+                                                "layer_map", "modules", "heads", "dropped", "alignment")}
+        | {"width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
+        "compatibility": summary["compatibility"],
         "recommended": {"align": recommended, "command": command,
                         "why": unknown.problem if unknown else plan.alignment.reason},
         "costs": predict_costs(prepared, file_sizes=file_sizes),

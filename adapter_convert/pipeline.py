@@ -8,6 +8,7 @@ plan. The CLI's ``--dry-run`` stops after ``prepare``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shlex
@@ -31,6 +32,8 @@ from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
 from .plan import ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
 from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
+from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
+                      ConversionSummary, ModuleRow, OutputSummary)
 from .transform import convert_tensors
 from .verify import head_labels, verify_adapter_folder
 from .writer import check_output, write_folder_atomically
@@ -209,13 +212,6 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     return prepared
 
 
-def compatibility_summary(evidence: dict | None) -> dict:
-    if evidence is None:
-        return {"verdict": "not measured", "evidence": None}
-    keys = ("reason", "identity_cosine", "linear_fit", "shared_tokens", "sampled_rows", "token_match", "bytes_read", "thresholds")
-    return {"verdict": evidence["verdict"], "evidence": {"method": "token-embedding probe", **{k: evidence.get(k) for k in keys}}}
-
-
 def input_paths(prepared: PreparedConversion) -> dict[str, Path]:
     """Every local path the conversion reads: --out must not be, hold or lie inside any of them."""
     paths = {"adapter": prepared.adapter_source.path, "source base": prepared.source_base.path, "target base": prepared.target_base.path}
@@ -229,40 +225,39 @@ def _enum_value(value) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 
 
-def summarize(prepared: PreparedConversion, *, written: dict | None = None) -> dict:
-    """The machine-readable account of a conversion: printed by --json, rendered into the card."""
-    plan, request = prepared.plan, prepared.request
+def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = None) -> ConversionSummary:
+    """The account of a conversion as planned (``written`` None) or written: printed by --json, rendered into the card."""
+    plan = prepared.plan
 
-    def base(source: ResolvedSource, arch, dims) -> dict:
-        return {"id": source.id, "revision": source.revision, "model_type": arch.model_type, "layers": dims.layers, "hidden": dims.hidden,
-                "architecture": {"origin": arch.origin, "layers": f"{arch.backbone}.{arch.layers}".lstrip("."), "modules": dict(arch.modules),
-                                 "fused_layout": dict(arch.fused_layout), "unsupported": dict(arch.unsupported)}}
+    def base(source: ResolvedSource, arch, dims) -> BaseModelSummary:
+        architecture = ArchitectureSummary(origin=arch.origin, layers=f"{arch.backbone}.{arch.layers}".lstrip("."), modules=dict(arch.modules),
+                                           fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported))
+        return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type, layers=dims.layers, hidden=dims.hidden,
+                                architecture=architecture)
 
-    modules = []
-    for mapping in plan.modules:
-        sources = [plan.source_arch.modules[r] for r in mapping.source_roles]
-        modules.append({"target": plan.target_arch.modules[mapping.target_role], "role": mapping.target_role, "operation": mapping.operation, "sources": sources})
-    for role in plan.embeddings:
-        modules.append({"target": plan.target_arch.embeddings[role], "role": role, "operation": "copy", "sources": [plan.source_arch.embeddings[role]]})
-    return {
-        "tool_version": __version__,
-        "command_line": reproduce_command(prepared),
-        "peft_type": plan.peft_type,
-        "task_type": _enum_value(prepared.adapter.config.task_type),
-        "source_adapter": {"id": prepared.adapter_source.id, "revision": prepared.adapter_source.revision, "bytes": prepared.adapter.nbytes},
-        "source_base": base(prepared.source_base, plan.source_arch, plan.source_dims),
-        "target_base": base(prepared.target_base, plan.target_arch, plan.target_dims),
-        "method": _method(plan),
-        "layer_map": plan.layer_map.summary(),
-        "modules": modules,
-        "heads": dict(plan.heads),
-        "dropped": list(plan.dropped),
-        "num_labels": head_labels(prepared.adapter.tensors, list(plan.heads)),
-        "output": written,
-        "alignment": {"method": plan.alignment.method or "direct", "reason": plan.alignment.reason},
-        "compatibility": compatibility_summary(prepared.compatibility),
-        "resources": alignment_resources(prepared),  # None unless it aligns
-    }
+    modules = [ModuleRow(target=plan.target_arch.modules[m.target_role], role=m.target_role, operation=m.operation,
+                         sources=tuple(plan.source_arch.modules[r] for r in m.source_roles)) for m in plan.modules]
+    modules += [ModuleRow(target=plan.target_arch.embeddings[role], role=role, operation="copy", sources=(plan.source_arch.embeddings[role],))
+                for role in plan.embeddings]
+    return ConversionSummary(
+        tool_version=__version__,
+        command_line=reproduce_command(prepared),
+        peft_type=plan.peft_type,
+        task_type=_enum_value(prepared.adapter.config.task_type),
+        source_adapter=AdapterSummary(id=prepared.adapter_source.id, revision=prepared.adapter_source.revision, bytes=prepared.adapter.nbytes),
+        source_base=base(prepared.source_base, plan.source_arch, plan.source_dims),
+        target_base=base(prepared.target_base, plan.target_arch, plan.target_dims),
+        method=_method(plan),
+        layer_map=plan.layer_map.summary(),
+        modules=tuple(modules),
+        heads=dict(plan.heads),
+        dropped=tuple(plan.dropped),
+        num_labels=head_labels(prepared.adapter.tensors, list(plan.heads)),
+        output=written,
+        alignment=AlignmentSummary(method=plan.alignment.method or "direct", reason=plan.alignment.reason),
+        compatibility=CompatibilitySummary.of(prepared.compatibility),
+        resources=alignment_resources(prepared),  # None unless it aligns
+    )
 
 
 def alignment_resources(prepared: PreparedConversion) -> dict | None:
@@ -298,8 +293,9 @@ def reproduce_command(prepared: PreparedConversion) -> str:
     return shlex.join(words)
 
 
-def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> dict:
-    """Convert, write to a temporary folder, verify with peft, add the card, move into place."""
+def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> ConversionSummary:
+    """Convert, write to a temporary folder, verify with peft, add the card, move into place; the
+    summary returned holds what was written and, when the models were loaded, the alignment's report."""
     reporter = reporter or Reporter()
     request, plan = prepared.request, prepared.plan
     if request.out is None:
@@ -328,15 +324,11 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> d
             "If --align distill diverged, lower --lr or --distill-steps; otherwise please report it.",
         )
     out = Path(request.out)
-    written = {
-        "path": str(out),
-        "files": [CONFIG_NAME, WEIGHTS_NAME, "README.md"],
-        "tensors": len(converted.tensors),
-        "bytes": sum(t.numel() * t.element_size() for t in converted.tensors.values()),
-    }
+    written = OutputSummary(path=str(out), files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"), tensors=len(converted.tensors),
+                            bytes=sum(t.numel() * t.element_size() for t in converted.tensors.values()))
     summary = summarize(prepared, written=written)
     if alignment_report is not None:
-        summary["alignment"] = alignment_report
+        summary = dataclasses.replace(summary, alignment=alignment_report)
 
     def fill(folder: Path) -> None:
         config.save_pretrained(str(folder))

@@ -52,7 +52,7 @@ request = ConversionRequest(adapter=sys.argv[1], target=sys.argv[2], out=Path(sy
                             calibration_tokens=int(sys.argv[4]), device="cpu", dtype="float32")
 with PeakRSS() as whole:
     prepared = prepare(request)
-    resources = summarize(prepared)["resources"]
+    resources = summarize(prepared).resources
     session = AlignmentSession(prepared, Reporter())
     for model in (session.teacher, session.student):  # page in the weights (safetensors are mmapped lazily)
         for param in model.parameters():
@@ -60,7 +60,7 @@ with PeakRSS() as whole:
     with PeakRSS() as fit:
         fitted = session.fit()
 print(json.dumps({"resources": resources, "fit_mb": fit.peak - fit.start, "whole_mb": whole.peak - whole.start,
-                  "memory": fitted.report["memory"], "tokens": fitted.report["calibration"]["tokens"]}))
+                  "memory": fitted.report.memory.to_json(), "tokens": fitted.report.calibration.tokens}))
 """.replace("BENCHMARKS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 

@@ -45,7 +45,7 @@ start = time.perf_counter()
 with PeakRSS() as rss:
     summary = execute(prepare(request))
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "above_mb": rss.peak - rss.start, "tokens": summary["alignment"]["calibration"]["tokens"]}))
+print(json.dumps({"seconds": seconds, "above_mb": rss.peak - rss.start, "tokens": summary.alignment.calibration.tokens}))
 """.replace("BENCHMARKS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 

@@ -147,7 +147,7 @@ def convert(adapter: Path, target: str, out: Path, *, align: str, plan_override,
     if plan_override is not None:
         prepared.plan = dataclasses.replace(prepared.plan, alignment=plan_override)
     started = time.perf_counter()
-    summary = execute(prepared)
+    summary = execute(prepared).to_json()
     summary["seconds"] = time.perf_counter() - started
     return summary
 
@@ -265,7 +265,7 @@ def main() -> None:
         out = args.work / "converted-skip"
         request = ConversionRequest(adapter=str(adapter), target=str(student), out=out, layer_map="skip", force=True,
                                     calibration_data=str(calibration))
-        summary = timed("convert skip", lambda: execute(prepare(request)))
+        summary = timed("convert skip", lambda: execute(prepare(request)).to_json())
         results["conversions"]["skip (same family, half the layers)"] = {"alignment": summary.get("alignment"),
                                                                           "layer_map": summary.get("layer_map")}
         bpb["shallow base (no adapter)"] = timed("shallow base", lambda: evaluate_adapter(str(student), None, teacher_tokenizer, test_set))

@@ -74,7 +74,7 @@ def test_other_widths_convert_end_to_end_and_load(decoders, tmp_path, method):
         assert rows[(target, source, "attn.q")] != rows[(target, source, "attn.o")]  # another space, another fit
     assert report["calibration"]["tokens"] > 100
     assert report["agreement"]["metric"] == "cosine of last-hidden-state changes"
-    assert (method == "distill") == ("distill" in report)
+    assert (method == "distill") == (report["distill"] is not None)
     # same rank, student shapes: the converted adapter costs what a native one would
     tensors = load_file(out / "adapter_model.safetensors")
     assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (24, 4)
@@ -104,6 +104,19 @@ def test_auto_aligns_and_distills_for_other_widths_and_says_why(decoders, tmp_pa
     assert summary["method"] == "lstsq alignment + distillation"
     assert "shapes differ" in result.output
     assert summary["compatibility"]["verdict"] == "incompatible"  # other widths: never a direct copy
+
+
+def test_json_alignment_entry_has_the_same_keys_in_a_dry_run_and_a_real_run(decoders, tmp_path):
+    options = ("--align", "distill", "--distill-steps", "2", "--calibration-tokens", "128")
+    dry = convert(decoders, "CAUSAL_LM", tmp_path / "dry", "--dry-run", *options)
+    real = convert(decoders, "CAUSAL_LM", tmp_path / "real", *options)
+    assert dry.exit_code == 0 and real.exit_code == 0, dry.output + real.output
+    dry, real = json.loads(dry.stdout), json.loads(real.stdout)
+    assert dry.keys() == real.keys() and dry["dry_run"] is True and real["dry_run"] is False
+    assert dry["alignment"].keys() == real["alignment"].keys()
+    planned = {key: value for key, value in dry["alignment"].items() if value is not None}
+    assert planned == {"method": "lstsq", "reason": real["alignment"]["reason"]}  # the run-time fields are null when nothing ran
+    assert all(real["alignment"][key] is not None for key in ("device", "calibration", "modules", "agreement", "distill"))
 
 
 def test_no_alignment_for_other_widths_is_refused(decoders, tmp_path):

@@ -72,7 +72,10 @@ def test_json_summary_is_the_only_stdout(tiny_pair):
     assert summary["layer_map"] == {"strategy": "skip", "rows": [{"target": 0, "sources": [0]}, {"target": 1, "sources": [2]}]}
     assert summary["source_base"]["model_type"] == "bert" and summary["target_base"]["model_type"] == "distilbert"
     assert summary["output"]["tensors"] == 8 + 2  # 2 layers x (q, v) x (A, B) + classifier weight, bias
-    assert summary["dry_run"] is False
+    assert summary["dry_run"] is False and summary["push"] is None
+    dry = json.loads(CliRunner().invoke(app, [str(a) for a in convert_args(tiny_pair, "--json", "--dry-run")]).stdout)
+    assert dry.keys() == summary.keys() and dry["alignment"].keys() == summary["alignment"].keys()  # one shape, nulls where not run
+    assert dry["alignment"] == summary["alignment"] and summary["alignment"]["device"] is None  # a direct mapping runs no alignment
 
 
 def test_existing_output_needs_force_and_force_spares_other_files(tiny_pair):

@@ -137,23 +137,23 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
     converted, source = load_file(out / "adapter_model.safetensors"), load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     key = "base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight"
     if method == "auto":
-        assert summary["compatibility"]["verdict"] == "incompatible"
-        assert summary["compatibility"]["evidence"]["linear_fit"] > 0.99  # the same space in another basis
-        assert summary["method"] == "correlation alignment + distillation" and "skipped" in summary["alignment"]["distill"]
+        assert summary.compatibility.verdict == "incompatible"
+        assert summary.compatibility.evidence.linear_fit > 0.99  # the same space in another basis
+        assert summary.method == "correlation alignment + distillation" and summary.alignment.distill.skipped
         # activation evidence agrees: a copy would read the wrong inputs wherever they are hidden states
         # (q, k, v, up), the right ones in the unpermuted head and intermediate spaces (o, down)
-        rows = summary["alignment"]["modules"]
-        hidden_inputs = [r for r in rows if r["role"] in ("attn.q", "attn.k", "attn.v", "mlp.up")]
-        assert hidden_inputs and max(r["identity_r2"] for r in hidden_inputs) < 0.1
-        assert min(r["identity_r2"] for r in rows if r not in hidden_inputs) > 0.99
-        assert min(r["linear_r2"] for r in rows) > 0.99
+        rows = summary.alignment.modules
+        hidden_inputs = [r for r in rows if r.role in ("attn.q", "attn.k", "attn.v", "mlp.up")]
+        assert hidden_inputs and max(r.identity_r2 for r in hidden_inputs) < 0.1
+        assert min(r.identity_r2 for r in rows if r not in hidden_inputs) > 0.99
+        assert min(r.linear_r2 for r in rows) > 0.99
     if method in ("correlation", "auto"):
         assert torch.equal(converted[key], source[key][:, perm])  # the permutation, recovered exactly
         down = "base_model.model.bert.encoder.layer.3.output.dense.lora_B.weight"
         assert torch.equal(converted[down], source[down][perm])
-    rows = summary["alignment"]["modules"]
-    assert min(r["input_fit"] for r in rows) > 0.999 and min(r["output_fit"] for r in rows) > 0.999
-    assert summary["alignment"]["agreement"]["value"] > 0.99
+    rows = summary.alignment.modules
+    assert min(r.input_fit for r in rows) > 0.999 and min(r.output_fit for r in rows) > 0.999
+    assert summary.alignment.agreement.value > 0.99
 
     converted_model = ner.load_lora_model(student, out)
     tokenizer = AutoTokenizer.from_pretrained(minilm["teacher"])

@@ -10,6 +10,8 @@ from adapter_convert import adapter_io, hub, tasks, writer
 from adapter_convert.calibration import conll_sentences, load_texts
 from adapter_convert.card import build_model_card
 from adapter_convert.demo.ner import read_conll
+from adapter_convert.summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
+                                     ConversionSummary)
 from adapter_convert.verify import TASK_MODEL_CLASSES, empty_target_model
 
 
@@ -30,10 +32,13 @@ def test_verify_builds_the_tasks_model_on_meta():
 
 
 def test_card_takes_model_class_and_pipeline_tag_from_the_task_table():
-    base = {"id": "b", "model_type": "bert", "layers": 2}
-    summary = {"source_base": base, "target_base": base, "source_adapter": {"id": "a"}, "peft_type": "LORA",
-               "task_type": "SEQ_CLS", "method": "copy", "layer_map": {"strategy": "skip", "rows": []}, "modules": [],
-               "heads": {}, "tool_version": "0", "command_line": "adapter-convert", "num_labels": 2}
+    architecture = ArchitectureSummary(origin="derived", layers="layers", modules={}, fused_layout={}, unsupported={})
+    base = BaseModelSummary(id="b", revision=None, model_type="bert", layers=2, hidden=8, architecture=architecture)
+    summary = ConversionSummary(
+        tool_version="0", command_line="adapter-convert", peft_type="LORA", task_type="SEQ_CLS",
+        source_adapter=AdapterSummary(id="a", revision=None, bytes=0), source_base=base, target_base=base, method="copy",
+        layer_map={"strategy": "skip", "rows": []}, modules=(), heads={}, dropped=(), num_labels=2,
+        alignment=AlignmentSummary(method="direct", reason="copy"), compatibility=CompatibilitySummary.of(None), resources=None)
     card = build_model_card(summary)
     assert card.data.pipeline_tag == tasks.pipeline_tag("SEQ_CLS")
     assert f"{tasks.model_class_name('SEQ_CLS')}.from_pretrained" in card.text

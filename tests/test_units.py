@@ -4,6 +4,7 @@ small tensors, dicts and configs whose right output is worked out by hand and wr
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import httpx2
 import pytest
@@ -32,6 +33,9 @@ from adapter_convert.hub import HubReference, hub_error
 from adapter_convert.peft_config import target_module_names
 from adapter_convert.plan import AUTO_REFINE_BELOW, ModuleMapping, parse_adapter, plan_alignment
 from adapter_convert.plan import map_roles as map_roles_
+from adapter_convert.summary import (AdapterSummary, Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, ArchitectureSummary,
+                                     BaseModelSummary, CalibrationSummary, CompatibilityEvidence, CompatibilitySummary, ConversionSummary,
+                                     Distillation, ModuleRow, OutputSummary, PushSummary)
 from adapter_convert.transform import ConvertedModule, Ia3Module, LoraModule, average, fuse_parts, fused_rows, relayout
 
 
@@ -384,26 +388,84 @@ def test_target_module_names_avoid_suffixes_of_modules_without_a_role():
 # ---- build_model_card ---------------------------------------------------------------------------
 
 
-def summary(**changes) -> dict:
-    base = lambda id_, model_type, layers, revision: {"id": id_, "revision": revision, "model_type": model_type, "layers": layers,  # noqa: E731
-                                                       "hidden": 32}
-    return {
-        "tool_version": "9.9.9",
-        "command_line": "adapter-convert convert alice/ner-lora@abc --target bob/tiny-student --out OUT --layer-map avg",
-        "peft_type": "LORA",
-        "task_type": "TOKEN_CLS",
-        "source_adapter": {"id": "alice/ner-lora", "revision": "abc", "bytes": 10},
-        "source_base": base("alice/big-teacher", "bert", 4, "1111"),
-        "target_base": base("bob/tiny-student", "distilbert", 2, None),
-        "method": "direct tensor mapping",
-        "layer_map": {"strategy": "avg", "rows": [{"target": 0, "sources": [0, 1]}, {"target": 1, "sources": [2, 3]}]},
-        "modules": [{"target": "attention.q_lin", "role": "attn.q", "operation": "copy", "sources": ["attention.self.query"]}],
-        "heads": {"classifier": "classifier"},
-        "num_labels": 5,
-        "alignment": {"method": "direct", "reason": "shapes agree"},
-        "compatibility": {"verdict": "compatible", "evidence": {"identity_cosine": 0.98765, "linear_fit": 0.995, "sampled_rows": 100,
-                                                               "token_match": "exact", "reason": "same rows"}},
-    } | changes
+def base_summary(id_: str, model_type: str, layers: int, revision: str | None) -> BaseModelSummary:
+    architecture = ArchitectureSummary(origin="derived", layers="encoder.layer", modules={"attn.q": "q"}, fused_layout={}, unsupported={})
+    return BaseModelSummary(id=id_, revision=revision, model_type=model_type, layers=layers, hidden=32, architecture=architecture)
+
+
+def summary(**changes) -> ConversionSummary:
+    return dataclasses.replace(ConversionSummary(
+        tool_version="9.9.9",
+        command_line="adapter-convert convert alice/ner-lora@abc --target bob/tiny-student --out OUT --layer-map avg",
+        peft_type="LORA",
+        task_type="TOKEN_CLS",
+        source_adapter=AdapterSummary(id="alice/ner-lora", revision="abc", bytes=10),
+        source_base=base_summary("alice/big-teacher", "bert", 4, "1111"),
+        target_base=base_summary("bob/tiny-student", "distilbert", 2, None),
+        method="direct tensor mapping",
+        layer_map={"strategy": "avg", "rows": [{"target": 0, "sources": [0, 1]}, {"target": 1, "sources": [2, 3]}]},
+        modules=(ModuleRow(target="attention.q_lin", role="attn.q", operation="copy", sources=("attention.self.query",)),),
+        heads={"classifier": "classifier"},
+        dropped=(),
+        num_labels=5,
+        alignment=AlignmentSummary(method="direct", reason="shapes agree"),
+        compatibility=CompatibilitySummary(verdict="compatible", evidence=CompatibilityEvidence(
+            identity_cosine=0.98765, linear_fit=0.995, sampled_rows=100, token_match="exact", reason="same rows")),
+        resources=None,
+    ), **changes)
+
+
+ALIGNED = AlignmentSummary(
+    method="lstsq", reason="widths differ", device="cpu", dtypes={"source": "float32", "target": "bfloat16"},
+    calibration=CalibrationSummary(source="built-in multilingual sample", tokens=300),
+    modules=(AlignedModule(target_layer=0, source_layer=1, role="attn.q", input_fit=0.9, output_fit=0.8, score="R^2",
+                           identity_r2=None, linear_r2=0.95),),
+    head_input_fit=0.7, score="R^2",
+    memory=AlignmentMemory(passes=1, statistics_dtype="float64", predicted_alignment_bytes=1000, budget_bytes=4096),
+    agreement=Agreement(metric="predicted-label agreement", value=0.875, held_out_tokens=64),
+    agreement_before_distill=Agreement(metric="predicted-label agreement", value=0.5, held_out_tokens=64),
+    distill=Distillation(steps=10, lr=0.001, seed=0, final_loss=0.25),
+)
+
+
+def test_summary_to_json_known_answer():
+    written = OutputSummary(path="out", files=("adapter_config.json", "adapter_model.safetensors", "README.md"), tensors=4, bytes=64)
+    data = summary(output=written, alignment=ALIGNED, dropped=("embeddings.word_embeddings.weight",)).to_json()
+    assert list(data) == ["tool_version", "command_line", "peft_type", "task_type", "source_adapter", "source_base", "target_base",
+                          "method", "layer_map", "modules", "heads", "dropped", "num_labels", "output", "alignment", "compatibility",
+                          "resources", "dry_run", "push"]
+    assert data["source_adapter"] == {"id": "alice/ner-lora", "revision": "abc", "bytes": 10}
+    assert data["target_base"] == {"id": "bob/tiny-student", "revision": None, "model_type": "distilbert", "layers": 2, "hidden": 32,
+                                   "architecture": {"origin": "derived", "layers": "encoder.layer", "modules": {"attn.q": "q"},
+                                                    "fused_layout": {}, "unsupported": {}}}
+    assert data["modules"] == [{"target": "attention.q_lin", "role": "attn.q", "operation": "copy", "sources": ["attention.self.query"]}]
+    assert data["dropped"] == ["embeddings.word_embeddings.weight"]
+    assert data["output"] == {"path": "out", "files": ["adapter_config.json", "adapter_model.safetensors", "README.md"], "tensors": 4, "bytes": 64}
+    assert data["dry_run"] is False and data["push"] is None and data["resources"] is None
+    assert data["compatibility"] == {"verdict": "compatible", "evidence": {
+        "method": "token-embedding probe", "reason": "same rows", "identity_cosine": 0.98765, "linear_fit": 0.995, "shared_tokens": None,
+        "sampled_rows": 100, "token_match": "exact", "bytes_read": None, "thresholds": None}}
+    assert data["alignment"] == {
+        "method": "lstsq", "reason": "widths differ", "device": "cpu", "dtypes": {"source": "float32", "target": "bfloat16"},
+        "calibration": {"source": "built-in multilingual sample", "tokens": 300},
+        "modules": [{"target_layer": 0, "source_layer": 1, "role": "attn.q", "input_fit": 0.9, "output_fit": 0.8, "score": "R^2",
+                     "identity_r2": None, "linear_r2": 0.95}],
+        "head_input_fit": 0.7, "score": "R^2",
+        "memory": {"passes": 1, "statistics_dtype": "float64", "predicted_alignment_bytes": 1000, "budget_bytes": 4096},
+        "agreement": {"metric": "predicted-label agreement", "value": 0.875, "held_out_tokens": 64},
+        "agreement_before_distill": {"metric": "predicted-label agreement", "value": 0.5, "held_out_tokens": 64},
+        "distill": {"steps": 10, "lr": 0.001, "seed": 0, "final_loss": 0.25, "skipped": None},
+    }
+    planned = summary().to_json()  # a plan: nothing written, nothing run
+    assert planned["dry_run"] is True and planned["output"] is None
+    assert planned["alignment"].keys() == data["alignment"].keys()
+    assert planned["alignment"] == dict.fromkeys(data["alignment"], None) | {"method": "direct", "reason": "shapes agree"}
+    assert json.loads(json.dumps(data)) == data  # plain JSON types only
+    push = PushSummary(repo="alice/r", branch="main", commit="c", commit_url=None, pr_url=None, changed=True, existing_pr=False,
+                       created=("repo alice/r",), files=("README.md",), left_out=())
+    assert summary(push=push).to_json()["push"] == {"repo": "alice/r", "branch": "main", "commit": "c", "commit_url": None, "pr_url": None,
+                                                   "changed": True, "existing_pr": False, "created": ["repo alice/r"],
+                                                   "files": ["README.md"], "left_out": []}
 
 
 def test_model_card_names_both_bases_and_the_command():
@@ -426,12 +488,24 @@ def test_model_card_names_both_bases_and_the_command():
 
 
 def test_model_card_for_a_causal_lm_without_measurement():
-    card = build_model_card(summary(task_type="CAUSAL_LM", heads={}, num_labels=None,
-                                    compatibility={"verdict": "not measured", "evidence": None}))
+    card = build_model_card(summary(task_type="CAUSAL_LM", heads={}, num_labels=None, compatibility=CompatibilitySummary.of(None)))
     assert card.data.pipeline_tag == "text-generation"
     assert "| Compatibility | not measured (--align none) |" in card.text
     assert 'AutoModelForCausalLM.from_pretrained("bob/tiny-student")\n' in card.text
     assert "Task head(s)" not in card.text
+
+
+def test_model_card_reports_the_alignment_run():
+    text = build_model_card(summary(alignment=ALIGNED, method="lstsq alignment + distillation")).text
+    assert "widths differ. Maps fitted on 300 paired calibration tokens\n(built-in multilingual sample); scores are the R^2 of each map." in text
+    assert "| 0 | 1 | attn.q | 0.900 | 0.800 | - / 0.950 |" in text
+    assert "Task head / last hidden state: 0.700." in text
+    assert "Refined by 10 steps of distillation (lr 0.001, seed 0, final loss 0.25)." in text
+    assert "predicted-label agreement\nbetween the teacher with its adapter and this model with this adapter: **0.875** (0.500 before distillation)." in text
+    skipped = dataclasses.replace(ALIGNED, distill=Distillation(skipped="held-out agreement 0.9 is already at least 0.8"),
+                                  agreement_before_distill=None)
+    text = build_model_card(summary(alignment=skipped)).text
+    assert "No distillation: the held-out agreement 0.9 is already at least 0.8." in text and "Refined by" not in text
 
 
 # ---- hub_error ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
+from ..summary import Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation
 from ..tasks import LABELLED
 from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
@@ -132,24 +133,25 @@ class AlignmentSession:
         head_map = fits[(None, LAST_HIDDEN)].pop("map").cpu() if (None, LAST_HIDDEN) in fits else None
         return FittedAlignment(folded, head_map, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
 
-    def _fit_report(self, fits, layer_pairs, role_names, tokens, planned) -> dict:
+    def _fit_report(self, fits, layer_pairs, role_names, tokens, planned) -> AlignmentSummary:
         rows = []
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
                 p_in, p_out = fits[(target_layer, input_point(role))], fits[(target_layer, output_point(role))]
-                rows.append({"target_layer": target_layer, "source_layer": source_layer, "role": role,
-                             "input_fit": round(p_in["score"], 4), "output_fit": round(p_out["score"], 4), "score": p_in["score_name"],
-                             "identity_r2": p_in["identity_r2"], "linear_r2": round(p_in["linear_r2"], 4)})
+                rows.append(AlignedModule(target_layer=target_layer, source_layer=source_layer, role=role,
+                                          input_fit=round(p_in["score"], 4), output_fit=round(p_out["score"], 4), score=p_in["score_name"],
+                                          identity_r2=p_in["identity_r2"], linear_r2=round(p_in["linear_r2"], 4)))
         head = fits[(None, LAST_HIDDEN)]
         calibration = self.prepared.calibration
-        return {
-            "calibration": {"source": calibration.pinned if calibration else "built-in multilingual sample", "tokens": tokens},
-            "modules": rows,
-            "head_input_fit": round(head["score"], 4),
-            "score": head["score_name"],
-            "memory": {"passes": len(planned.passes), "statistics_dtype": planned.dtype_name, "predicted_alignment_bytes": planned.peak,
-                       "budget_bytes": planned.budget},
-        }
+        return dataclasses.replace(
+            self._planned(),
+            calibration=CalibrationSummary(source=calibration.pinned if calibration else "built-in multilingual sample", tokens=tokens),
+            modules=tuple(rows),
+            head_input_fit=round(head["score"], 4),
+            score=head["score_name"],
+            memory=AlignmentMemory(passes=len(planned.passes), statistics_dtype=planned.dtype_name, predicted_alignment_bytes=planned.peak,
+                                   budget_bytes=planned.budget),
+        )
 
     def _rank(self) -> int:
         ranks = [t.shape[0] for key, t in self.prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
@@ -169,7 +171,8 @@ class AlignmentSession:
 
     def refine(self, tensors: dict[str, torch.Tensor], peft_config, fitted: FittedAlignment | None) -> tuple[dict[str, torch.Tensor], dict]:
         """Agreement on held-out text, and with ``refine`` a short distillation: the final tensors
-        and the evaluation report. The teacher's adapter comes from memory, never re-read from disk."""
+        and the evaluation (AlignmentSummary's agreement, agreement_before_distill and distill, by name).
+        The teacher's adapter comes from memory, never re-read from disk."""
         request, plan = self.prepared.request, self.prepared.plan
         head_map = fitted.head_map if fitted is not None and fitted.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
         teacher = get_peft_model(self.teacher, dataclasses.replace(self.prepared.adapter.config, inference_mode=True))
@@ -179,32 +182,35 @@ class AlignmentSession:
         set_peft_model_state_dict(student, tensors)
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
 
-        def held_out_agreement() -> dict:
+        def held_out_agreement() -> Agreement:
             result = agreement(teacher, student, self.batches(self.held_texts, held_out_tokens(request.calibration_tokens)), **compare)
-            return result | {"held_out_tokens": result["tokens"]}
+            return Agreement(metric=result["metric"], value=result["value"], held_out_tokens=result["tokens"])
 
         before = held_out_agreement()
         if not plan.alignment.refine:
             return tensors, {"agreement": before}
         good_enough = plan.alignment.refine_below
-        if good_enough is not None and before["value"] >= good_enough:
-            return tensors, {"agreement": before, "distill": {"skipped": f"held-out agreement {before['value']:.4f} is already at least {good_enough}"}}
+        if good_enough is not None and before.value >= good_enough:
+            return tensors, {"agreement": before, "distill": Distillation(skipped=f"held-out agreement {before.value:.4f} is already at least {good_enough}")}
         with self.reporter.progress("Distilling", request.distill_steps) as advance:
             final_loss = distill(teacher, student, self.endless_batches(self.fit_texts, request.calibration_tokens),
                                  steps=request.distill_steps, lr=request.lr, seed=request.seed,
                                  on_step=lambda loss: advance(f"loss {loss:.4f}"), **compare)
         report = {"agreement_before_distill": before,
-                  "distill": {"steps": request.distill_steps, "lr": request.lr, "seed": request.seed, "final_loss": round(final_loss, 6)},
+                  "distill": Distillation(steps=request.distill_steps, lr=request.lr, seed=request.seed, final_loss=round(final_loss, 6)),
                   "agreement": held_out_agreement()}
         trained = get_peft_model_state_dict(student)
         # back on the CPU, in the converted adapter's own dtype (peft may train adapters in float32 on a bf16 base)
         return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}, report
 
-    def report(self, fitted: FittedAlignment | None, evaluation: dict) -> dict:
-        """The alignment report of the run: what was asked, where it ran, the fit, the evaluation."""
+    def report(self, fitted: FittedAlignment | None, evaluation: dict) -> AlignmentSummary:
+        """The alignment report of the run: what was asked, where it ran, the fit, the evaluation
+        (``refine``'s: agreement, and with distillation agreement_before_distill and distill)."""
+        return dataclasses.replace(fitted.report if fitted is not None else self._planned(), **evaluation)
+
+    def _planned(self) -> AlignmentSummary:
         plan = self.prepared.plan
-        return ({"method": self.method or "direct", "reason": plan.alignment.reason, "device": self.device, "dtypes": self.dtypes}
-                | (fitted.report if fitted is not None else {}) | evaluation)
+        return AlignmentSummary(method=self.method or "direct", reason=plan.alignment.reason, device=self.device, dtypes=self.dtypes)
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,7 @@ class FittedAlignment:
 
     modules: dict[tuple[int, str], AdapterModule]
     head_map: torch.Tensor | None
-    report: dict
+    report: AlignmentSummary  # the plan, where it ran, and the fits; no evaluation yet
 
     def heads(self, heads: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
         """The adapter's task heads read through the head map (unchanged without one)."""

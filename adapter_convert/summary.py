@@ -1,0 +1,245 @@
+"""The summary of a conversion: one typed value, read by the plan and alignment tables, the model
+card and ``--json``.
+
+``ConversionSummary.to_json()`` is its one serialization (the ``convert --json`` schema in
+docs/ci.md): every field becomes a key of the same name, always present; parts not known yet are
+null. A dry run and a real run print the same keys: the alignment's run-time fields (device,
+calibration, fits, agreement, distillation) are null in a dry run and in a direct mapping.
+
+Pure values: nothing here reads files, models or the Hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python: summaries by their ``to_json``, tuples as lists."""
+    if isinstance(value, _Serialized):
+        return value.to_json()
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+class _Serialized:
+    def to_json(self) -> dict:
+        """Every field under its own name, in field order; nested summaries serialized alike."""
+        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+# ---- what was converted ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterSummary(_Serialized):
+    id: str
+    revision: str | None  # commit sha; None for a local folder
+    bytes: int  # the adapter's tensor bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchitectureSummary(_Serialized):
+    """The architecture data used for a base (derived from the model, plus a data file where one exists)."""
+
+    origin: str
+    layers: str  # the path of the layer list, e.g. "model.layers"
+    modules: dict[str, str]  # role -> module name
+    fused_layout: dict[str, Any]
+    unsupported: dict[str, str]  # module -> why it has no role
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseModelSummary(_Serialized):
+    id: str
+    revision: str | None
+    model_type: str
+    layers: int
+    hidden: int
+    architecture: ArchitectureSummary
+
+    @property
+    def described(self) -> str:
+        return f"{self.model_type} ({self.architecture.origin})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleRow(_Serialized):
+    """One target module and where its tensors come from."""
+
+    target: str
+    role: str
+    operation: str  # copy, fuse, split or relayout
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSummary(_Serialized):
+    path: str
+    files: tuple[str, ...]
+    tensors: int
+    bytes: int
+
+
+# ---- compatibility --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompatibilityEvidence(_Serialized):
+    """The token-embedding probe's numbers (compatibility.py)."""
+
+    method: str = "token-embedding probe"
+    reason: str | None = None
+    identity_cosine: float | None = None  # None across widths
+    linear_fit: float | None = None
+    shared_tokens: int | None = None
+    sampled_rows: int | None = None
+    token_match: str | None = None
+    bytes_read: int | None = None
+    thresholds: dict[str, float] | None = None
+
+    @classmethod
+    def of(cls, evidence: dict) -> CompatibilityEvidence:
+        names = [field.name for field in dataclasses.fields(cls) if field.name != "method"]
+        return cls(**{name: evidence.get(name) for name in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompatibilitySummary(_Serialized):
+    verdict: str  # compatible, incompatible, unknown, or "not measured" (--align none: evidence None)
+    evidence: CompatibilityEvidence | None
+
+    @classmethod
+    def of(cls, evidence: dict | None) -> CompatibilitySummary:
+        if evidence is None:
+            return cls(verdict="not measured", evidence=None)
+        return cls(verdict=evidence["verdict"], evidence=CompatibilityEvidence.of(evidence))
+
+
+# ---- alignment ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationSummary(_Serialized):
+    source: str  # the pinned file or dataset, or "built-in multilingual sample"
+    tokens: int  # paired tokens the maps were fitted on
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignedModule(_Serialized):
+    """The fits of one mapped module: its input map (P_in) and output map (P_out)."""
+
+    target_layer: int
+    source_layer: int
+    role: str
+    input_fit: float
+    output_fit: float
+    score: str  # what input_fit and output_fit are: "R^2" or "mean correlation"
+    identity_r2: float | None  # R^2 of the teacher's inputs by the student's same-index dimensions; None across widths
+    linear_r2: float  # ... by a linear map of the student's
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignmentMemory(_Serialized):
+    passes: int
+    statistics_dtype: str
+    predicted_alignment_bytes: int
+    budget_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Agreement(_Serialized):
+    """End to end on held-out calibration text: teacher with its adapter vs. student with the converted one."""
+
+    metric: str  # "predicted-label agreement" or "cosine of last-hidden-state changes"
+    value: float
+    held_out_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distillation(_Serialized):
+    """The refinement by distillation: the steps run, or why none ran (``skipped``; the rest None)."""
+
+    steps: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    final_loss: float | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignmentSummary(_Serialized):
+    """What alignment was planned (``method``, ``reason``: always) and, after a run that loaded the
+    models, what it did. Every other field is None in a dry run and for a direct mapping;
+    ``calibration`` to ``memory`` also when it only distilled from a copy (nothing fitted)."""
+
+    method: str  # correlation, lstsq, or "direct"
+    reason: str
+    device: str | None = None
+    dtypes: dict[str, str] | None = None  # {"source": ..., "target": ...}, as loaded
+    calibration: CalibrationSummary | None = None
+    modules: tuple[AlignedModule, ...] | None = None
+    head_input_fit: float | None = None
+    score: str | None = None
+    memory: AlignmentMemory | None = None
+    agreement: Agreement | None = None
+    agreement_before_distill: Agreement | None = None
+    distill: Distillation | None = None
+
+
+# ---- the conversion -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushSummary(_Serialized):
+    """A push to the Hub (``push --json`` prints it alone)."""
+
+    repo: str
+    branch: str
+    commit: str | None
+    commit_url: str | None
+    pr_url: str | None
+    changed: bool
+    existing_pr: bool
+    created: tuple[str, ...]
+    files: tuple[str, ...]
+    left_out: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversionSummary(_Serialized):
+    """The account of one conversion: planned (``output`` None) or done."""
+
+    tool_version: str
+    command_line: str  # redoes the conversion, every Hub source pinned
+    peft_type: str
+    task_type: str | None
+    source_adapter: AdapterSummary
+    source_base: BaseModelSummary
+    target_base: BaseModelSummary
+    method: str  # "direct tensor mapping" or "<method> alignment", each possibly "+ distillation"
+    layer_map: dict[str, Any]  # LayerMap.summary(): {strategy, rows, and with layer types type_mismatches, warning}
+    modules: tuple[ModuleRow, ...]
+    heads: dict[str, str]  # source head -> target head
+    dropped: tuple[str, ...]
+    num_labels: int | None
+    output: OutputSummary | None = None  # None: nothing written
+    alignment: AlignmentSummary
+    compatibility: CompatibilitySummary
+    resources: dict[str, Any] | None  # align/budget.py's prediction; None for a direct mapping
+    push: PushSummary | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.output is None
+
+    def to_json(self) -> dict:
+        """The ``--json`` summary of ``convert`` (docs/ci.md): the fields, then ``dry_run``."""
+        data = super().to_json()
+        push = data.pop("push")
+        return data | {"dry_run": self.dry_run, "push": push}
