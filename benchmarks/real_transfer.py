@@ -191,6 +191,10 @@ def main() -> None:
     parser.add_argument("--layer-map", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-shallow", action="store_true", help="leave out the SmolLM2 -> 15-layer SmolLM2 part")
+    parser.add_argument("--finetune", default="lstsq + distill (--align distill)",
+                        help="conversions (names as in the report, ';'-separated) then trained on the labelled budgets, as the scratch LoRA")
+    parser.add_argument("--finetune-budgets", default="50,100")
+    parser.add_argument("--resume", action="store_true", help="keep the results in --out and run only what they lack")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "real_transfer")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
@@ -208,6 +212,8 @@ def main() -> None:
                            "torch": torch.__version__, "python": platform.python_version()},
                "settings": {k: str(v) for k, v in vars(args).items()}, "teacher_base": teacher_base, "target": target,
                "timings_s": {}, "bpb": {}, "conversions": {}}
+    if args.resume and (args.out / "real_transfer.json").is_file():
+        results = json.loads((args.out / "real_transfer.json").read_text())
     clock = time.perf_counter
 
     def timed(name, fn):
@@ -230,9 +236,11 @@ def main() -> None:
         (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2))
         del model
     bpb = results["bpb"]
-    bpb["teacher base (no adapter)"] = timed("teacher base", lambda: evaluate_adapter(teacher_base, None, teacher_tokenizer, test_set))
-    bpb["teacher"] = timed("teacher", lambda: evaluate_adapter(teacher_base, adapter, teacher_tokenizer, test_set))
-    bpb["target base (no adapter)"] = timed("target base", lambda: evaluate_adapter(target, None, target_tokenizer, test_set))
+    for name, base, with_adapter, tokenizer in (("teacher base (no adapter)", teacher_base, None, teacher_tokenizer),
+                                                ("teacher", teacher_base, adapter, teacher_tokenizer),
+                                                ("target base (no adapter)", target, None, target_tokenizer)):
+        if name not in bpb:
+            bpb[name] = timed(name, lambda: evaluate_adapter(base, with_adapter, tokenizer, test_set))
 
     def save() -> None:
         """Results so far, after every stage: a late failure keeps what was measured."""
@@ -251,7 +259,9 @@ def main() -> None:
 
     # 2. Conversions onto the other family.
     for name, (align, override) in CONVERSIONS.items():
-        out = args.work / ("converted-" + name.split(" ")[0] + ("-distill" if "distill" in name else ""))
+        out = converted_folder(args.work, name)
+        if f"converted: {name}" in bpb:
+            continue
         summary = timed(f"convert {name}", lambda: convert(adapter, target, out, align=align, plan_override=override,
                                                          calibration=calibration, args=args))
         results["conversions"][name] = {"seconds": round(summary["seconds"], 1), "alignment": summary.get("alignment"),
@@ -260,7 +270,7 @@ def main() -> None:
         save()
 
     # 3. Same family, fewer layers: SKIP onto SmolLM2 cut to every second layer.
-    if not args.skip_shallow:
+    if not args.skip_shallow and "shallow: converted (SKIP)" not in bpb:
         student = shallow_copy(teacher_base, args.work / "teacher-base-every-2nd-layer")
         out = args.work / "converted-skip"
         request = ConversionRequest(adapter=str(adapter), target=str(student), out=out, layer_map="skip", force=True,
@@ -273,6 +283,7 @@ def main() -> None:
         save()
 
     # 4. The target's own LoRA from scratch, on the same labelled examples.
+    budgets = [b for b in budgets if f"target LoRA from scratch, {b} steps" not in bpb]
     scratch = new_lora(target, args.seed)
     for budget in budgets:
         if budget == 0:
@@ -283,8 +294,25 @@ def main() -> None:
         timed("train target from scratch", lambda: train(scratch, target_tokenizer, train_set, steps=max(evaluate_at), seed=args.seed,
                                                          lr=args.lr, batch_size=args.batch_size, evaluate_at=evaluate_at))
     del scratch
-
     save()
+
+    # 5. Converted, then trained on the same labelled examples: does the transfer give a head start?
+    finetune_budgets = [int(b) for b in args.finetune_budgets.split(",") if int(b) > 0]
+    for name in filter(None, (n.strip() for n in args.finetune.split(";"))):
+        keys = {b: f"converted: {name}, then {b} steps" for b in finetune_budgets}
+        if all(key in bpb for key in keys.values()):
+            continue
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32),
+                                          str(converted_folder(args.work, name)), is_trainable=True)
+        evaluate_at = {b: (lambda b=b: bpb.__setitem__(keys[b], bits_per_byte(model, target_tokenizer, test_set))) for b in finetune_budgets}
+        timed(f"train converted {name}", lambda: train(model, target_tokenizer, train_set, steps=max(evaluate_at), seed=args.seed,
+                                                       lr=args.lr, batch_size=args.batch_size, evaluate_at=evaluate_at))
+        del model
+        save()
+
+
+def converted_folder(work: Path, name: str) -> Path:
+    return work / ("converted-" + name.split(" ")[0] + ("-distill" if "distill" in name else ""))
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -314,8 +342,11 @@ def write_report(results: dict, out: Path) -> None:
     steps = sorted(int(k.split(", ")[1].split(" ")[0]) for k in bpb if k.startswith("target LoRA"))
     axis.plot(steps, [bpb[f"target LoRA from scratch, {s} steps"] for s in steps], "o-", label="gemma LoRA from scratch")
     for name, value in bpb.items():
-        if name.startswith("converted:") or name == "target base (no adapter)":
+        if (name.startswith("converted:") and ", then " not in name) or name == "target base (no adapter)":
             axis.axhline(value, linestyle="--" if name.startswith("converted") else ":", label=name, linewidth=1)
+    for name in {k.split(", then ")[0] for k in bpb if ", then " in k}:
+        tuned = sorted((int(k.split(", then ")[1].split(" ")[0]), v) for k, v in bpb.items() if k.startswith(name + ", then "))
+        axis.plot([0] + [b for b, _ in tuned], [bpb[name]] + [v for _, v in tuned], "s-", label=name.removeprefix("converted: ") + ", then trained")
     axis.set_xlabel("labelled training steps on gemma-3-270m")
     axis.set_ylabel("bits per byte of the answer")
     axis.set_title("SmolLM2-135M adapter moved to gemma-3-270m")

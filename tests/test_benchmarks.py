@@ -1,5 +1,7 @@
 """Benchmarks are not tests; this only checks the scripts run on a tiny setting."""
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +43,33 @@ def test_alignment_speed_and_calibration_benchmarks_run_tiny(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "calibration_memory.py"), "--tokens", "64,128", "--repeats", "1",
                     "--work", str(work), "--results", str(memory)], check=True, capture_output=True, timeout=600)
     assert "| 128 | 128 |" in memory.read_text() and "MALLOC_MMAP_THRESHOLD_" in memory.read_text()
+
+
+def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
+    """The real-model experiment's script end to end, on a tiny llama teacher and a tiny gemma3_text
+    target (MiniLM's tokenizer for both): every stage runs and the report has every row."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapter_convert.demo.minilm import minilm_dir
+    from helpers import tiny_config
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    for name, model_type, layers in (("teacher", "llama", 4), ("target", "gemma3_text", 2)):
+        config = tiny_config(model_type, layers, vocab_size=tokenizer.vocab_size, max_position_embeddings=256)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "real_transfer.py"), "--teacher-base", str(tmp_path / "teacher"),
+         "--target", str(tmp_path / "target"), "--teacher-steps", "2", "--budgets", "0,2", "--finetune-budgets", "2",
+         "--train", "16", "--eval", "4", "--calibration-tokens", "64", "--distill-steps", "1",
+         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+        check=True, capture_output=True, timeout=900,
+    )
+    report = (tmp_path / "out" / "real_transfer.md").read_text()
+    for row in ("teacher", "target base (no adapter)", "converted: correlation", "converted: correlation + distill",
+                "converted: lstsq", "converted: lstsq + distill (--align distill)", "target LoRA from scratch, 2 steps",
+                "shallow: converted (SKIP)", "converted: lstsq + distill (--align distill), then 2 steps"):
+        assert f"| {row} |" in report
+    results = json.loads((tmp_path / "out" / "real_transfer.json").read_text())
+    assert all(math.isfinite(v) and v > 0 for v in results["bpb"].values())
+    assert (tmp_path / "out" / "real_transfer.png").stat().st_size > 10_000
