@@ -19,6 +19,7 @@ import transformers
 
 from adapter_convert import architectures
 from adapter_convert.architectures import get_architecture
+from adapter_convert.architectures import model as architecture_model
 from architecture_coverage import check_model_type
 from adapter_convert.architectures.derive import derive
 from adapter_convert.errors import BadModelConfigError, UnsupportedError
@@ -53,7 +54,7 @@ def test_handwritten_families_derive_exactly(model_type):
     config = transformers.AutoConfig.for_model(model_type)
     effective = lambda keys: {  # noqa: E731
         size: key if key and hasattr(config, key) else None
-        for size, key in ({**architectures._DEFAULT_CONFIG_KEYS, **keys}).items()
+        for size, key in ({**architecture_model._DEFAULT_CONFIG_KEYS, **keys}).items()
     }
     assert effective(arch["config"]) == effective(expected.get("config", {}))
     assert arch["unsupported"] == {}

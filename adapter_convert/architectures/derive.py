@@ -23,12 +23,13 @@ probe widths are fixed, only the config's structural settings are kept.
 from __future__ import annotations
 
 import copy
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .meta import build as _build
 
 # probe widths: pairwise distinct where the config lets them be (q = heads * head_dim = hidden is
 # how most models define it; kv is narrower when the model has grouped key/value heads)
@@ -132,7 +133,7 @@ def probe_config(model_type: str, config=None):
     count, layer types) is kept. Returns (probe config, {intermediate probe value: key})."""
     from transformers import AutoConfig
 
-    from . import MAX_LAYERS
+    from .model import MAX_LAYERS
 
     base = copy.deepcopy(config) if config is not None else None
     if base is not None:
@@ -176,9 +177,6 @@ def probe_config(model_type: str, config=None):
     return probe, intermediates
 
 
-def _build(model_class, config):
-    with torch.device("meta"):
-        return model_class.from_config(config)
 
 
 def _linear_shape(module) -> tuple[int, int] | None:
@@ -210,7 +208,7 @@ def _derive(model_type: str, config=None) -> Derived:
     from transformers import AutoModel
     from transformers.models.auto import modeling_auto
 
-    from . import Architecture, role_shape
+    from .model import Architecture, role_shape
 
     try:
         probe, intermediates = probe_config(model_type, config)
@@ -241,7 +239,7 @@ def _derive(model_type: str, config=None) -> Derived:
                   and re.search(r"(^|\.)(encoder|decoder)\.", n + ".") and len(m) > 1]
         raise DerivationError("it is an encoder-decoder model: two layer stacks"
                               + (f" ({', '.join(stacks[:2])})" if stacks else "")
-                              + f" and cross-attention from one to the other, where a layer map and roles are defined "
+                              + " and cross-attention from one to the other, where a layer map and roles are defined "
                               "for one stack; only single-stack models are supported yet")
     layer_count = getattr(probe, chosen["layers"])
     if not isinstance(layer_count, int) or layer_count < 1:
@@ -339,7 +337,7 @@ def _derive(model_type: str, config=None) -> Derived:
             unsupported[modules.pop(role)] = (f"peft renames {model_type} targets named {modules[role].rsplit('.', 1)[-1]!r} onto the "
                                               "fused experts (peft.utils.transformers_weight_conversion), so this module cannot be targeted")
     # a fused role beside its own parts (both q_proj and qkv) would be ambiguous: keep the parts
-    from . import roles as all_roles
+    from .model import roles as all_roles
 
     for fused, parts in all_roles().fused.items():
         if fused in modules and any(p in modules for p in parts):
@@ -419,33 +417,6 @@ def _derive(model_type: str, config=None) -> Derived:
         mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
         experts=experts,
     )
-
-
-@functools.cache
-def _expert_shapes(config_json: str, layers_path: str, experts: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], ...]:
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.for_model(**__import__("json").loads(config_json))
-    layer_list = _build(AutoModel, config).get_submodule(layers_path)
-    out = []
-    for layer in layer_list:
-        try:
-            module = layer.get_submodule(experts)
-        except AttributeError:  # a dense layer
-            out.append(())
-            continue
-        out.append(tuple((name, tuple(p.shape)) for name, p in module.named_parameters(recurse=False) if p.ndim == 3))
-    return tuple(out)
-
-
-def expert_shapes(config, layers_path: str, experts: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], ...]:
-    """Per layer, the experts module's 3-D parameters and their real shapes (experts, out, in), read
-    from the model built on the meta device with ``config`` (no weights, no memory)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _expert_shapes(config.to_json_string(use_diff=False), layers_path, experts)
 
 
 def _peft_moe_renames(model_type: str) -> set[str]:
