@@ -13,12 +13,10 @@ adapter stay until the end.
 
 A pass runs the calibration text through both models once and collects a group of points; after
 it, each point is fitted, folded into the adapter and freed. Points are grouped in order (layer by
-layer) while the pass fits the budget. Statistics are float64 whenever every point fits the
-budget in float64 (small models: one pass; mid-sized ones: several); only when one float64 point
-alone would not fit (7B widths) are they float32, with the rows shifted by a reference mean before
-they are multiplied (see stats.py; the error against float64 is measured in
-docs/benchmarks/alignment_memory.md) and every solve in float64. On gemma-3-270m's inputs, whose
-few huge dimensions float32 sums cannot resolve, float32 statistics gave input R^2 down to -29000.
+layer) while the pass fits the budget. Statistics are float64 when everything fits in one pass
+(small models: one pass, as always); otherwise float32, with the rows shifted by a reference mean
+before they are multiplied (see stats.py; the error against float64 is measured in
+docs/benchmarks/alignment_memory.md) and every solve in float64.
 """
 
 from __future__ import annotations
@@ -126,11 +124,8 @@ def schedule(shapes: list[PointShape], *, method: str, budget: int, rank: int, a
     """Group the points into passes that fit ``budget``; ``element`` forces the statistics' dtype."""
     kept = sum(p.kept_bytes(rank) for p in shapes)
     if element is None:
-        # float64 whenever each point fits the budget in float64, in as many passes as that takes:
-        # heavy-tailed activations (gemma's normalized inputs) make float32 cross-products too
-        # inexact to solve against; float32 only where one float64 point alone would not fit
-        largest = max(_pass_bytes([shape], method, 8, kept, activation_bytes) for shape in shapes)
-        element = 8 if largest <= budget else 4
+        one_pass = _pass_bytes(shapes, method, 8, kept, activation_bytes)
+        element = 8 if one_pass <= budget else 4
     passes: list[list[PointShape]] = []
     for shape in shapes:
         if passes and _pass_bytes(passes[-1] + [shape], method, element, kept, activation_bytes) <= budget:
