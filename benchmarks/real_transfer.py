@@ -213,7 +213,9 @@ def main() -> None:
                "settings": {k: str(v) for k, v in vars(args).items()}, "teacher_base": teacher_base, "target": target,
                "timings_s": {}, "bpb": {}, "conversions": {}}
     if args.resume and (args.out / "real_transfer.json").is_file():
-        results = json.loads((args.out / "real_transfer.json").read_text())
+        kept = json.loads((args.out / "real_transfer.json").read_text())
+        kept.setdefault("earlier_settings", []).append(kept["settings"])
+        results = kept | {"settings": results["settings"]}
     clock = time.perf_counter
 
     def timed(name, fn):
