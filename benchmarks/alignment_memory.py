@@ -144,21 +144,12 @@ def _errors(exact, single, ridge=1e-2) -> dict:
 
 
 def float32_section(quick: bool) -> list[str]:
-    from transformers import AutoModel, AutoTokenizer
-
     from adapter_convert.align.stats import PairStats
     from adapter_convert.calibration import load_texts, paired_batches
-    from adapter_convert.demo.minilm import build_teacher
-    from minilm_students import build_narrow_student
+    from minilm_students import narrow_pair
 
     work = ROOT / ".cache" / "transfer-quality"
-    teacher_dir, student_dir = work / "teacher", work / "student-narrow-256"
-    if not teacher_dir.is_dir():
-        build_teacher(teacher_dir)
-    if not student_dir.is_dir():
-        build_narrow_student(student_dir)
-    teacher, student = AutoModel.from_pretrained(teacher_dir).eval(), AutoModel.from_pretrained(student_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher, student, tokenizer = narrow_pair(work)
     points = {}
     with torch.no_grad():
         for batch in paired_batches(load_texts(), tokenizer, tokenizer, max_tokens=4096):

@@ -22,27 +22,19 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.feature_selection import r_regression
-from transformers import AutoModel, AutoTokenizer
 
 from adapter_convert.align.stats import PairStats
 from adapter_convert.calibration import load_texts, paired_batches
-from adapter_convert.demo.minilm import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from minilm_students import build_narrow_student  # noqa: E402
+from minilm_students import narrow_pair  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 
 
 def activations(work: Path, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    teacher_dir, student_dir = work / "teacher", work / "student-narrow-256"
-    if not teacher_dir.is_dir():
-        build_teacher(teacher_dir)
-    if not student_dir.is_dir():
-        build_narrow_student(student_dir)
-    teacher, student = AutoModel.from_pretrained(teacher_dir).eval(), AutoModel.from_pretrained(student_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher, student, tokenizer = narrow_pair(work)
     xs, xt = [], []
     with torch.no_grad():
         for batch in paired_batches(load_texts(DATA / "val.conllu"), tokenizer, tokenizer, max_tokens=tokens):

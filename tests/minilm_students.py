@@ -86,3 +86,19 @@ def build_permuted_student(folder: Path, *, seed: int = 0) -> torch.Tensor:
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return perm
+
+
+def narrow_pair(work: Path):
+    """The MiniLM teacher and its narrow student as bare models (built into ``work`` once), and the
+    tokenizer they share: the pair the alignment benchmarks read activations from."""
+    from transformers import AutoModel
+
+    from adapter_convert.demo.minilm import build_teacher
+
+    teacher_dir, student_dir = work / "teacher", work / "student-narrow-256"
+    if not teacher_dir.is_dir():
+        build_teacher(teacher_dir)
+    if not student_dir.is_dir():
+        build_narrow_student(student_dir)
+    teacher, student = AutoModel.from_pretrained(teacher_dir).eval(), AutoModel.from_pretrained(student_dir).eval()
+    return teacher, student, AutoTokenizer.from_pretrained(teacher_dir)
