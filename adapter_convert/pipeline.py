@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from . import __version__
-from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, read_adapter
+from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, all_finite, read_adapter
 from .architectures import get_architecture
 from .card import build_model_card
 from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
@@ -319,7 +319,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> C
         alignment_report = session.report(fitted, evaluation)
     # the source was checked finite when read, and a direct mapping only copies, slices and
     # averages it: only a fitted or distilled adapter can hold new NaN or Inf values
-    broken = [key for key, tensor in converted.tensors.items() if not torch.isfinite(tensor).all()] if session is not None else []
+    broken = [key for key, tensor in converted.tensors.items() if not all_finite(tensor)] if session is not None else []
     if broken:
         raise VerificationError(
             f"The converted adapter holds NaN or Inf values ({len(broken)} tensors, first {broken[0]!r}); nothing was written.",

@@ -604,3 +604,22 @@ def test_verify_checks_the_written_header_against_the_tensors_in_memory(tmp_path
     missing = dict(list(tensors.items())[:-1])
     with pytest.raises(VerificationError):
         verify_adapter_folder(tmp_path, config, bare=False, written=missing)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_one_nan_or_inf_among_finite_values(bad):
+    from adapter_convert.adapter_io import all_finite
+
+    tensor = torch.randn(64, 32)
+    assert all_finite(tensor)
+    tensor[17, 3] = bad
+    assert not all_finite(tensor)
+
+
+def test_all_finite_when_inf_and_minus_inf_cancel_and_when_the_sum_overflows():
+    from adapter_convert.adapter_io import all_finite
+
+    assert not all_finite(torch.tensor([float("inf"), float("-inf"), 1.0]))  # the sum is NaN, not 0
+    overflowing = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values, a sum beyond float16
+    assert not torch.isfinite(overflowing.sum()) and all_finite(overflowing)
+    assert all_finite(torch.empty(0, 4))
