@@ -25,7 +25,7 @@ from .align import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES, explicit
 from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
-from .summary import AlignmentSummary, ConversionSummary, PushSummary
+from .summary import AlignmentSummary, ConversionSummary, InspectionReport, PushSummary
 
 app = typer.Typer(
     name="adapter-convert",
@@ -350,22 +350,22 @@ def inspect(
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
     if json_output:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     console.print(inspection_text(report), highlight=False)
 
 
-def inspection_text(report: dict) -> str:
-    compatibility, recommended, costs = report["compatibility"], report["recommended"], report["costs"]
+def inspection_text(report: InspectionReport) -> str:
+    compatibility, recommended, costs = report.compatibility.to_json(), report.recommended, report.costs
     evidence = compatibility["evidence"] or {}
     numbers = ", ".join(f"{name} {evidence[key]:.3f}" for key, name in (("identity_cosine", "embedding-row cosine"), ("linear_fit", "linear fit"))
                         if evidence.get(key) is not None)
     lines = [
-        f"Supported: yes. Plan: {report['plan']['method']} ({report['plan']['alignment']['reason']}).",
+        f"Supported: yes. Plan: {report.plan['method']} ({report.plan['alignment']['reason']}).",
         f"Compatibility: {compatibility['verdict']}" + (f" ({numbers}; {evidence.get('reason', '')})" if evidence else "") + ".",
-        f"Recommended: {recommended['command']}",
-        f"Costs: download {costs['downloads']['bytes'] / 1e6:.1f} MB in {len(costs['downloads']['files'])} files; base weights "
-        f"{'needed (' + format(costs['base_weight_bytes'] / 1e9, '.2f') + ' GB)' if costs['base_weights_needed'] else 'not needed'}; "
-        f"predicted peak memory {costs['predicted_peak_bytes'] / 2**30:.2f} GiB.",
+        f"Recommended: {recommended.command}",
+        f"Costs: download {costs.downloads.bytes / 1e6:.1f} MB in {len(costs.downloads.files)} files; base weights "
+        f"{'needed (' + format(costs.base_weight_bytes / 1e9, '.2f') + ' GB)' if costs.base_weights_needed else 'not needed'}; "
+        f"predicted peak memory {costs.predicted_peak_bytes / 2**30:.2f} GiB.",
     ]
     return "\n".join(lines)
 

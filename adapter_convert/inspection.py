@@ -16,13 +16,14 @@ from .errors import AdapterConvertError, CompatibilityUnknownError
 from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
 from .plan import width_mismatch
 from .sources import ResolvedSource
+from .summary import Costs, DownloadFile, Downloads, InspectionReport, Recommendation
 
 # Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
 # peft imported (measured at about 0.55 GB RSS on this project's CPU machine, benchmarks/).
 LIBRARY_BYTES = 600 * 2**20
 
 
-def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = None, *, file_sizes=None) -> dict:
+def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = None, *, file_sizes=None) -> InspectionReport:
     """The inspection report (the ``--json`` of ``inspect``). Raises the conversion's own typed
     error when no conversion is possible (the blocking module or setting is in its message).
 
@@ -42,17 +43,17 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
     command = reproduce_command(dataclasses.replace(prepared, request=command_request))
     if "--align" not in shlex.split(command):
         command += f" --align {recommended}"
-    summary = summarize(prepared).to_json()  # the plan's part of convert's --json, in the same serialization
-    return {
-        "supported": True,
-        "plan": {key: summary[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
-                                                "layer_map", "modules", "heads", "dropped", "alignment")}
+    summary = summarize(prepared)
+    as_json = summary.to_json()  # the plan's part of convert's --json, in the same serialization
+    return InspectionReport(
+        supported=True,
+        plan={key: as_json[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
+                                             "layer_map", "modules", "heads", "dropped", "alignment")}
         | {"width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
-        "compatibility": summary["compatibility"],
-        "recommended": {"align": recommended, "command": command,
-                        "why": unknown.problem if unknown else plan.alignment.reason},
-        "costs": predict_costs(prepared, file_sizes=file_sizes),
-    }
+        compatibility=summary.compatibility,
+        recommended=Recommendation(align=recommended, command=command, why=unknown.problem if unknown else plan.alignment.reason),
+        costs=predict_costs(prepared, file_sizes=file_sizes),
+    )
 
 
 def _recommended_align(prepared: PreparedConversion, unknown: AdapterConvertError | None) -> str:
@@ -64,12 +65,12 @@ def _recommended_align(prepared: PreparedConversion, unknown: AdapterConvertErro
     return "distill"
 
 
-def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> dict:
+def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
     """Downloads and peak memory of the conversion as planned (estimates, documented as such)."""
     from .hub import ADAPTER_FILES, CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES
 
     needs_weights = prepared.plan.alignment.needs_models
-    files: list[dict] = []
+    files: list[tuple[DownloadFile, bool]] = []  # (file, local)
     wanted = [(prepared.adapter_source, ADAPTER_FILES)]
     base_patterns = CONFIG_FILES + TOKENIZER_FILES + (WEIGHT_FILES if needs_weights else [])
     wanted += [(prepared.source_base, base_patterns), (prepared.target_base, base_patterns)]
@@ -77,23 +78,24 @@ def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> dict:
     for source, patterns in wanted:
         sizes = _sizes(source, patterns, file_sizes)
         for name, size in sorted(sizes.items()):
-            files.append({"repo": source.id, "file": name, "bytes": size, "local": source.repo_id is None})
+            files.append((DownloadFile(repo=source.id, file=name, bytes=size), source.repo_id is None))
             if name.endswith(".safetensors") and source is not prepared.adapter_source:
                 weight_bytes += size
     adapter_bytes = prepared.adapter.nbytes
     # direct: the adapter read, its converted copy, and a verification load of that copy;
     # aligned: align/budget.py's prediction (both models, activations, the statistics of one pass)
     resources = alignment_resources(prepared)
-    peak = LIBRARY_BYTES + 3 * adapter_bytes + (resources["peak_bytes"] if resources else weight_bytes if needs_weights else 0)
-    return {
-        "resources": resources,
-        "downloads": {"files": [f for f in files if not f["local"]], "bytes": sum(f["bytes"] for f in files if not f["local"])},
-        "base_weights_needed": needs_weights,
-        "base_weight_bytes": weight_bytes if needs_weights else 0,
-        "predicted_peak_bytes": peak,
-        "note": "estimates: libraries + 3 x the adapter" + (" + the alignment's predicted peak (models, activations, statistics)"
-                                                             if resources else " + both bases' weights as stored" if needs_weights else ""),
-    }
+    peak = LIBRARY_BYTES + 3 * adapter_bytes + (resources.peak_bytes if resources else weight_bytes if needs_weights else 0)
+    remote = tuple(file for file, local in files if not local)
+    return Costs(
+        resources=resources,
+        downloads=Downloads(files=remote, bytes=sum(f.bytes for f in remote)),
+        base_weights_needed=needs_weights,
+        base_weight_bytes=weight_bytes if needs_weights else 0,
+        predicted_peak_bytes=peak,
+        note="estimates: libraries + 3 x the adapter" + (" + the alignment's predicted peak (models, activations, statistics)"
+                                                          if resources else " + both bases' weights as stored" if needs_weights else ""),
+    )
 
 
 def _sizes(source: ResolvedSource, patterns: list[str], file_sizes) -> dict[str, int]:

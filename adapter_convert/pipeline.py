@@ -33,7 +33,7 @@ from .peft_config import build_target_config, check_source_config, check_source_
 from .plan import ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
 from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
-                      ConversionSummary, ModuleRow, OutputSummary)
+                      ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
 from .transform import convert_tensors
 from .verify import head_labels, verify_adapter_folder
 from .writer import check_output, write_folder_atomically
@@ -260,7 +260,7 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
     )
 
 
-def alignment_resources(prepared: PreparedConversion) -> dict | None:
+def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | None:
     """The predicted alignment memory (align/budget.py), or None for a direct mapping."""
     from .align.budget import for_prepared  # the alignment package loads only when asked
 

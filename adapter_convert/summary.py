@@ -192,6 +192,20 @@ class AlignmentSummary(_Serialized):
     distill: Distillation | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ResourcePrediction(_Serialized):
+    """align/budget.py's prediction of an alignment's memory, from shapes alone (``resources``)."""
+
+    alignment_bytes: int  # the largest calibration pass: statistics, fit, kept results, one batch of activations
+    peak_bytes: int  # that plus both models' weights and a forward's activations
+    passes: int
+    statistics_dtype: str  # float64 when everything fits one pass, else float32
+    budget_bytes: int
+    capture_points: int
+    model_bytes: int
+    within_budget: bool
+
+
 # ---- the conversion -------------------------------------------------------------------------------
 
 
@@ -231,7 +245,7 @@ class ConversionSummary(_Serialized):
     output: OutputSummary | None = None  # None: nothing written
     alignment: AlignmentSummary
     compatibility: CompatibilitySummary
-    resources: dict[str, Any] | None  # align/budget.py's prediction; None for a direct mapping
+    resources: ResourcePrediction | None  # None for a direct mapping
     push: PushSummary | None = None
 
     @property
@@ -243,3 +257,49 @@ class ConversionSummary(_Serialized):
         data = super().to_json()
         push = data.pop("push")
         return data | {"dry_run": self.dry_run, "push": push}
+
+
+# ---- an inspection ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recommendation(_Serialized):
+    align: str  # the --align value inspect recommends
+    command: str  # the whole convert command
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadFile(_Serialized):
+    repo: str
+    file: str
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Downloads(_Serialized):
+    files: tuple[DownloadFile, ...]
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Costs(_Serialized):
+    """What a conversion would download and the memory it would take (estimates, said in ``note``)."""
+
+    resources: ResourcePrediction | None
+    downloads: Downloads
+    base_weights_needed: bool
+    base_weight_bytes: int
+    predicted_peak_bytes: int
+    note: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectionReport(_Serialized):
+    """``inspect --json`` (docs/ci.md): the plan's part of ``convert --json`` under ``plan``."""
+
+    supported: bool
+    plan: dict[str, Any]  # keys of ConversionSummary.to_json(), plus width_mismatch
+    compatibility: CompatibilitySummary
+    recommended: Recommendation
+    costs: Costs

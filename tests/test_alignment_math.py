@@ -11,7 +11,7 @@ from adapter_convert.align import fit_point
 from adapter_convert.align.correlation import assign
 from adapter_convert.align.fold import fold_head, fold_module, is_selection
 from adapter_convert.align.stats import PairStats
-from adapter_convert.calibration import load_texts, pair_positions, paired_batches
+from adapter_convert.calibration import load_texts, paired_batches
 from adapter_convert.transform import Ia3Module, LoraModule
 
 

@@ -29,9 +29,9 @@ def test_7b_pair_with_all_seven_projections_fits_4_gib():
     for roles in (SEVEN, ["attn.q", "attn.v"]):
         for method in ("lstsq", "correlation"):
             r = predict(LLAMA_2_7B, MISTRAL_7B, roles, LAYERS, method=method, rank=16, model_element=(2, 2), tied=(False, False))
-            assert r["alignment_bytes"] <= 4 * GiB and r["within_budget"], (roles, method, r)
-            assert r["statistics_dtype"] == "float32" and r["passes"] > 1
-            assert r["peak_bytes"] - r["alignment_bytes"] > 2 * 6.5e9 * 2  # two 7B models in bfloat16 on top
+            assert r.alignment_bytes <= 4 * GiB and r.within_budget, (roles, method, r)
+            assert r.statistics_dtype == "float32" and r.passes > 1
+            assert r.peak_bytes - r.alignment_bytes > 2 * 6.5e9 * 2  # two 7B models in bfloat16 on top
     # what the old layout (every point, both Grams whole, float64, at once) costs: the figures
     old = lambda roles: sum(8 * (p.d_s**2 + p.d_t**2 + p.d_s * p.d_t) for p in point_shapes(roles, LAYERS, LLAMA_2_7B, MISTRAL_7B)) / GiB  # noqa: E731
     assert old(SEVEN) == pytest.approx(429.4, abs=0.1) and old(["attn.q", "attn.v"]) == pytest.approx(29.6, abs=0.1)
@@ -41,7 +41,7 @@ def test_small_pairs_stay_one_float64_pass():
     tiny_t = Dims(layers=4, hidden=64, heads=4, kv_heads=4, head_dim=16, intermediate=128, vocab=1000)
     tiny_s = Dims(layers=2, hidden=48, heads=6, kv_heads=3, head_dim=8, intermediate=96, vocab=400)
     r = predict(tiny_t, tiny_s, SEVEN, [(0, 0), (1, 2)], method="lstsq", rank=4)
-    assert r["passes"] == 1 and r["statistics_dtype"] == "float64"
+    assert r.passes == 1 and r.statistics_dtype == "float64"
     assert parse_bytes("4GiB") == 4 * GiB and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("1000") == 1000
 
 
@@ -114,6 +114,7 @@ def test_factored_least_squares_equals_the_dense_formula():
     assert solved.r_squared() == pytest.approx(r_squared(stats, expected), abs=1e-9)
     A, B = torch.randn(4, t.shape[1], dtype=torch.float64), torch.randn(s.shape[1], 4, dtype=torch.float64)
     torch.testing.assert_close(solved.left(A), A @ expected)
+    torch.testing.assert_close(solved.right(B), expected @ B)  # M B, without forming M
     # teacher -> student: a Regression with x = teacher on the same statistics
     back = Regression(stats, x="t", ridge=0.1, prior=(teacher, student))
     w_t = 0.1 * (T * T).sum(0)

@@ -141,7 +141,6 @@ def test_rslora_alpha_and_rank_patterns_survive_fusion(tmp_path):
 def test_dora_and_ia3_reproduce_full_outputs_on_shared_base_weights(tmp_path, teacher_type, student_type):
     """With the student's base weights copied from the teacher's mapped layers, DoRA and IA3
     modules must reproduce the teacher's full outputs, not only the LoRA delta."""
-    from transformers import AutoModelForTokenClassification as Auto
 
     for kind, config in {
         "dora": lora_on_everything(teacher_type, use_dora=True),

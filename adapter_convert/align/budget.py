@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from ..architectures import Dims, roles
+from ..summary import ResourcePrediction
 from .capture import LAST_HIDDEN, CapturePoint, capture_points
 from .lstsq import BLOCK
 
@@ -150,7 +151,7 @@ def forward_bytes(dims: Dims, activation_bytes: int) -> int:
 
 def predict(source: Dims, target: Dims, role_names: list[str], layer_pairs: list[tuple[int, int]], *, method: str,
             rank: int, budget: int = DEFAULT_BUDGET, element: int | None = None, model_element: tuple[int, int] = (4, 4),
-            tied: tuple[bool, bool] = (True, True)) -> dict:
+            tied: tuple[bool, bool] = (True, True)) -> ResourcePrediction:
     """The prediction ``convert --dry-run --json`` prints as ``resources``: ``alignment_bytes`` (the
     largest pass: statistics, fit, kept results, one batch of captured activations), ``peak_bytes``
     (that plus both models' weights and a forward's activations), ``passes``."""
@@ -158,9 +159,9 @@ def predict(source: Dims, target: Dims, role_names: list[str], layer_pairs: list
     plan = schedule(shapes, method=method, budget=budget, rank=rank, activation_bytes=max(model_element), element=element)
     models = model_bytes(source, model_element[0], tied=tied[0]) + model_bytes(target, model_element[1], tied=tied[1])
     forward = max(forward_bytes(source, model_element[0]), forward_bytes(target, model_element[1]))
-    return {"alignment_bytes": plan.peak, "peak_bytes": plan.peak + models + forward, "passes": len(plan.passes),
-            "statistics_dtype": plan.dtype_name, "budget_bytes": budget, "capture_points": len(shapes),
-            "model_bytes": models, "within_budget": plan.peak <= budget}
+    return ResourcePrediction(alignment_bytes=plan.peak, peak_bytes=plan.peak + models + forward, passes=len(plan.passes),
+                              statistics_dtype=plan.dtype_name, budget_bytes=budget, capture_points=len(shapes),
+                              model_bytes=models, within_budget=plan.peak <= budget)
 
 
 def _dtype_bytes(config, asked: str | None) -> int:
@@ -168,7 +169,7 @@ def _dtype_bytes(config, asked: str | None) -> int:
     return 2 if any(half in name for half in ("float16", "bfloat16")) else 8 if "float64" in name else 4
 
 
-def for_prepared(prepared) -> dict | None:
+def for_prepared(prepared) -> ResourcePrediction | None:
     """``resources`` for a prepared conversion: None unless its plan aligns."""
     plan, request = prepared.plan, prepared.request
     if not plan.alignment.method:
