@@ -182,3 +182,34 @@ def test_dry_run_prints_resources_only_when_it_aligns(decoders, tmp_path):  # no
                                     "--json", "--dry-run", "--align", "none"])
     assert same.exit_code == 0, same.output
     assert json.loads(same.stdout)["resources"] is None
+
+
+def test_a_pass_without_the_last_hidden_state_stops_after_its_last_layer():
+    """Layers above a pass's last wanted layer are not run, and the statistics are those of a full forward."""
+    from transformers import AutoModel
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from adapter_convert.align.capture import LAST_HIDDEN, CapturePoint, collect_statistics
+    from adapter_convert.architectures import get_architecture
+    from adapter_convert.calibration import paired_batches
+    from helpers import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(tiny_config("llama", 4)).eval()
+    arch = get_architecture("llama", model.config)
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate("a b c d e f".split())}}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+    batches = list(paired_batches(["a b c d", "e f a", "b b c"], tokenizer, tokenizer, max_tokens=100))
+    runs = {layer: 0 for layer in range(4)}
+    for layer in runs:
+        model.layers[layer].register_forward_hook(lambda *_, layer=layer: runs.__setitem__(layer, runs[layer] + 1))
+    wanted = [CapturePoint("attn:hidden:in", 1, 1), CapturePoint("mlp.down:out", 1, 1)]
+    early = collect_statistics(model, model, arch, arch, wanted, batches)
+    assert runs == {0: 2, 1: 2, 2: 0, 3: 0}  # teacher and student once each, nothing above layer 1
+    full = collect_statistics(model, model, arch, arch, wanted + [CapturePoint(LAST_HIDDEN, None, None)], batches)
+    assert runs == {0: 4, 1: 4, 2: 2, 3: 2}
+    for key, stats in early.items():
+        torch.testing.assert_close(stats.cross_c, full[key].cross_c, rtol=0, atol=0)
+        assert stats.n == full[key].n > 0

@@ -43,13 +43,21 @@ def capture_points(role_names: list[str], layer_pairs: list[tuple[int, int]], *,
     return points
 
 
-class _Recorder:
-    """Forward hooks that keep one batch of module inputs and outputs."""
+class _StopForward(Exception):
+    """Raised once the last layer a pass records has run: the layers above it would be computed
+    for nothing (the sequential-calibration trick of GPTQ-style quantizers)."""
 
-    def __init__(self, model, arch: Architecture, wanted: dict[int, set[str]]):
+
+class _Recorder:
+    """Forward hooks that keep one batch of module inputs and outputs; with ``stop_early``, a
+    hook on the last wanted layer ends the forward there (its modules' hooks have run by then)."""
+
+    def __init__(self, model, arch: Architecture, wanted: dict[int, set[str]], *, stop_early: bool = False):
         self.seen: dict[tuple[int, str], torch.Tensor] = {}
         self.handles = []
         layers = model.get_submodule(arch.layers)
+        if stop_early and wanted:
+            self.handles.append(layers[max(wanted)].register_forward_hook(self._stop))
         for layer, points in wanted.items():
             for role, path in arch.modules.items():
                 if role not in roles().plain:
@@ -59,6 +67,17 @@ class _Recorder:
                     self.handles.append(module.register_forward_hook(self._hook(layer, input_point(role), use_input=True)))
                 if output_point(role) in points:
                     self.handles.append(module.register_forward_hook(self._hook(layer, output_point(role), use_input=False)))
+
+    @staticmethod
+    def _stop(_module, _inputs, _output):
+        raise _StopForward
+
+    def run(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """One forward; its last hidden state, or None when it stopped after the last wanted layer."""
+        try:
+            return model(**inputs).last_hidden_state
+        except _StopForward:
+            return None
 
     def _hook(self, layer: int, point: str, *, use_input: bool):
         def hook(_module, inputs, output):
@@ -86,14 +105,17 @@ def collect_statistics(
             teacher_wanted.setdefault(p.teacher_layer, set()).add(p.point)
             student_wanted.setdefault(p.student_layer, set()).add(p.point)
     stats: dict[tuple[int | None, str], PairStats] = {}
-    teacher_rec, student_rec = _Recorder(teacher, teacher_arch, teacher_wanted), _Recorder(student, student_arch, student_wanted)
+    # a pass without the last hidden state needs no layer above its last wanted one
+    stop_early = all(p.point != LAST_HIDDEN for p in points)
+    teacher_rec = _Recorder(teacher, teacher_arch, teacher_wanted, stop_early=stop_early)
+    student_rec = _Recorder(student, student_arch, student_wanted, stop_early=stop_early)
     try:
         with torch.no_grad():
             for batch in batches:
                 teacher_rec.seen.clear()
                 student_rec.seen.clear()
-                teacher_out = teacher(**on_device(batch.teacher_inputs, teacher)).last_hidden_state
-                student_out = student(**on_device(batch.student_inputs, student)).last_hidden_state
+                teacher_out = teacher_rec.run(teacher, on_device(batch.teacher_inputs, teacher))
+                student_out = student_rec.run(student, on_device(batch.student_inputs, student))
                 for p in points:
                     if p.point == LAST_HIDDEN:
                         t, s = teacher_out, student_out
