@@ -40,7 +40,8 @@ def build_model_card(summary: ConversionSummary) -> ModelCard:
         source_layers=source.layers,
         method=summary.method,
         layer_strategy=summary.layer_map["strategy"],
-        layer_rows=[(row["target"], row["sources"]) for row in summary.layer_map["rows"]],
+        # with several layer stacks (encoder, decoder) each row names its stack: "decoder 1"
+        layer_rows=[(f"{row['stack']} {row['target']}" if "stack" in row else row["target"], row["sources"]) for row in summary.layer_map["rows"]],
         layer_type_warning=summary.layer_map.get("warning"),
         module_rows=summary.modules,
         heads=list(summary.heads.items()),

@@ -136,12 +136,15 @@ def plan_table(summary: ConversionSummary) -> Table:
     table.add_row("architecture", source.described, target.described)
     table.add_row("layers / hidden", f"{source.layers} / {source.hidden}", f"{target.layers} / {target.hidden}")
     table.add_row("method", summary.method, summary.alignment.reason)
-    rows = layer_map["rows"]
-    table.add_row(
-        f"layer map ({layer_map['strategy']})",
-        ", ".join("+".join(map(str, r["sources"])) for r in rows),
-        ", ".join(str(r["target"]) for r in rows),
-    )
+    # one row per layer stack (an encoder-decoder's encoder and decoder), or one for a single stack
+    stacks = list(dict.fromkeys(r.get("stack") for r in layer_map["rows"])) or [None]
+    for stack in stacks:
+        rows = [r for r in layer_map["rows"] if r.get("stack") == stack]
+        table.add_row(
+            f"layer map{f', {stack}' if stack else ''} ({layer_map.get('stacks', {}).get(stack, layer_map['strategy'])})",
+            ", ".join("+".join(map(str, r["sources"])) for r in rows),
+            ", ".join(str(r["target"]) for r in rows),
+        )
     if layer_map.get("warning"):
         table.add_row("[yellow]warning: layer types[/yellow]", layer_map["warning"], "")
     for module in summary.modules:

@@ -36,6 +36,8 @@ def check_source_ranks(config: PeftConfig, parsed: ParsedAdapter, arch: Architec
     another, the scaling alpha / r we would carry over is not the one the adapter was trained with."""
     if getattr(config, "peft_type", None) != "LORA" and str(getattr(config.peft_type, "value", "")) != "LORA":
         return
+    for name, part in parsed.stacks.items():  # several layer stacks: each read by its own view
+        check_source_ranks(config, part, arch.stack(name))
     modules = [(f"{parsed.prefix}{arch.layers}.{layer}.{arch.modules[role]}", params.get("lora_A.weight"))
                for (layer, role), params in parsed.layers.items()]
     modules += [(parsed.prefix + arch.embeddings[role], params.get("lora_embedding_A")) for role, params in parsed.embeddings.items()]
@@ -86,6 +88,18 @@ def target_module_names(modules: list[ConvertedModule], arch: Architecture, num_
     return names
 
 
+def _target_names(plan: ConversionPlan, modules: list[ConvertedModule]) -> list[str]:
+    """``target_module_names`` for the whole plan: per layer stack where the model has several (each
+    stack's suffixes checked against the other stacks' modules too), the rest with the first's view."""
+    arch, prefix = plan.target_arch, plan.target_prefix
+    names: list[str] = []
+    for stack in plan.stacks:
+        mine = [m for m in modules if m.layer is not None and m.name.startswith(f"{prefix}{stack.target_arch.layers}.")]
+        names += target_module_names(mine, stack.target_arch, stack.target_dims.layers, prefix)
+        modules = [m for m in modules if all(m is not n for n in mine)]
+    return names + target_module_names(modules, arch, plan.target_dims.layers, prefix)
+
+
 def build_target_config(
     source: PeftConfig, plan: ConversionPlan, converted: ConvertedAdapter, *, target_base: str, target_revision: str | None = None
 ) -> PeftConfig:
@@ -94,7 +108,7 @@ def build_target_config(
     changes: dict = dict(
         base_model_name_or_path=target_base,
         revision=target_revision,  # the target's commit, when it came from the Hub
-        target_modules=target_module_names(modules, arch, plan.target_dims.layers, prefix),
+        target_modules=_target_names(plan, modules),
         layers_to_transform=None,
         layers_pattern=None,
         modules_to_save=list(plan.heads.values()) or None,
@@ -103,7 +117,7 @@ def build_target_config(
     )
     if plan.peft_type == "IA3":
         input_side = [m for m in modules if isinstance(m.module, Ia3Module) and m.module.scales_inputs]
-        changes["feedforward_modules"] = target_module_names(input_side, arch, plan.target_dims.layers, prefix)
+        changes["feedforward_modules"] = _target_names(plan, input_side)
     else:
         changes["rank_pattern"], changes["alpha_pattern"] = _patterns(source, modules, prefix)
     fields = {f.name for f in dataclasses.fields(source)}

@@ -230,13 +230,21 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
     plan = prepared.plan
 
     def base(source: ResolvedSource, arch, dims) -> BaseModelSummary:
-        architecture = ArchitectureSummary(origin=arch.origin, layers=f"{arch.backbone}.{arch.layers}".lstrip("."), modules=dict(arch.modules),
-                                           fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported))
-        return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type, layers=dims.layers, hidden=dims.hidden,
-                                architecture=architecture)
+        # several layer stacks (encoder, decoder): their lists, roles named "<stack>/<role>", layers counted over all
+        stacks = arch.stacks or (arch,)
+        architecture = ArchitectureSummary(
+            origin=arch.origin, layers=", ".join(f"{arch.backbone}.{s.layers}".lstrip(".") for s in stacks),
+            modules={(f"{s.name}/" if arch.stacks else "") + role: path for s in stacks for role, path in s.modules.items()},
+            fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported))
+        return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type,
+                                layers=sum(d.layers for _, d in dims.stacks) or dims.layers, hidden=dims.hidden, architecture=architecture)
 
-    modules = [ModuleRow(target=plan.target_arch.modules[m.target_role], role=m.target_role, operation=m.operation,
-                         sources=tuple(plan.source_arch.modules[r] for r in m.source_roles)) for m in plan.modules]
+    def in_stack(stack, arch, path: str) -> str:  # a module of a layer stack, named with the stack's layer list
+        return f"{arch.layers}.*.{path}" if stack.stack else path
+
+    modules = [ModuleRow(target=in_stack(p, p.target_arch, p.target_arch.modules[m.target_role]), role=m.target_role, operation=m.operation,
+                         sources=tuple(in_stack(p, p.source_arch, p.source_arch.modules[r]) for r in m.source_roles))
+               for p in (plan.stacks or (plan,)) for m in p.modules]
     modules += [ModuleRow(target=plan.target_arch.embeddings[role], role=role, operation="copy", sources=(plan.source_arch.embeddings[role],))
                 for role in plan.embeddings]
     return ConversionSummary(
@@ -307,7 +315,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> C
         session = AlignmentSession(prepared, reporter)
         if plan.alignment.method:
             fitted = session.fit()
-    total = len(plan.layer_map.sources) * len(plan.modules)
+    total = sum(len(p.layer_map.sources) * len(p.modules) for p in (plan.stacks or (plan,)))
     with reporter.progress("Converting modules", total) as advance:
         converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance,
                                     aligned_modules=fitted.modules if fitted else None,
@@ -337,7 +345,9 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> C
         canonicalize_config_file(folder / CONFIG_NAME)
         save_file(converted.tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         reporter.stage("Verifying: loading the result with peft onto an empty target model")
-        verify_adapter_folder(folder, prepared.target_config, bare=not plan.target_prefix, written=converted.tensors)
+        # peft's seq2seq model needs the generation model, even where its keys look bare (t5 keeps its stacks at the top)
+        bare = not plan.target_prefix and plan.task_type != "SEQ_2_SEQ_LM"
+        verify_adapter_folder(folder, prepared.target_config, bare=bare, written=converted.tensors)
         build_model_card(summary).save(folder / "README.md")
 
     reporter.stage(f"Writing {out}")

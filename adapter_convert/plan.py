@@ -6,6 +6,7 @@ The CLI's ``--dry-run`` prints this plan; the run executes the same plan.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ class ParsedAdapter:
     dropped: list[str] = field(default_factory=list)  # keys deliberately not carried over
     # LoRA on the experts' 3-D weights (peft target_parameters): (layer, key after "<layers>.<layer>.") -> tensor
     experts: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    # a model with several layer stacks (encoder, decoder): each stack's layers, parsed on its own;
+    # ``layers`` is then empty and embeddings and heads stay here
+    stacks: dict[str, ParsedAdapter] = field(default_factory=dict)
 
     @property
     def roles(self) -> list[str]:
@@ -51,6 +55,8 @@ def _key_mismatch(key: str, arch: Architecture, why: str) -> BadAdapterError:
 def parse_adapter(
     tensors: dict[str, torch.Tensor], *, arch: Architecture, dims: Dims, modules_to_save: list[str] | None
 ) -> ParsedAdapter:
+    if arch.stacks:
+        return _parse_stacks(tensors, arch=arch, dims=dims, modules_to_save=modules_to_save)
     layer_re = re.compile(rf"^{re.escape(arch.layers)}\.(\d+)\.(.+)$")
     embedding_roles = {path: role for role, path in arch.embeddings.items()}
     heads = sorted(set(modules_to_save or []), key=len, reverse=True)
@@ -117,6 +123,31 @@ def parse_adapter(
     return parsed
 
 
+def _parse_stacks(
+    tensors: dict[str, torch.Tensor], *, arch: Architecture, dims: Dims, modules_to_save: list[str] | None
+) -> ParsedAdapter:
+    """An adapter on a model with several layer stacks: each stack's keys parsed by its one-stack
+    view, the rest (embeddings, task heads) by the first stack's."""
+    groups: dict[str, dict[str, torch.Tensor]] = {stack.name: {} for stack in arch.stacks}
+    rest: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        module = key.removeprefix(PEFT_PREFIX).removeprefix(arch.backbone + ".")
+        stack = next((s.name for s in arch.stacks if module.startswith(s.layers + ".")), None)
+        (groups[stack] if stack else rest)[key] = tensor
+    first = arch.stacks[0].name
+    parsed = parse_adapter(rest, arch=arch.stack(first), dims=dims.stack(first), modules_to_save=modules_to_save)
+    parsed.stacks = {name: parse_adapter(group, arch=arch.stack(name), dims=dims.stack(name), modules_to_save=None)
+                     for name, group in groups.items()}
+    # a part without keys reads as bare: the prefix is the one of the parts that have keys
+    prefixes = {part.prefix for part, keys in [(parsed, rest), *((parsed.stacks[n], g) for n, g in groups.items())] if keys}
+    if len(prefixes) > 1:
+        raise BadAdapterError("Adapter keys mix a task-model prefix and a bare-model prefix.", "Re-save the adapter with peft.")
+    prefix = prefixes.pop() if prefixes else ""
+    for part in (parsed, *parsed.stacks.values()):
+        part.prefix = prefix
+    return parsed
+
+
 def _is_embedding(module_key: str, arch: Architecture) -> bool:
     return any(module_key.endswith(f"{path}.base_layer.weight") for path in arch.embeddings.values())
 
@@ -142,6 +173,9 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
 def check_layer_map_covers(parsed: ParsedAdapter, layer_map: LayerMap) -> None:
     """A layer map must take at least one adapted source layer, and an explicit one only adapted
     layers: otherwise the output would hold no adapter where the user asked for one."""
+    for name, stack_map in layer_map.stacks:  # several layer stacks: each map covers its own stack
+        if name in parsed.stacks:
+            check_layer_map_covers(parsed.stacks[name], stack_map)
     adapted = sorted({layer for layer, _ in parsed.layers})
     if not adapted:
         return  # embeddings or heads only
@@ -259,6 +293,10 @@ class ConversionPlan:
     dropped: tuple[str, ...] = ()
     # expert LoRAs (peft target_parameters), copied between equal expert layouts: (source layer, key in it, target key)
     expert_tensors: tuple[tuple[int, str, str], ...] = ()
+    # a model with several layer stacks (encoder, decoder): one plan per stack, each over its own
+    # layers (``stack`` names it); this plan then holds only the embeddings and heads
+    stacks: tuple[ConversionPlan, ...] = ()
+    stack: str = ""
 
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
@@ -334,6 +372,10 @@ def plan_conversion(
     basis_change: bool = False,
 ) -> ConversionPlan:
     """``verdict``: the measured compatibility of the two bases (None: not measured)."""
+    if source_arch.stacks or target_arch.stacks:
+        return _plan_stacks(parsed, peft_type=peft_type, task_type=task_type, source_arch=source_arch, target_arch=target_arch,
+                            source_dims=source_dims, target_dims=target_dims, layer_map=layer_map, align=align, verdict=verdict,
+                            basis_change=basis_change)
     modules = map_roles(parsed.roles, source_arch, target_arch)
     for role in parsed.embeddings:
         if role not in target_arch.embeddings:
@@ -374,6 +416,62 @@ def plan_conversion(
         dropped=tuple(parsed.dropped),
         expert_tensors=expert_tensors,
     )
+
+
+def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None, source_arch: Architecture,
+                 target_arch: Architecture, source_dims: Dims, target_dims: Dims, layer_map: LayerMap, align: str,
+                 verdict: str | None, basis_change: bool) -> ConversionPlan:
+    """An adapter on a model with several layer stacks (an encoder-decoder): each stack planned as a
+    one-stack conversion of its own (encoder layers onto encoder layers, decoder onto decoder), the
+    embeddings and task heads once. Its tensors are copied only: alignment captures the activations
+    of one stack of layers, not of two joined by cross-attention."""
+    names = [stack.name for stack in source_arch.stacks]
+    if names != [stack.name for stack in target_arch.stacks]:
+        raise UnsupportedError(
+            f"{_stacks_described(source_arch)}, but {_stacks_described(target_arch)}: an adapter's layers convert only onto "
+            "the same layer stacks (encoder layers onto encoder layers, decoder onto decoder, cross-attention onto cross-attention).",
+            "Convert an encoder-decoder adapter onto an encoder-decoder model (the same type with fewer layers, or one with "
+            "the same roles and widths), and a single-stack adapter onto a single-stack model.",
+        )
+    mismatch = None
+    for name in names:
+        modules = map_roles(parsed.stacks[name].roles, source_arch.stack(name), target_arch.stack(name))
+        mismatch = mismatch or width_mismatch(modules, (), source_dims.stack(name), target_dims.stack(name))
+    mismatch = mismatch or width_mismatch((), tuple(parsed.embeddings), source_dims, target_dims)
+    if mismatch:
+        raise WidthMismatchError(
+            f"Source and target differ in width: {mismatch}.",
+            "An encoder-decoder adapter is only copied, which needs equal widths (alignment across widths is defined for "
+            "single-stack models): convert onto a model of the same widths.",
+        )
+    selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for part in parsed.stacks.values()
+                                               for params in part.layers.values())
+    alignment = plan_alignment(align, None, verdict, selection_only=selection_only, basis_change=basis_change)
+    if alignment.needs_models:
+        raise UnsupportedError(
+            f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but alignment and distillation are defined for single-stack "
+            f"models, not yet for {source_arch.model_type}'s {' and '.join(names)} joined by cross-attention.",
+            "Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a "
+            "student cut from the source's layers).",
+        )
+    common = dict(peft_type=peft_type, task_type=task_type, align="none")
+    stacks = tuple(
+        dataclasses.replace(plan_conversion(parsed.stacks[name], source_arch=source_arch.stack(name), target_arch=target_arch.stack(name),
+                                            source_dims=source_dims.stack(name), target_dims=target_dims.stack(name),
+                                            layer_map=dict(layer_map.stacks)[name], **common), stack=name)
+        for name in names
+    )
+    # embeddings and heads: planned once, with the first stack's view (they lie outside every stack)
+    outside = plan_conversion(parsed, source_arch=source_arch.stack(names[0]), target_arch=target_arch.stack(names[0]),
+                              source_dims=source_dims.stack(names[0]), target_dims=target_dims.stack(names[0]), layer_map=layer_map, **common)
+    return dataclasses.replace(outside, source_arch=source_arch, target_arch=target_arch, source_dims=source_dims, target_dims=target_dims,
+                               alignment=alignment, stacks=stacks)
+
+
+def _stacks_described(arch: Architecture) -> str:
+    if arch.stacks:
+        return f"{arch.model_type} has {len(arch.stacks)} layer stacks, " + " and ".join(f"{s.name} ({s.layers})" for s in arch.stacks)
+    return f"{arch.model_type} has one stack of layers ({arch.layers})"
 
 
 def plan_experts(parsed: ParsedAdapter, source_arch: Architecture, target_arch: Architecture, source_dims: Dims,

@@ -20,6 +20,7 @@ TASKS: dict[str, Task] = {
     "SEQ_CLS": Task("AutoModelForSequenceClassification", "text-classification"),
     "CAUSAL_LM": Task("AutoModelForCausalLM", "text-generation"),
     "QUESTION_ANS": Task("AutoModelForQuestionAnswering", None),
+    "SEQ_2_SEQ_LM": Task("AutoModelForSeq2SeqLM", "text2text-generation"),
 }
 LABELLED = ("TOKEN_CLS", "SEQ_CLS")  # tasks whose head has one output per label (config.num_labels)
 BARE = "AutoModel"  # the model without a task head

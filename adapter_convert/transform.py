@@ -205,6 +205,10 @@ def convert_tensors(
     converted: list[ConvertedModule] = []
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
+    for stack in plan.stacks:  # several layer stacks (encoder, decoder): each by its own plan
+        part = convert_tensors(stack, parsed.stacks[stack.stack], config, on_module)
+        converted += part.modules
+        tensors |= part.tensors
     for target_layer, source_layers in plan.layer_map.rows():
         for mapping in plan.modules:
             per_layer = [m for layer in source_layers if (m := _build(plan, parsed, config, mapping, layer)) is not None]

@@ -6,7 +6,8 @@ real pipeline (``prepare`` / ``execute``, ``--align none``) onto the same type w
 (SKIP: target layer i <- source layer 2i) and onto llama of equal widths, load each result
 with peft and compare every module's delta weight ``scaling * B @ A`` with the source module
 it came from. A fused module is split by plain slicing (concat) or per head, independently of
-the product's own transform code.
+the product's own transform code. An encoder-decoder is built as a seq2seq LM with a LoRA on both
+layer stacks (the decoder's cross-attention too), each stack going from 4 layers to 2.
 
 Used by ``tests/test_coverage.py`` and ``scripts/coverage_table.py`` (``docs/coverage.md``).
 """
@@ -68,6 +69,10 @@ def tiny_config(model_type: str, layers: int, base=None, **overrides):
     for key, value in list(raw.items()):  # layer_types and other per-layer lists follow the depth
         if isinstance(value, list) and isinstance(old, int) and len(value) == old and old != layers:
             raw[key] = (value * layers)[:layers]
+    if raw.get("is_encoder_decoder"):  # every stack to the same depth (t5's num_decoder_layers, bart's decoder_layers)
+        for key, value in list(raw.items()):
+            if key.endswith("layers") and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                raw[key] = layers
     raw.update(overrides)
     raw.setdefault("num_labels", 5)
     return type(probe).from_dict(raw)
@@ -91,6 +96,10 @@ def _task_model(model_type: str, config):
     mappings = {"TOKEN_CLS": m.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, "CAUSAL_LM": m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                 "SEQ_CLS": m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES}
     errors = []
+    if getattr(config, "is_encoder_decoder", False) and model_type in m.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        # an encoder-decoder as a seq2seq LM: both stacks (its causal LM, where it has one, is the decoder alone)
+        torch.manual_seed(0)
+        return "SEQ_2_SEQ_LM", _model_class("SEQ_2_SEQ_LM").from_config(copy.deepcopy(config))
     for task in TASK_ORDER:
         if model_type not in mappings[task]:
             continue
@@ -100,6 +109,12 @@ def _task_model(model_type: str, config):
         except Exception as err:  # noqa: BLE001
             errors.append(f"{task}: {type(err).__name__}: {' '.join(str(err).split())[:120]}")
     raise RuntimeError("; ".join(errors) or "no task model")
+
+
+def _model_class(task: str):
+    from transformers import AutoModelForSeq2SeqLM
+
+    return (task_classes() | {"SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM})[task]
 
 
 def _delta(layer) -> torch.Tensor:
@@ -120,20 +135,32 @@ def _parts(arch, role: str, dims, delta: torch.Tensor) -> dict[str, torch.Tensor
     return dict(zip(parts, torch.split(delta, sizes)))
 
 
-def _effects(peft_model, arch, dims) -> dict[tuple[int, str], torch.Tensor]:
+def _stack_views(arch, dims) -> list[tuple[str, object, object]]:
+    """(stack name, one-stack architecture, its dims) per layer stack; ("", arch, dims) for a single stack."""
+    if not arch.stacks:
+        return [("", arch, dims)]
+    return [(stack.name, arch.stack(stack.name), dims.stack(stack.name)) for stack in arch.stacks]
+
+
+def _effects(peft_model, arch, dims) -> dict[tuple[str, int, str], torch.Tensor]:
+    """(stack, layer, plain role) -> the delta weight of the module playing it."""
     from peft.tuners.lora import LoraLayer
 
     model = peft_model.base_model.model
     backbone = model.get_submodule(arch.backbone) if arch.backbone and hasattr(model, arch.backbone) else model
-    layers = backbone.get_submodule(arch.layers)
     out = {}
     with torch.no_grad():
-        for index, layer in enumerate(layers):
-            for role, path in arch.modules.items():
-                module = layer.get_submodule(path)
-                if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                    for part, delta in _parts(arch, role, dims, _delta(module)).items():
-                        out[(index, part)] = delta
+        for stack, view, view_dims in _stack_views(arch, dims):
+            try:
+                layers = backbone.get_submodule(view.layers)
+            except AttributeError:  # a task model without this stack (bart's causal LM has its decoder only)
+                continue
+            for index, layer in enumerate(layers):
+                for role, path in view.modules.items():
+                    module = layer.get_submodule(path)
+                    if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                        for part, delta in _parts(view, role, view_dims, _delta(module)).items():
+                            out[(stack, index, part)] = delta
     return out
 
 
@@ -154,7 +181,7 @@ def _convert_and_compare(folder: Path, source_dir: Path, source_peft, source_arc
     prepared = prepare(ConversionRequest(adapter=str(folder / "adapter"), target=str(target_dir), out=out, layer_map="skip", align="none"))
     execute(prepared)
     plan = prepared.plan
-    model_class = task_classes()[task]
+    model_class = _model_class(task)
     torch.manual_seed(1)
     target_model = model_class.from_config(target_config)
     with warnings.catch_warnings():
@@ -164,10 +191,11 @@ def _convert_and_compare(folder: Path, source_dir: Path, source_peft, source_arc
     target_fx = _effects(target_peft, plan.target_arch, plan.target_dims)
     if not target_fx:
         raise AssertionError("the converted adapter adapts nothing")
+    maps = dict(plan.layer_map.stacks) or {"": plan.layer_map}  # per layer stack, or the one map
     compared = 0
-    for (layer, part), value in target_fx.items():
-        (source_layer,) = plan.layer_map.sources[layer]
-        expected = source_fx.get((source_layer, part))
+    for (stack, layer, part), value in target_fx.items():
+        (source_layer,) = maps[stack].sources[layer]
+        expected = source_fx.get((stack, source_layer, part))
         if expected is None:  # a part of a fused target the source did not adapt: must stay zero
             if value.abs().max() > 1e-6:
                 raise AssertionError(f"layer {layer} {part}: adapted although the source is not")
@@ -175,7 +203,7 @@ def _convert_and_compare(folder: Path, source_dir: Path, source_peft, source_arc
         if value.shape != expected.shape or not torch.allclose(value, expected, atol=1e-6, rtol=1e-5):
             raise AssertionError(f"layer {layer} {part}: delta weight differs from source layer {source_layer}")
         compared += 1
-    wanted = {(t, p) for t, (s,) in plan.layer_map.sources.items() for (sl, p) in source_fx if sl == s}
+    wanted = {(st, t, p) for st, m in maps.items() for t, (s,) in m.sources.items() for (sst, sl, p) in source_fx if (sst, sl) == (st, s)}
     got = {key for key in target_fx if key in wanted}
     if got != wanted:
         raise AssertionError(f"modules lost: {sorted(wanted - got)[:4]}")
@@ -227,12 +255,13 @@ def _check(model_type: str, tmp: Path, outcome: Outcome, onto_llama: bool) -> No
         outcome.status, outcome.reason = "refused", err.problem
         return
     outcome.origin = arch.origin
-    outcome.roles = list(arch.modules)
+    outcome.roles = list(dict.fromkeys(role for _, view, _ in _stack_views(arch, dims) for role in view.modules))
     source_dir = tmp / "source"
     source_config.save_pretrained(source_dir)
     # anchored on the layer list: a bare suffix could also select a vision tower's modules
-    paths = "|".join(re.escape(p) for p in arch.modules.values())
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=rf"(.*\.)?{re.escape(arch.layers)}\.\d+\.({paths})", task_type=task)
+    lists = "|".join(rf"{re.escape(view.layers)}\.\d+\.({'|'.join(re.escape(p) for p in view.modules.values())})"
+                     for _, view, _ in _stack_views(arch, dims))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=rf"(.*\.)?({lists})", task_type=task)
     torch.manual_seed(2)
     source_peft = get_peft_model(source_model, lora)
     with torch.no_grad():
@@ -241,7 +270,7 @@ def _check(model_type: str, tmp: Path, outcome: Outcome, onto_llama: bool) -> No
                 param.copy_(torch.randn_like(param) * 0.5)
             elif "modules_to_save" in name:
                 param.copy_(torch.randn_like(param))
-    expected_modules = len(arch.modules) * dims.layers
+    expected_modules = sum(len(view.modules) * view_dims.layers for _, view, view_dims in _stack_views(arch, dims))
     if _adapted_module_count(source_peft) != expected_modules:
         raise AssertionError(f"the role paths select {_adapted_module_count(source_peft)} modules, not {expected_modules}: "
                              "a suffix also matches modules outside the roles")

@@ -27,6 +27,7 @@ from .model import (  # noqa: F401  (the package's public names)
     MAX_WIDTH,
     Architecture,
     Dims,
+    LayerStack,
     Roles,
     RoleSpec,
     part_sizes,
@@ -178,6 +179,7 @@ def _read_cached(path) -> Architecture | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
         raw |= {name: tuple(raw[name]) for name in _TUPLE_FIELDS}
         raw["head_params"] = {task: tuple(names) for task, names in raw["head_params"].items()}
+        raw["stacks"] = tuple(LayerStack(**stack) for stack in raw["stacks"])
         return Architecture(**raw)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):  # absent or unreadable: derive again
         return None
@@ -208,7 +210,7 @@ def _derive_architecture(model_type: str, held: _Held, override: dict | None) ->
         "embeddings": derived.embeddings, "heads": derived.heads, "head_params": derived.head_params, "conv1d": derived.conv1d, "config": derived.config,
         "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
         "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types, "fixed": derived.fixed,
-        "experts": derived.experts,
+        "experts": derived.experts, "stacks": derived.stacks,
     }
     if override is not None:
         raw = apply_override(raw, override, derived)

@@ -4,8 +4,10 @@ The model is built on the meta device (no memory, no weights) from its config wi
 pairwise distinct widths, so a module's shape tells which space it reads and writes:
 
 * the backbone is the task model's ``base_model_prefix`` attribute;
-* the layer list is the ``ModuleList`` inside it whose length is the config's layer count
-  (two of them: an encoder-decoder, refused);
+* the layer list is the ``ModuleList`` inside it whose length is the config's layer count; an
+  encoder-decoder has two, its encoder's and its decoder's, each with its own layer-count
+  attribute (found by giving each candidate its own count), and the decoder's cross-attention
+  plays the ``cross.*`` roles;
 * each layer's ``Linear`` / ``Conv1D`` modules get a role from a name vocabulary (``q_proj``,
   ``query``, ``c_attn``, ``dense_h_to_4h`` ...), accepted only when the module's shape is the
   one the config gives that role (an attention role must also sit under an attention module);
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,7 +48,7 @@ SIZE_CANDIDATES: dict[str, tuple[str, ...]] = {
     "head_dim": ("head_dim", "d_kv", "attention_head_size", "kv_channels"),
     "intermediate": (
         "intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", "ffn_hidden_size", "inner_hidden_size",
-        "mlp_dim", "shared_expert_intermediate_size", "ffn_size",
+        "mlp_dim", "shared_expert_intermediate_size", "ffn_size", "encoder_ffn_dim", "decoder_ffn_dim",
     ),
     "vocab": ("vocab_size", "padded_vocab_size"),
 }
@@ -97,6 +99,7 @@ class Derived:
     fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
     experts: str | None = None  # the in-layer module holding the experts' 3-D weights (peft target_parameters)
     mlp_types: tuple[str, ...] = ()  # per layer: moe (holds experts) or dense; empty when no layer holds experts
+    stacks: tuple = ()  # an encoder-decoder's layer stacks (model.LayerStack); layers and modules are then the first one's
 
 
 def task_classes() -> dict[str, Any]:
@@ -179,6 +182,60 @@ def probe_config(model_type: str, config=None):
 
 
 
+def _layer_list(probe, bare, layers_key: str) -> tuple[str, Any]:
+    """(path, module) of the one ModuleList of ``layers_key`` layers: a single-stack model's layers."""
+    layer_count = getattr(probe, layers_key)
+    if not isinstance(layer_count, int) or layer_count < 1:
+        raise DerivationError(f"its config sets {layers_key} to {layer_count!r}")
+    lists = [(name, module) for name, module in bare.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and len(module) == layer_count and name]
+    top = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
+    if not top:
+        raise DerivationError(f"no list of {layers_key}={layer_count} layers in {type(bare).__name__}")
+    if len(top) > 1:
+        raise DerivationError(
+            f"it has {len(top)} lists of {layers_key}={layer_count} modules ({', '.join(n for n, _ in top)}), "
+            "not one list of layers"
+        )
+    return top[0]
+
+
+# distinct layer counts given to every candidate config attribute of an encoder-decoder, above the
+# length of any list inside a layer (t5's 2 or 3 sub-layers): a stack's length names its attribute
+_STACK_PROBE_COUNTS = range(5, 100, 2)
+
+
+def _encoder_decoder_stacks(probe, bare) -> list[tuple[str, str, str, Any]]:
+    """(name, path, layer-count attribute, module list) of an encoder-decoder's encoder and decoder.
+
+    Every integer config attribute with "layers" in its name gets its own layer count, and the model
+    is built again: the attribute whose count a stack's layer list shows is the one it reads (t5:
+    num_layers and num_decoder_layers; bart: encoder_layers and decoder_layers)."""
+    from transformers import AutoModel
+
+    raw = probe.to_dict()
+    candidates = [k for k, v in raw.items() if "layers" in k and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    counts = dict(zip(candidates, _STACK_PROBE_COUNTS))
+    try:
+        recounted = _build(AutoModel, type(probe).from_dict({**raw, **counts}))
+    except Exception as err:  # noqa: BLE001
+        raise DerivationError(f"it is an encoder-decoder model whose layer counts cannot be told apart ({_short(err)})") from None
+    by_count = {count: key for key, count in counts.items()}
+    stacks = []
+    for name in ("encoder", "decoder"):
+        lists = [(path, module) for path, module in recounted.named_modules()
+                 if path.startswith(name + ".") and isinstance(module, torch.nn.ModuleList) and len(module) in by_count]
+        top = [(p, m) for p, m in lists if not any(p.startswith(o + ".") for o, _ in lists if o != p)]
+        if len(top) != 1:
+            found = ", ".join(p for p, _ in top) or "none"
+            raise DerivationError(f"it is an encoder-decoder model, and its {name} has not one list of layers whose length a "
+                                  f"config attribute sets (found: {found})")
+        path, module = top[0]
+        key = by_count[len(module)]
+        stacks.append((name, path, key, bare.get_submodule(path)))
+    return stacks
+
+
 def _linear_shape(module) -> tuple[int, int] | None:
     """(in, out) of a Linear or transformers Conv1D, else None."""
     if isinstance(module, torch.nn.Linear):
@@ -208,7 +265,8 @@ def _derive(model_type: str, config=None) -> Derived:
     from transformers import AutoModel
     from transformers.models.auto import modeling_auto
 
-    from .model import Architecture, role_shape
+    from .model import Architecture, LayerStack, role_shape
+    from .model import roles as all_roles
 
     try:
         probe, intermediates = probe_config(model_type, config)
@@ -235,49 +293,43 @@ def _derive(model_type: str, config=None) -> Derived:
     chosen["head_dim"] = keys["head_dim"][0] if keys["head_dim"] else None
 
     if getattr(probe, "is_encoder_decoder", False):
-        stacks = [n for n, m in bare.named_modules() if isinstance(m, torch.nn.ModuleList) and n.count(".") <= 2
-                  and re.search(r"(^|\.)(encoder|decoder)\.", n + ".") and len(m) > 1]
-        raise DerivationError("it is an encoder-decoder model: two layer stacks"
-                              + (f" ({', '.join(stacks[:2])})" if stacks else "")
-                              + " and cross-attention from one to the other, where a layer map and roles are defined "
-                              "for one stack; only single-stack models are supported yet")
-    layer_count = getattr(probe, chosen["layers"])
-    if not isinstance(layer_count, int) or layer_count < 1:
-        raise DerivationError(f"its config sets {chosen['layers']} to {layer_count!r}")
-    lists = [(name, module) for name, module in bare.named_modules()
-             if isinstance(module, torch.nn.ModuleList) and len(module) == layer_count and name]
-    top = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
-    if not top:
-        raise DerivationError(f"no list of {chosen['layers']}={layer_count} layers in {type(bare).__name__}")
-    if len(top) > 1:
-        raise DerivationError(
-            f"it has {len(top)} lists of {chosen['layers']}={layer_count} modules ({', '.join(n for n, _ in top)}), "
-            "not one list of layers"
-        )
-    layers_path, layer_list = top[0]
+        # an encoder and a decoder: one layer list each, with its own layer count
+        stack_lists = _encoder_decoder_stacks(probe, bare)
+        chosen["layers"] = stack_lists[0][2]
+    else:
+        path, layer_list = _layer_list(probe, bare, chosen["layers"])
+        stack_lists = [("", path, chosen["layers"], layer_list)]
+    layers_path = stack_lists[0][1]
 
-    # collect each layer's projection modules
-    per_layer: list[dict[str, tuple[int, int]]] = []
+    # collect each layer's projection modules, per stack
+    stack_layers: list[list[dict[str, tuple[int, int]]]] = []
     conv1d_seen: set[bool] = set()
     experts: str | None = None  # a mixture-of-experts module: 3-D expert weights
     has_experts: list[bool] = []
-    for layer in layer_list:
-        found = {}
-        has_experts.append(False)
-        for path, module in layer.named_modules():
-            # experts: 3-D weights outside a convolution (a Conv1d's weight is 3-D too)
-            if not isinstance(module, torch.nn.modules.conv._ConvNd) and any(p.ndim == 3 for p in module.parameters(recurse=False)):
-                experts = experts or path
-                has_experts[-1] = True
-            shape = _linear_shape(module)
-            if shape is not None and path:
-                found[path] = shape
-                conv1d_seen.add(type(module).__name__ == "Conv1D")
-        per_layer.append(found)
+    for _, _, _, stack_list in stack_lists:
+        stack_layers.append([])
+        for layer in stack_list:
+            found = {}
+            has_experts.append(False)
+            for path, module in layer.named_modules():
+                # experts: 3-D weights outside a convolution (a Conv1d's weight is 3-D too)
+                if not isinstance(module, torch.nn.modules.conv._ConvNd) and any(p.ndim == 3 for p in module.parameters(recurse=False)):
+                    experts = experts or path
+                    has_experts[-1] = True
+                shape = _linear_shape(module)
+                if shape is not None and path:
+                    found[path] = shape
+                    conv1d_seen.add(type(module).__name__ == "Conv1D")
+            stack_layers[-1].append(found)
+    if experts is not None and len(stack_lists) > 1:
+        raise DerivationError(f"it is an encoder-decoder model with experts ({experts!r}), which only single-stack models may have yet")
+    per_layer = stack_layers[0]
 
-    # the MLP width's attribute: the candidate whose probe value a module shows
-    widths = {w for found in per_layer for shape in found.values() for w in shape}
-    chosen["intermediate"] = next((key for value, key in intermediates.items() if value in widths), None)
+    # the MLP width's attribute: the candidate whose probe value a module shows (per stack: bart's
+    # encoder reads encoder_ffn_dim, its decoder decoder_ffn_dim)
+    stack_widths = [{w for found in layers for shape in found.values() for w in shape} for layers in stack_layers]
+    stack_intermediate = [next((key for value, key in intermediates.items() if value in widths), None) for widths in stack_widths]
+    chosen["intermediate"] = stack_intermediate[0]
     if chosen["intermediate"] is None and intermediates:
         chosen["intermediate"] = next(iter(intermediates.values()))
     ratio_key, fixed_ratios = None, {}
@@ -291,12 +343,105 @@ def _derive(model_type: str, config=None) -> Derived:
     except Exception as err:  # noqa: BLE001
         raise DerivationError(f"its sizes cannot be read ({_short(err)})") from None
 
+    stacks = []
+    for (name, path, count_key, _), layers, intermediate in zip(stack_lists, stack_layers, stack_intermediate):
+        own = {"layers": count_key} | ({"intermediate": intermediate} if intermediate not in (None, chosen["intermediate"]) else {})
+        stack_dims = dims if len(stack_lists) == 1 else replace(probe_arch, config=arch_keys | own).dims(probe)
+        modules, unsupported = _stack_roles(model_type, layers, stack_dims, experts, cross=name == "decoder")
+        stacks.append(LayerStack(name=name, layers=path, modules=modules, config=own, unsupported=unsupported))
+    for stack, layers in zip(stacks, stack_layers):
+        if stack.modules:
+            continue
+        where = f" of its {stack.name} ({stack.layers})" if stack.name else ""
+        partial = next((f"{path}: {why}" for path, why in stack.unsupported.items() if "layers" in why), None)
+        if partial:
+            raise DerivationError(f"no role is played by the same module in every layer{where} (layer types differ; {partial})")
+        sample = ", ".join(list(layers[0])[:4]) or "none"
+        raise DerivationError(f"no attention or MLP projection in its layers{where} matches a known role (layer 0 has: {sample})")
+    modules, unsupported = stacks[0].modules, stacks[0].unsupported
+    conv1d = conv1d_seen == {True}
+    if len(conv1d_seen) > 1:
+        raise DerivationError("its layers mix Linear and Conv1D projections")
+
+    embeddings = {}
+    try:
+        embedding = bare.get_input_embeddings()
+        name = next((n for n, m in bare.named_modules() if m is embedding and n), None)
+        if name is not None and isinstance(embedding, torch.nn.Embedding):
+            embeddings["embed.tokens"] = name
+    except Exception:  # noqa: BLE001 - a model without input embeddings (or not reporting them)
+        pass
+
+    in_layers = {path for stack in stacks for path in (*stack.unsupported, *stack.modules.values())}
+    outside = sorted({name for name, module in bare.named_modules()
+                      if name and not any(name.startswith(stack.layers + ".") for stack in stacks) and not list(module.children())
+                      and (_linear_shape(module) is not None or isinstance(module, torch.nn.Embedding))} - in_layers)
+    backbone = getattr(bare, "base_model_prefix", "") or ""
+    heads: dict[str, str] = {}
+    head_params: dict[str, tuple[str, ...]] = {}  # a head without bias (llama's score) must not receive one
+    for task, model_class in task_classes().items():
+        mapping = {"TOKEN_CLS": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+                   "SEQ_CLS": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                   "CAUSAL_LM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                   "QUESTION_ANS": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}[task]
+        if model_type not in mapping:
+            continue
+        try:
+            task_model = _build(model_class, probe)
+        except Exception:  # noqa: BLE001 - that task model cannot be built: no head for it
+            continue
+        inner = getattr(task_model, backbone, None) if backbone else None
+        if inner is None or type(inner) is not type(bare):
+            continue  # this task model keeps the bare model under another name (llama's QA: transformer)
+        children = dict(task_model.named_children())
+        head = next((name for name in children if name in HEAD_NAMES), None)
+        if head is not None:
+            heads[task] = head
+            head_params[task] = tuple(name for name, _ in children[head].named_parameters())
+
+    config_keys = {name: key for name, key in chosen.items() if key != DEFAULT_KEYS[name]}
+    if ratio_key:
+        config_keys["intermediate_ratio"] = ratio_key
+    for name, default in DEFAULT_KEYS.items():  # a default attribute the config does not have reads as nothing
+        if name not in config_keys and not _has(probe, default):
+            config_keys[name] = None
+    fused = tuple(dict.fromkeys(r for stack in stacks for r in stack.modules if r in all_roles().fused))
+    return Derived(
+        backbone=backbone,
+        layers=layers_path,
+        modules=modules,
+        embeddings=embeddings,
+        heads=heads,
+        head_params=head_params,
+        fixed=fixed_ratios,
+        conv1d=conv1d,
+        config=config_keys,
+        fused=fused,
+        unsupported=dict(sorted(unsupported.items())),
+        shapes={role: role_shape(role, dims) for role in modules},
+        layer_shapes=dict(per_layer[0]),
+        outside=tuple(_dedupe_indices(outside)),
+        probe_dims=dims,
+        mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
+        experts=experts,
+        stacks=tuple(stacks) if len(stacks) > 1 else (),
+    )
+
+
+
+def _stack_roles(model_type: str, per_layer: list[dict[str, tuple[int, int]]], dims, experts: str | None, *,
+                 cross: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(role -> module path, module path -> why it has no role) for one list of layers, from each
+    layer's projections and their shapes; ``cross``: its cross-attention plays the cross.* roles."""
+    from .model import role_shape
+    from .model import roles as all_roles
+
     unsupported: dict[str, str] = {}
     layer_roles: list[dict[str, str]] = []
     for found in per_layer:
         assigned: dict[str, list[str]] = {}
         for path, shape in found.items():
-            role = _role(path, shape, dims, role_shape)
+            role = _role(path, shape, dims, role_shape, cross=cross)
             if role is None:
                 unsupported.setdefault(path, _why_not(path, shape, dims))
             else:
@@ -337,86 +482,13 @@ def _derive(model_type: str, config=None) -> Derived:
             unsupported[modules.pop(role)] = (f"peft renames {model_type} targets named {modules[role].rsplit('.', 1)[-1]!r} onto the "
                                               "fused experts (peft.utils.transformers_weight_conversion), so this module cannot be targeted")
     # a fused role beside its own parts (both q_proj and qkv) would be ambiguous: keep the parts
-    from .model import roles as all_roles
-
     for fused, parts in all_roles().fused.items():
         if fused in modules and any(p in modules for p in parts):
             unsupported[modules.pop(fused)] = f"fused {fused} beside separate {', '.join(p for p in parts if p in modules)}"
     for path in list(unsupported):
         if path in modules.values():
             del unsupported[path]
-    if not modules:
-        partial = next((f"{path}: {why}" for path, why in unsupported.items() if "layers" in why), None)
-        if partial:
-            raise DerivationError(f"no role is played by the same module in every layer (layer types differ; {partial})")
-        sample = ", ".join(list(per_layer[0])[:4]) or "none"
-        raise DerivationError(f"no attention or MLP projection in its layers matches a known role (layer 0 has: {sample})")
-    conv1d = conv1d_seen == {True}
-    if len(conv1d_seen) > 1:
-        raise DerivationError("its layers mix Linear and Conv1D projections")
-
-    embeddings = {}
-    try:
-        embedding = bare.get_input_embeddings()
-        name = next((n for n, m in bare.named_modules() if m is embedding and n), None)
-        if name is not None and isinstance(embedding, torch.nn.Embedding):
-            embeddings["embed.tokens"] = name
-    except Exception:  # noqa: BLE001 - a model without input embeddings (or not reporting them)
-        pass
-
-    in_layers = {path for path in unsupported} | set(modules.values())
-    outside = sorted({name for name, module in bare.named_modules()
-                      if name and not name.startswith(layers_path + ".") and not list(module.children())
-                      and (_linear_shape(module) is not None or isinstance(module, torch.nn.Embedding))} - in_layers)
-    backbone = getattr(bare, "base_model_prefix", "") or ""
-    heads: dict[str, str] = {}
-    head_params: dict[str, tuple[str, ...]] = {}  # a head without bias (llama's score) must not receive one
-    for task, model_class in task_classes().items():
-        mapping = {"TOKEN_CLS": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-                   "SEQ_CLS": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-                   "CAUSAL_LM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                   "QUESTION_ANS": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}[task]
-        if model_type not in mapping:
-            continue
-        try:
-            task_model = _build(model_class, probe)
-        except Exception:  # noqa: BLE001 - that task model cannot be built: no head for it
-            continue
-        inner = getattr(task_model, backbone, None) if backbone else None
-        if inner is None or type(inner) is not type(bare):
-            continue  # this task model keeps the bare model under another name (llama's QA: transformer)
-        children = dict(task_model.named_children())
-        head = next((name for name in children if name in HEAD_NAMES), None)
-        if head is not None:
-            heads[task] = head
-            head_params[task] = tuple(name for name, _ in children[head].named_parameters())
-
-    config_keys = {name: key for name, key in chosen.items() if key != DEFAULT_KEYS[name]}
-    if ratio_key:
-        config_keys["intermediate_ratio"] = ratio_key
-    for name, default in DEFAULT_KEYS.items():  # a default attribute the config does not have reads as nothing
-        if name not in config_keys and not _has(probe, default):
-            config_keys[name] = None
-    fused = tuple(r for r in modules if r in all_roles().fused)
-    return Derived(
-        backbone=backbone,
-        layers=layers_path,
-        modules=modules,
-        embeddings=embeddings,
-        heads=heads,
-        head_params=head_params,
-        fixed=fixed_ratios,
-        conv1d=conv1d,
-        config=config_keys,
-        fused=fused,
-        unsupported=dict(sorted(unsupported.items())),
-        shapes={role: role_shape(role, dims) for role in modules},
-        layer_shapes=dict(per_layer[0]),
-        outside=tuple(_dedupe_indices(outside)),
-        probe_dims=dims,
-        mlp_types=tuple("moe" if e else "dense" for e in has_experts) if any(has_experts) else (),
-        experts=experts,
-    )
+    return modules, unsupported
 
 
 def _peft_moe_renames(model_type: str) -> set[str]:
@@ -465,14 +537,19 @@ def _ratio_setting(model_type: str, probe, layer0: dict[str, tuple[int, int]]) -
     return None, {}
 
 
-def _role(path: str, shape: tuple[int, int], dims, role_shape) -> str | None:
-    if _CROSS.search(path):
+def _role(path: str, shape: tuple[int, int], dims, role_shape, *, cross: bool = False) -> str | None:
+    """The role ``path`` plays; cross-attention plays the cross.* roles in an encoder-decoder's
+    decoder (``cross``) and none elsewhere (gpt2's optional cross-attention has no encoder stack)."""
+    is_cross = bool(_CROSS.search(path))
+    if is_cross and not cross:
         return None
     leaf = path.rsplit(".", 1)[-1].lower()
     in_attention = bool(_ATTENTION.search(path.rsplit(".", 1)[0])) if "." in path else False
     for role in _NAMES.get(leaf, ()):
         if role.startswith("attn.") != in_attention:
             continue
+        if is_cross:
+            role = role.replace("attn.", "cross.", 1)
         try:
             if role_shape(role, dims) == shape:
                 return role

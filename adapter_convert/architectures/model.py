@@ -4,7 +4,7 @@ the per-family data (Architecture). Derivation (derive.py) builds these; the pac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -64,6 +64,12 @@ class Dims:
     # per layer, the experts' 3-D weights and their shapes ((name, (experts, out, in)), ...); () in a
     # dense layer; None in a model without experts
     expert_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] | None = None
+    # a model with several layer stacks: (name, its sizes) per stack (its own layer count, and MLP
+    # width where it reads its own); the fields above are then the first stack's
+    stacks: tuple[tuple[str, Dims], ...] = ()
+
+    def stack(self, name: str) -> Dims:
+        return dict(self.stacks)[name]
 
     def space(self, name: str) -> int:
         return {
@@ -73,6 +79,17 @@ class Dims:
             "intermediate": self.intermediate,
             "vocab": self.vocab,
         }[name]
+
+
+@dataclass(frozen=True)
+class LayerStack:
+    """One of a model's layer lists, when it has several (an encoder-decoder's encoder and decoder)."""
+
+    name: str  # encoder | decoder
+    layers: str  # path of its layer list inside the backbone
+    modules: dict[str, str]  # role -> module path inside one of its layers
+    config: dict[str, str]  # size -> config attribute, where the stack reads its own (layers always; bart's ffn widths)
+    unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,17 @@ class Architecture:
     mlp_types: tuple[str, ...] = ()  # per layer of the derived model, moe or dense, when any layer holds experts
     fixed: dict[str, int] = field(default_factory=dict)  # config attribute the model ignores -> the value it builds with
     experts: str | None = None  # in-layer module holding the experts' 3-D weights (peft adapts them through target_parameters)
+    # several layer lists (an encoder-decoder's encoder and decoder), each converted on its own
+    # through its one-stack view (``stack``); layers, modules and unsupported are then the first one's
+    stacks: tuple[LayerStack, ...] = ()
+
+    def stack(self, name: str) -> Architecture:
+        """The one-stack view of layer stack ``name``: its layer list, roles and layer count, with
+        the other stacks' modules counted as outside (a peft suffix must not select them too)."""
+        stack = next(s for s in self.stacks if s.name == name)
+        others = tuple(f"{s.layers}.0.{path}" for s in self.stacks if s is not stack for path in (*s.modules.values(), *s.unsupported))
+        return replace(self, layers=stack.layers, modules=stack.modules, unsupported=stack.unsupported,
+                       config={**self.config, **stack.config}, outside=self.outside + others, stacks=())
 
     @property
     def other_modules(self) -> list[str]:
@@ -169,6 +197,7 @@ class Architecture:
             layer_types=_layer_types(model_config, layers),
             mlp_types=self.mlp_types if len(self.mlp_types) == layers else None,
             expert_shapes=self._expert_shapes(model_config),
+            stacks=tuple((stack.name, self.stack(stack.name).dims(model_config)) for stack in self.stacks),
         )
 
     def _expert_shapes(self, model_config: Any):

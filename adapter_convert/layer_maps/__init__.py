@@ -41,7 +41,11 @@ def comparable_types(source: Dims, target: Dims) -> tuple[tuple[str, ...] | None
 
 
 def layer_map_for(spec: str, source: Dims, target: Dims) -> LayerMap:
-    """``build_layer_map`` for two models, their layer types compared where both name them."""
+    """``build_layer_map`` for two models, their layer types compared where both name them. Two
+    models with the same layer stacks (encoder, decoder) get one map per stack, built from the same
+    ``spec``: encoder layers map onto encoder layers, decoder layers onto decoder layers."""
+    if source.stacks and [name for name, _ in source.stacks] == [name for name, _ in target.stacks]:
+        return LayerMap.per_stack(tuple((name, layer_map_for(spec, dims, target.stack(name))) for name, dims in source.stacks))
     source_types, target_types = comparable_types(source, target)
     return build_layer_map(spec, source_layers=source.layers, target_layers=target.layers,
                            source_types=source_types, target_types=target_types)

@@ -14,6 +14,15 @@ class LayerMap:
     # the type of every source and target layer, when both models name them (else None)
     source_types: tuple[str, ...] | None = None
     target_types: tuple[str, ...] | None = None
+    # a model with several layer stacks (encoder, decoder): one map per stack, each applied to its
+    # own layers; ``sources`` is then empty
+    stacks: tuple[tuple[str, LayerMap], ...] = ()
+
+    @classmethod
+    def per_stack(cls, maps: tuple[tuple[str, LayerMap], ...]) -> LayerMap:
+        strategies = list(dict.fromkeys(m.strategy for _, m in maps))
+        strategy = strategies[0] if len(strategies) == 1 else "; ".join(f"{name}: {m.strategy}" for name, m in maps)
+        return cls(strategy, {}, stacks=maps)
 
     def rows(self) -> list[tuple[int, tuple[int, ...]]]:
         return sorted(self.sources.items())
@@ -31,6 +40,9 @@ class LayerMap:
 
     def warning(self) -> str | None:
         """One sentence naming every target layer whose adapter comes from a layer of another type."""
+        if self.stacks:
+            warnings = [f"{name}: {w}" for name, m in self.stacks if (w := m.warning())]
+            return "; ".join(warnings) or None
         mismatches = self.mismatches()
         if not mismatches:
             return None
@@ -41,7 +53,16 @@ class LayerMap:
                 f"type: {pairs}")
 
     def summary(self) -> dict:
-        """The map as --json, the plan table and the card show it; types only where both models name them."""
+        """The map as --json, the plan table and the card show it; types only where both models name them.
+        With several layer stacks, each row names its stack."""
+        if self.stacks:
+            stacks = {name: m.summary() for name, m in self.stacks}
+            rows = [{"stack": name} | row for name, s in stacks.items() for row in s["rows"]]
+            out = {"strategy": self.strategy, "rows": rows, "stacks": {name: s["strategy"] for name, s in stacks.items()}}
+            if any("warning" in s for s in stacks.values()):
+                out["type_mismatches"] = [{"stack": name} | row for name, s in stacks.items() for row in s.get("type_mismatches", [])]
+                out["warning"] = self.warning()
+            return out
         rows = [{"target": t, "sources": list(s)} for t, s in self.rows()]
         out: dict = {"strategy": self.strategy, "rows": rows}
         if self.source_types is not None and self.target_types is not None:
