@@ -410,7 +410,7 @@ def plan_conversion(
         embeddings=embeddings,
         heads=heads,
         source_prefix=parsed.prefix,
-        target_prefix=target_arch.backbone + "." if parsed.prefix else "",
+        target_prefix=target_arch.backbone + "." if parsed.prefix and target_arch.backbone else "",
         task_type=task_type,
         alignment=alignment,
         dropped=tuple(parsed.dropped),
@@ -454,18 +454,22 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
             "Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a "
             "student cut from the source's layers).",
         )
+    # a seq2seq adapter was saved from the task model even where its keys carry no backbone (t5's
+    # seq2seq model keeps its stacks at its top): the target's keys go under the target's backbone
+    task_model = bool(parsed.prefix) or task_type == "SEQ_2_SEQ_LM"
+    target_prefix = target_arch.backbone + "." if task_model and target_arch.backbone else ""
     common = dict(peft_type=peft_type, task_type=task_type, align="none")
     stacks = tuple(
         dataclasses.replace(plan_conversion(parsed.stacks[name], source_arch=source_arch.stack(name), target_arch=target_arch.stack(name),
                                             source_dims=source_dims.stack(name), target_dims=target_dims.stack(name),
-                                            layer_map=dict(layer_map.stacks)[name], **common), stack=name)
+                                            layer_map=dict(layer_map.stacks)[name], **common), stack=name, target_prefix=target_prefix)
         for name in names
     )
     # embeddings and heads: planned once, with the first stack's view (they lie outside every stack)
     outside = plan_conversion(parsed, source_arch=source_arch.stack(names[0]), target_arch=target_arch.stack(names[0]),
                               source_dims=source_dims.stack(names[0]), target_dims=target_dims.stack(names[0]), layer_map=layer_map, **common)
     return dataclasses.replace(outside, source_arch=source_arch, target_arch=target_arch, source_dims=source_dims, target_dims=target_dims,
-                               alignment=alignment, stacks=stacks)
+                               alignment=alignment, stacks=stacks, target_prefix=target_prefix)
 
 
 def _stacks_described(arch: Architecture) -> str:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from adapter_convert.architectures import get_architecture
 from adapter_convert.cli import app
-from adapter_convert.errors import UnsupportedError
+from adapter_convert.errors import UnsupportedError, WidthMismatchError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 
 T5 = dict(model_type="t5", d_model=32, d_ff=48, d_kv=8, num_heads=4, vocab_size=64, decoder_start_token_id=0,
@@ -129,6 +129,8 @@ def test_both_stacks_are_derived_with_cross_attention_in_the_decoder():
     dims = bart.dims(_config(BART, 4, 2))
     assert [(name, d.layers, d.intermediate) for name, d in dims.stacks] == [("encoder", 4, 48), ("decoder", 2, 40)]
     assert bart.stacks[1].modules["cross.k"] == "encoder_attn.k_proj" and bart.stacks[1].modules["mlp.up"] == "fc1"
+    # the seq2seq model holds bart's bare model under "model"; t5's keeps its stacks at its top
+    assert (bart.backbone, t5.backbone) == ("model", "")
 
 
 @pytest.mark.parametrize("spec", [T5, T5_GATED, BART], ids=["t5", "t5-gated", "bart"])
@@ -157,6 +159,26 @@ def test_each_stack_gets_its_own_layer_map(tmp_path):
     _assert_exact(tmp_path, source, plan, T5, 2, 2)
 
 
+@pytest.mark.parametrize("source_spec, target_spec", [(BART | {"decoder_ffn_dim": 48}, T5), (T5, BART | {"decoder_ffn_dim": 48})],
+                         ids=["bart-onto-t5", "t5-onto-bart"])
+def test_converts_across_families_with_the_same_roles_and_widths(source_spec, target_spec, tmp_path):
+    """bart and t5 (non-gated) have the same roles in each stack: joined on role, each target
+    module's delta is its source module's (t5 keeps its stacks at the top of its seq2seq model,
+    bart under model.)."""
+    from peft import PeftModel
+
+    source = _deltas(_source_adapter(tmp_path, source_spec))
+    plan, _ = _convert(tmp_path, target_spec, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        target = _deltas(PeftModel.from_pretrained(_seq2seq(_config(target_spec, 2, 2)), tmp_path / "out"))
+    expected = {stack.module_path(m.target_role, t, target=True): stack.module_path(m.target_role, s, target=False)
+                for stack in plan.stacks for m in stack.modules for t, (s,) in stack.layer_map.rows()}
+    assert sorted(target) == sorted(expected) and len(expected) == 2 * (6 + 10)
+    for target_name, source_name in expected.items():
+        torch.testing.assert_close(target[target_name], source[source_name], rtol=1e-5, atol=1e-6, msg=target_name)
+
+
 def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
     from transformers import AutoConfig
 
@@ -173,6 +195,11 @@ def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="alignment and distillation are defined for single-stack models") as caught:
         prepare(request)
     assert "--align none" in caught.value.fix
+    _config(T5 | {"d_model": 48}, 2, 2).save_pretrained(tmp_path / "wider")
+    request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "wider"), out=tmp_path / "out", align="none")
+    with pytest.raises(WidthMismatchError, match="An encoder-decoder adapter is only copied") as caught:
+        prepare(request)
+    assert caught.value.exit_code == 8 and "maps 32 -> 32 features in the source but 48 -> 32" in caught.value.problem
     assert not (tmp_path / "out").exists()
 
 

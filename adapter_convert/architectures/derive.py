@@ -236,6 +236,19 @@ def _encoder_decoder_stacks(probe, bare) -> list[tuple[str, str, str, Any]]:
     return stacks
 
 
+def _holds(model_type: str, probe, attribute: str) -> bool:
+    """Whether the seq2seq model of an encoder-decoder holds its bare model under ``attribute``."""
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.models.auto import modeling_auto
+
+    if model_type not in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return True
+    try:
+        return hasattr(_build(AutoModelForSeq2SeqLM, probe), attribute)
+    except Exception:  # noqa: BLE001 - not buildable: keep what the bare model says
+        return True
+
+
 def _linear_shape(module) -> tuple[int, int] | None:
     """(in, out) of a Linear or transformers Conv1D, else None."""
     if isinstance(module, torch.nn.Linear):
@@ -377,6 +390,8 @@ def _derive(model_type: str, config=None) -> Derived:
                       if name and not any(name.startswith(stack.layers + ".") for stack in stacks) and not list(module.children())
                       and (_linear_shape(module) is not None or isinstance(module, torch.nn.Embedding))} - in_layers)
     backbone = getattr(bare, "base_model_prefix", "") or ""
+    if len(stacks) > 1 and backbone and not _holds(model_type, probe, backbone):
+        backbone = ""  # t5's seq2seq model keeps its stacks at its top, not under base_model_prefix ("transformer")
     heads: dict[str, str] = {}
     head_params: dict[str, tuple[str, ...]] = {}  # a head without bias (llama's score) must not receive one
     for task, model_class in task_classes().items():
