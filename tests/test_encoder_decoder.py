@@ -48,14 +48,18 @@ def _seq2seq(config):
     return AutoModelForSeq2SeqLM.from_config(config)
 
 
-def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4):
-    """A tiny random seq2seq model with a LoRA (random A and B) on every linear module of its layers."""
+def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4, *, weights: bool = False):
+    """A tiny random seq2seq model with a LoRA (random A and B) on every linear module of its layers;
+    ``weights``: the base's weights are saved too (else its config only)."""
     from peft import LoraConfig, get_peft_model
 
     config = _config(spec, encoder, decoder)
+    base = _seq2seq(config)
+    if weights:
+        base.save_pretrained(folder / "source")
     config.save_pretrained(folder / "source")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_2_SEQ_LM")
-    model = get_peft_model(_seq2seq(config), lora)
+    model = get_peft_model(base, lora)
     torch.manual_seed(2)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -177,6 +181,28 @@ def test_converts_across_families_with_the_same_roles_and_widths(source_spec, ta
     assert sorted(target) == sorted(expected) and len(expected) == 2 * (6 + 10)
     for target_name, source_name in expected.items():
         torch.testing.assert_close(target[target_name], source[source_name], rtol=1e-5, atol=1e-6, msg=target_name)
+
+
+def test_align_auto_copies_onto_a_student_measured_compatible_and_refuses_to_align(tmp_path):
+    """A student cut from the source (its token embeddings) is measured compatible: auto copies.
+    An unrelated model of the same shapes is measured incompatible: alignment would be needed,
+    which is defined for single-stack models only, so it is refused naming --align none."""
+    source = _source_adapter(tmp_path, T5, weights=True)
+    student = _seq2seq(_config(T5, 2, 2))
+    with torch.no_grad():
+        student.shared.weight.copy_(source.base_model.model.shared.weight)
+    student.save_pretrained(tmp_path / "target")
+    plan, summary = _convert(tmp_path, T5, 2, 2, align="auto")
+    assert plan.alignment.method is None and not plan.alignment.refine and summary.compatibility.verdict == "compatible"
+    _assert_exact(tmp_path, source, plan, T5, 2, 2)
+    unrelated = _seq2seq(_config(T5, 2, 2))
+    with torch.no_grad():
+        unrelated.shared.weight.copy_(torch.randn(unrelated.shared.weight.shape, generator=torch.Generator().manual_seed(5)))
+    unrelated.save_pretrained(tmp_path / "unrelated")
+    request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "unrelated"), out=tmp_path / "out2")
+    with pytest.raises(UnsupportedError, match="measured.*alignment and distillation are defined for single-stack models") as caught:
+        prepare(request)
+    assert "--align none" in caught.value.fix
 
 
 def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
