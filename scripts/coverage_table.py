@@ -62,7 +62,9 @@ def render(rows: list[dict]) -> str:
         "role, and is converted with the real pipeline (`--align none`, SKIP) onto the same type with 2 layers, "
         "then onto llama of equal widths; each result is loaded with peft and every module's delta weight "
         "`scaling * B @ A` is compared with the source module it came from (fused modules split by plain slicing "
-        "or per head). *converts* means every module compared equal.",
+        "or per head). An encoder-decoder is built as a seq2seq LM with a LoRA on both layer stacks (the decoder's "
+        "cross-attention too) and goes from 4 to 2 layers in each stack, encoder onto encoder and decoder onto decoder. "
+        "*converts* means every module compared equal.",
         "",
         f"- model types tried: {len(rows)}",
         f"- built offline from a tiny config: {len(built)}",
