@@ -297,6 +297,8 @@ class ConversionPlan:
     # layers (``stack`` names it); this plan then holds only the embeddings and heads
     stacks: tuple[ConversionPlan, ...] = ()
     stack: str = ""
+    # target head -> its parameters the source head lacks, written as zeros (a bias: the same logits)
+    head_zeros: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
@@ -386,7 +388,7 @@ def plan_conversion(
                                selection_only=selection_only, basis_change=basis_change)
     if alignment.method is not None:
         _check_alignable(modules, embeddings, layer_map)
-    heads = {}
+    heads, head_zeros = {}, {}
     for head, params in parsed.heads.items():
         target_head = target_arch.heads.get(task_type or "") if head == source_arch.heads.get(task_type or "") else head
         weight = params.get("weight")
@@ -397,7 +399,9 @@ def plan_conversion(
             )
         heads[head] = target_head or head
         if head == source_arch.heads.get(task_type or "") and task_type in target_arch.head_params:
-            check_head_params(head, params, target_arch, task_type)
+            zeros = check_head_params(head, params, target_arch, task_type)
+            if zeros:
+                head_zeros[heads[head]] = zeros
     expert_tensors = plan_experts(parsed, source_arch, target_arch, source_dims, target_dims, layer_map, alignment)
     return ConversionPlan(
         peft_type=peft_type,
@@ -415,6 +419,7 @@ def plan_conversion(
         alignment=alignment,
         dropped=tuple(parsed.dropped),
         expert_tensors=expert_tensors,
+        head_zeros=head_zeros,
     )
 
 
@@ -537,14 +542,18 @@ def _describe_experts(shapes) -> str:
     return ", ".join(f"{name} {shape[0]} x {' x '.join(map(str, shape[1:]))}" for name, shape in shapes)
 
 
-def check_head_params(head: str, params: dict[str, torch.Tensor], target: Architecture, task_type: str) -> None:
+def check_head_params(head: str, params: dict[str, torch.Tensor], target: Architecture, task_type: str) -> tuple[str, ...]:
     """The task head carries over only onto a head with the same parameters. A trained bias is
     never dropped: every logit would lose its class's offset, so the head would no longer compute
-    what was trained (peft would also refuse the unexpected key at write time, exit 7)."""
+    what was trained (peft would also refuse the unexpected key at write time, exit 7). A head
+    without a bias onto one with a bias gets a zero bias: the same logits, exactly. Returns the
+    target's parameters to write as zeros."""
     target_head, wanted = target.heads[task_type], set(target.head_params[task_type])
     extra, missing = sorted(set(params) - wanted), sorted(wanted - set(params))
     if not extra and not missing:
-        return
+        return ()
+    if missing == ["bias"] and not extra and params.get("weight") is not None and params["weight"].ndim == 2:
+        return ("bias",)
     where = f"{target.model_type}'s {task_type} head {target_head!r}"
     if extra == ["bias"] and not missing:
         bias = params["bias"]
@@ -563,8 +572,7 @@ def check_head_params(head: str, params: dict[str, torch.Tensor], target: Archit
         )
     raise UnsupportedError(
         f"The adapter's task head {head!r} has parameters {', '.join(sorted(params))}, but {where} has "
-        f"{', '.join(sorted(wanted)) or 'none'}: the heads are built differently"
-        + (" (the target's bias would keep its random initialization)" if missing == ["bias"] and not extra else "") + ".",
+        f"{', '.join(sorted(wanted)) or 'none'}: the heads are built differently.",
         f"Convert onto a target whose {task_type} head has the same parameters, or remove {head!r} from modules_to_save "
         "(and its tensors) and train a new head on the target.",
     )

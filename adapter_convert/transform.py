@@ -244,6 +244,8 @@ def convert_tensors(
     for source_head, target_head in plan.heads.items():
         params = (aligned_heads or parsed.heads)[source_head]
         tensors |= {f"{PEFT_PREFIX}{target_head}.{k}": v.clone() for k, v in params.items()}
+        for name in plan.head_zeros.get(target_head, ()):  # a bias the source head did not have: zero, the same logits
+            tensors[f"{PEFT_PREFIX}{target_head}.{name}"] = params["weight"].new_zeros(params["weight"].shape[0])
     return ConvertedAdapter(converted, tensors)
 
 

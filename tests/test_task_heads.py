@@ -3,6 +3,8 @@ naming both heads, before anything is written (it used to fail at write time wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -68,3 +70,25 @@ def test_heads_with_the_same_parameters_still_carry_over(tmp_path):
     plan = prepare(request).plan
     assert plan.heads == {"classifier": "classifier"}
     assert get_architecture("llama").head_params["SEQ_CLS"] == ("weight",)
+
+
+def test_a_head_without_a_bias_gets_a_zero_bias_on_a_head_with_one(tmp_path):
+    """llama's score (no bias) onto tapas's classifier (with one): the weight carries over and the
+    bias is written as zeros, so the head computes the same logits; the result loads with peft."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from adapter_convert.pipeline import execute
+
+    request = _pair(tmp_path, "llama", "tapas", bias=None)
+    prepared = prepare(request)
+    assert prepared.plan.heads == {"score": "classifier"} and prepared.plan.head_zeros == {"classifier": ("bias",)}
+    execute(prepare(dataclasses.replace(request, dry_run=False)))
+    written = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    source = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    torch.testing.assert_close(written["base_model.model.classifier.weight"], source["base_model.model.score.weight"], rtol=0, atol=0)
+    assert torch.equal(written["base_model.model.classifier.bias"], torch.zeros(5))
+    target = AutoModelForSequenceClassification.from_pretrained(tmp_path / "target")
+    head = PeftModel.from_pretrained(target, tmp_path / "out").base_model.model.classifier.modules_to_save["default"]
+    hidden = torch.randn(3, head.in_features)
+    torch.testing.assert_close(head(hidden), hidden @ source["base_model.model.score.weight"].T)
