@@ -343,9 +343,10 @@ def write_report(results: dict, out: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     steps = sorted(int(k.split(", ")[1].split(" ")[0]) for k in bpb if k.startswith("target LoRA"))
     axis.plot(steps, [bpb[f"target LoRA from scratch, {s} steps"] for s in steps], "o-", label="gemma LoRA from scratch")
-    for name, value in bpb.items():
-        if (name.startswith("converted:") and ", then " not in name) or name == "target base (no adapter)":
-            axis.axhline(value, linestyle="--" if name.startswith("converted") else ":", label=name, linewidth=1)
+    lines = [(n, v) for n, v in bpb.items() if (n.startswith("converted:") and ", then " not in n) or n == "target base (no adapter)"]
+    for (name, value), color in zip(lines, plt.cm.tab10.colors[2:]):  # one colour per line: the legend tells them apart
+        axis.axhline(value, linestyle="--" if name.startswith("converted") else ":", label=name, linewidth=1.2,
+                     color="black" if not name.startswith("converted") else color)
     for name in {k.split(", then ")[0] for k in bpb if ", then " in k}:
         tuned = sorted((int(k.split(", then ")[1].split(" ")[0]), v) for k, v in bpb.items() if k.startswith(name + ", then "))
         axis.plot([0] + [b for b, _ in tuned], [bpb[name]] + [v for _, v in tuned], "s-", label=name.removeprefix("converted: ") + ", then trained")
