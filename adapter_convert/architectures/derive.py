@@ -43,7 +43,7 @@ INTERMEDIATE_PROBES = (96, 112, 80, 144, 176, 208, 240, 272, 304)
 SIZE_CANDIDATES: dict[str, tuple[str, ...]] = {
     "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
     "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
-    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"),
     "kv_heads": ("num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_head_kv"),
     "head_dim": ("head_dim", "d_kv", "attention_head_size", "kv_channels"),
     "intermediate": (
@@ -158,7 +158,8 @@ def probe_config(model_type: str, config=None):
 
     for key in keys["hidden"][:1]:
         put(key, PROBE["hidden"])
-    for key in keys["heads"][:1]:
+    # the first, and an encoder-decoder's decoder's own (plbart's 12 heads do not divide the probe width)
+    for key in keys["heads"][:1] + [k for k in keys["heads"][1:] if k.startswith("decoder_")]:
         put(key, PROBE["heads"])
     for key in keys["kv_heads"]:
         if key != "multi_query_group_num" or raw.get("multi_query_group_num") is not None:
