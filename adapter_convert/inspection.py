@@ -12,7 +12,8 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from .errors import AdapterConvertError, CompatibilityUnknownError
+from .compatibility import cached_embedding_evidence
+from .errors import AdapterConvertError, CompatibilityUnknownError, UnsupportedError
 from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
 from .plan import width_mismatch
 from .sources import ResolvedSource
@@ -35,10 +36,16 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
         prepared = prepare(request, reporter)
     except CompatibilityUnknownError as err:  # not a blocker: any alignment method still works
         unknown = err
-        prepared = prepare(dataclasses.replace(request, align="distill"), reporter)
+        try:
+            prepared = prepare(dataclasses.replace(request, align="distill"), reporter)
+        except UnsupportedError:  # no alignment for this pair (an encoder-decoder): a copy is the one conversion left
+            prepared = prepare(dataclasses.replace(request, align="none"), reporter)
+            # --align none measures nothing: keep the evidence that said "unknown" (cached, not read again)
+            evidence = cached_embedding_evidence(prepared.source_base, prepared.target_base, token=request.token)
+            prepared = dataclasses.replace(prepared, compatibility=evidence)
         prepared = dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=request.align))
     plan = prepared.plan
-    recommended = _recommended_align(prepared, unknown)
+    recommended = _recommended_align(prepared)
     command_request = dataclasses.replace(prepared.request, align=recommended)
     command = reproduce_command(dataclasses.replace(prepared, request=command_request))
     if "--align" not in shlex.split(command):
@@ -51,18 +58,28 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
                                              "layer_map", "modules", "heads", "dropped", "alignment")}
         | {"width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
         compatibility=summary.compatibility,
-        recommended=Recommendation(align=recommended, command=command, why=unknown.problem if unknown else plan.alignment.reason),
+        recommended=Recommendation(align=recommended, command=command, why=_why(recommended, unknown, plan.alignment.reason)),
         costs=predict_costs(prepared, file_sizes=file_sizes),
     )
 
 
-def _recommended_align(prepared: PreparedConversion, unknown: AdapterConvertError | None) -> str:
+def _recommended_align(prepared: PreparedConversion) -> str:
     """``none`` (the fast path, nothing more to read) between bases measured compatible with equal
-    shapes; otherwise ``distill``: the best alignment refined by a short distillation."""
+    shapes, or where a copy is the only conversion (compatibility unknown and no alignment defined
+    for the pair); otherwise ``distill``: the best alignment refined by a short distillation."""
     alignment = prepared.plan.alignment
-    if unknown is None and alignment.method is None and not alignment.refine:
+    if alignment.method is None and not alignment.refine:
         return "none"
     return "distill"
+
+
+def _why(recommended: str, unknown: AdapterConvertError | None, reason: str) -> str:
+    if unknown is None:
+        return reason
+    if recommended == "none":
+        return (f"{unknown.problem} No alignment is defined for this pair, so a copy is the only conversion: "
+                "check the converted adapter on your task before you use it.")
+    return unknown.problem
 
 
 def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:

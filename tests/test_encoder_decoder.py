@@ -252,3 +252,16 @@ def test_cli_converts_and_refuses(tmp_path):
     result = runner.invoke(app, ["convert", str(tmp_path / "adapter"), "--target", str(tmp_path / "llama"), "--align", "none",
                                  "--out", str(tmp_path / "llama-out")])
     assert result.exit_code == 4 and "bart has 2 layer stacks" in result.output
+
+
+def test_inspect_recommends_the_copy_when_compatibility_is_unknown(tmp_path):
+    """Nothing to measure (the target is a config alone) and no alignment for an encoder-decoder:
+    inspect exits 0 and recommends --align none, saying why, instead of failing on the alignment."""
+    _source_adapter(tmp_path, T5, weights=True)
+    _config(T5, 2, 2).save_pretrained(tmp_path / "target")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "adapter"), "--target", str(tmp_path / "target"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["compatibility"]["verdict"] == "unknown" and report["recommended"]["align"] == "none"
+    assert "--align none" in report["recommended"]["command"] and "a copy is the only conversion" in report["recommended"]["why"]
+    assert report["costs"]["base_weights_needed"] is False
