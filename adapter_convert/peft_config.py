@@ -81,7 +81,8 @@ def target_module_names(modules: list[ConvertedModule], arch: Architecture, num_
             names.append(minimal_suffix(arch.embeddings[role], all_paths) or chosen[0].name[len(prefix) :])
             continue
         suffix = minimal_suffix(arch.modules[role], all_paths)
-        if suffix and len({m.layer for m in chosen}) == num_layers:
+        # every layer that has the role (a hybrid model's attention only in its attention layers)
+        if suffix and {m.layer for m in chosen} == {i for i in range(num_layers) if arch.has_role(role, i)}:
             names.append(suffix)
         else:
             names.extend(m.name[len(prefix) :] for m in chosen)

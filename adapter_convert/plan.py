@@ -104,6 +104,8 @@ def parse_adapter(
                 raise _key_mismatch(key, arch, f"{arch.model_type} layers have no module {path!r}")
             if layer >= dims.layers:
                 raise _key_mismatch(key, arch, f"layer {layer} does not exist, the base has {dims.layers} layers")
+            if not arch.has_role(role, layer):
+                raise _key_mismatch(key, arch, f"its layer {layer} has no {path!r} (only layers {_short_list(list(arch.partial[role]))} have it)")
             _check_shape(key, tensor, param, role_shape(role, dims))
             parsed.layers.setdefault((layer, role), {})[param] = tensor
         elif module in embedding_roles:
@@ -378,7 +380,10 @@ def plan_conversion(
         return _plan_stacks(parsed, peft_type=peft_type, task_type=task_type, source_arch=source_arch, target_arch=target_arch,
                             source_dims=source_dims, target_dims=target_dims, layer_map=layer_map, align=align, verdict=verdict,
                             basis_change=basis_change)
-    modules = map_roles(parsed.roles, source_arch, target_arch)
+    # only the roles of the source layers the map takes: a hybrid target may lack a role altogether
+    # (no full-attention layer among its few) when the source layers that have it are not mapped
+    mapped = {s for sources in layer_map.sources.values() for s in sources}
+    modules = map_roles([r for r in parsed.roles if any((s, r) in parsed.layers for s in mapped)], source_arch, target_arch)
     for role in parsed.embeddings:
         if role not in target_arch.embeddings:
             raise UnsupportedError(f"{target_arch.model_type} has no {role} module to carry the adapted embedding to.")
@@ -386,8 +391,18 @@ def plan_conversion(
     selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for params in parsed.layers.values())
     alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims), verdict,
                                selection_only=selection_only, basis_change=basis_change)
+    check_partial_roles(parsed, modules, source_arch, target_arch, layer_map)
     if alignment.method is not None:
         _check_alignable(modules, embeddings, layer_map)
+    partial = sorted({r for m in modules for r in (m.target_role, *m.source_roles) if r in source_arch.partial or r in target_arch.partial})
+    if alignment.needs_models and partial:
+        raise UnsupportedError(
+            f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but the adapted {', '.join(partial)} are in only some layers "
+            f"of {source_arch.model_type if any(r in source_arch.partial for r in partial) else target_arch.model_type} (a hybrid "
+            "model), and alignment captures every role in every mapped layer.",
+            "Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a student "
+            "cut from the source's layers), or retrain the adapter without those modules.",
+        )
     heads, head_zeros = {}, {}
     for head, params in parsed.heads.items():
         target_head = target_arch.heads.get(task_type or "") if head == source_arch.heads.get(task_type or "") else head
@@ -530,6 +545,37 @@ def plan_experts(parsed: ParsedAdapter, source_arch: Architecture, target_arch: 
                 pairs.append((source, suffix, f"{PEFT_PREFIX}{target_arch.backbone + '.' if parsed.prefix else ''}"
                                               f"{target_arch.layers}.{target}.{suffix}"))
     return tuple(pairs)
+
+
+def check_partial_roles(parsed: ParsedAdapter, modules: tuple[ModuleMapping, ...], source_arch: Architecture,
+                        target_arch: Architecture, layer_map: LayerMap) -> None:
+    """In a hybrid target some roles are only in some layers: an adapted module may land only on a
+    target layer that has its role. One sent onto a layer without it is refused, never dropped."""
+    for target, sources in layer_map.rows():
+        for mapping in modules:
+            if target_arch.has_role(mapping.target_role, target):
+                continue
+            carried = [s for s in sources if any((s, r) in parsed.layers for r in mapping.source_roles)]
+            if not carried:
+                continue
+            role = mapping.target_role
+            having = target_arch.partial[role]
+            # an explicit map that keeps every adapted module on a layer with its role, where one exists
+            pairs = []
+            for t, (current, *_) in layer_map.rows():
+                fits = [s for s in {s for s, _ in parsed.layers} if all(target_arch.has_role(m.target_role, t) for m in modules
+                                                                        if any((s, r) in parsed.layers for r in m.source_roles))]
+                if fits:
+                    pairs.append(f"{min(fits, key=lambda s: (abs(s - current), s))}:{t}")
+            example = f", e.g. --layer-map {','.join(pairs)!r}" if pairs else ""
+            raise LayerMapError(
+                f"The layer map sends source layer {', '.join(map(str, carried))} (its {role} adapted, "
+                f"{source_arch.model_type}'s {source_arch.modules[mapping.source_roles[0]]!r}) onto target layer {target}, "
+                f"which has no {role}: {target_arch.model_type} has {target_arch.modules[role]!r} only in layers "
+                f"{_short_list(list(having))}. The adapted module would be dropped.",
+                f"Map the adapted source layers onto target layers that have {role} with an explicit layer map{example}; "
+                "target layers left out get no adapter.",
+            )
 
 
 def _short_list(values: list[int]) -> str:

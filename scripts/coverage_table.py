@@ -59,7 +59,7 @@ def render(rows: list[dict]) -> str:
         "",
         "Each model type of the installed transformers that has a token-classification, causal-LM or "
         "sequence-classification head is built tiny and random (4 layers), gets a LoRA on every module with a "
-        "role, and is converted with the real pipeline (`--align none`, SKIP) onto the same type with 2 layers, "
+        "role, and is converted with the real pipeline (`--align none`, `--layer-map auto`: SKIP, or a layer of the same type) onto the same type with 2 layers, "
         "then onto llama of equal widths; each result is loaded with peft and every module's delta weight "
         "`scaling * B @ A` is compared with the source module it came from (fused modules split by plain slicing "
         "or per head). An encoder-decoder is built as a seq2seq LM with a LoRA on both layer stacks (the decoder's "

@@ -3,7 +3,7 @@
 For a model type of the installed transformers: build a tiny random model (4 layers, the
 probe widths of ``derive.py``), put a LoRA on every module with a role, convert it with the
 real pipeline (``prepare`` / ``execute``, ``--align none``) onto the same type with 2 layers
-(SKIP: target layer i <- source layer 2i) and onto llama of equal widths, load each result
+(auto: SKIP, target layer i <- source layer 2i, unless it moves a layer to one of its own type) and onto llama of equal widths, load each result
 with peft and compare every module's delta weight ``scaling * B @ A`` with the source module
 it came from. A fused module is split by plain slicing (concat) or per head, independently of
 the product's own transform code. An encoder-decoder is built as a seq2seq LM with a LoRA on both
@@ -158,6 +158,8 @@ def _effects(peft_model, arch, dims) -> dict[tuple[str, int, str], torch.Tensor]
                 continue
             for index, layer in enumerate(layers):
                 for role, path in view.modules.items():
+                    if not view.has_role(role, index):  # a hybrid model's role only some layers have
+                        continue
                     module = layer.get_submodule(path)
                     if isinstance(module, LoraLayer) and "default" in module.lora_A:
                         for part, delta in _parts(view, role, view_dims, _delta(module)).items():
@@ -187,7 +189,7 @@ def _convert_and_compare(folder: Path, source_dir: Path, source_peft, source_arc
 
     target_dir, out = folder / "target", folder / "out"
     target_config.save_pretrained(target_dir)
-    prepared = prepare(ConversionRequest(adapter=str(folder / "adapter"), target=str(target_dir), out=out, layer_map="skip", align="none"))
+    prepared = prepare(ConversionRequest(adapter=str(folder / "adapter"), target=str(target_dir), out=out, layer_map="auto", align="none"))
     execute(prepared)
     plan = prepared.plan
     model_class = _model_class(task)
@@ -281,8 +283,8 @@ def _check(model_type: str, tmp: Path, outcome: Outcome, onto_llama: bool) -> No
                 param.copy_(torch.randn_like(param))
     inner = getattr(source_model, arch.backbone, source_model) if arch.backbone else source_model
     # the stacks the task model has (whisper's causal LM: the decoder alone)
-    expected_modules = sum(len(view.modules) * view_dims.layers for _, view, view_dims in _stack_views(arch, dims)
-                           if _has_submodule(inner, view.layers))
+    expected_modules = sum(sum(view.has_role(role, i) for role in view.modules for i in range(view_dims.layers))
+                           for _, view, view_dims in _stack_views(arch, dims) if _has_submodule(inner, view.layers))
     if _adapted_module_count(source_peft) != expected_modules:
         raise AssertionError(f"the role paths select {_adapted_module_count(source_peft)} modules, not {expected_modules}: "
                              "a suffix also matches modules outside the roles")

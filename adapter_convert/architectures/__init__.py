@@ -179,7 +179,9 @@ def _read_cached(path) -> Architecture | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
         raw |= {name: tuple(raw[name]) for name in _TUPLE_FIELDS}
         raw["head_params"] = {task: tuple(names) for task, names in raw["head_params"].items()}
-        raw["stacks"] = tuple(LayerStack(**stack) for stack in raw["stacks"])
+        raw["partial"] = {role: tuple(layers) for role, layers in raw["partial"].items()}
+        raw["stacks"] = tuple(LayerStack(**stack | {"partial": {r: tuple(ls) for r, ls in stack["partial"].items()}})
+                              for stack in raw["stacks"])
         return Architecture(**raw)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):  # absent or unreadable: derive again
         return None
@@ -210,7 +212,7 @@ def _derive_architecture(model_type: str, held: _Held, override: dict | None) ->
         "embeddings": derived.embeddings, "heads": derived.heads, "head_params": derived.head_params, "conv1d": derived.conv1d, "config": derived.config,
         "fused_layout": {role: f"unknown ({model_type})" for role in derived.fused},
         "unsupported": derived.unsupported, "outside": derived.outside, "mlp_types": derived.mlp_types, "fixed": derived.fixed,
-        "experts": derived.experts, "stacks": derived.stacks,
+        "experts": derived.experts, "stacks": derived.stacks, "partial": derived.partial,
     }
     if override is not None:
         raw = apply_override(raw, override, derived)

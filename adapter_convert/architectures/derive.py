@@ -100,6 +100,7 @@ class Derived:
     experts: str | None = None  # the in-layer module holding the experts' 3-D weights (peft target_parameters)
     mlp_types: tuple[str, ...] = ()  # per layer: moe (holds experts) or dense; empty when no layer holds experts
     stacks: tuple = ()  # an encoder-decoder's layer stacks (model.LayerStack); layers and modules are then the first one's
+    partial: dict[str, tuple[int, ...]] = field(default_factory=dict)  # role -> the layers that have it, if not all do
 
 
 def task_classes() -> dict[str, Any]:
@@ -361,8 +362,8 @@ def _derive(model_type: str, config=None) -> Derived:
     for (name, path, count_key, _), layers, intermediate in zip(stack_lists, stack_layers, stack_intermediate):
         own = {"layers": count_key} | ({"intermediate": intermediate} if intermediate not in (None, chosen["intermediate"]) else {})
         stack_dims = dims if len(stack_lists) == 1 else replace(probe_arch, config=arch_keys | own).dims(probe)
-        modules, unsupported = _stack_roles(model_type, layers, stack_dims, experts, cross=name == "decoder")
-        stacks.append(LayerStack(name=name, layers=path, modules=modules, config=own, unsupported=unsupported))
+        modules, unsupported, partial = _stack_roles(model_type, layers, stack_dims, experts, cross=name == "decoder")
+        stacks.append(LayerStack(name=name, layers=path, modules=modules, config=own, unsupported=unsupported, partial=partial))
     for stack, layers in zip(stacks, stack_layers):
         if stack.modules:
             continue
@@ -372,7 +373,7 @@ def _derive(model_type: str, config=None) -> Derived:
             raise DerivationError(f"no role is played by the same module in every layer{where} (layer types differ; {partial})")
         sample = ", ".join(list(layers[0])[:4]) or "none"
         raise DerivationError(f"no attention or MLP projection in its layers{where} matches a known role (layer 0 has: {sample})")
-    modules, unsupported = stacks[0].modules, stacks[0].unsupported
+    modules, unsupported, partial = stacks[0].modules, stacks[0].unsupported, stacks[0].partial
     conv1d = conv1d_seen == {True}
     if len(conv1d_seen) > 1:
         raise DerivationError("its layers mix Linear and Conv1D projections")
@@ -434,6 +435,7 @@ def _derive(model_type: str, config=None) -> Derived:
         config=config_keys,
         fused=fused,
         unsupported=dict(sorted(unsupported.items())),
+        partial=partial,
         shapes={role: role_shape(role, dims) for role in modules},
         layer_shapes=dict(per_layer[0]),
         outside=tuple(_dedupe_indices(outside)),
@@ -446,9 +448,10 @@ def _derive(model_type: str, config=None) -> Derived:
 
 
 def _stack_roles(model_type: str, per_layer: list[dict[str, tuple[int, int]]], dims, experts: str | None, *,
-                 cross: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """(role -> module path, module path -> why it has no role) for one list of layers, from each
-    layer's projections and their shapes; ``cross``: its cross-attention plays the cross.* roles."""
+                 cross: bool) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[int, ...]]]:
+    """(role -> module path, module path -> why it has no role, role -> the layers that have it for
+    a role only some layers have) for one list of layers, from each layer's projections and their
+    shapes; ``cross``: its cross-attention plays the cross.* roles."""
     from .model import role_shape
     from .model import roles as all_roles
 
@@ -475,18 +478,25 @@ def _stack_roles(model_type: str, per_layer: list[dict[str, tuple[int, int]]], d
         layer_roles.append(roles_here)
 
     modules: dict[str, str] = {}
+    partial: dict[str, tuple[int, ...]] = {}
     order = {path: i for i, path in enumerate(per_layer[0])}  # the model's own module order
     candidates = sorted({r: p for lr in layer_roles[::-1] for r, p in lr.items()}.items(), key=lambda rp: order.get(rp[1], len(order)))
     for role, _ in candidates:
-        paths = {lr.get(role) for lr in layer_roles}
-        if len(paths) == 1 and None not in paths:
-            modules[role] = paths.pop()
+        paths = {lr.get(role) for lr in layer_roles} - {None}
+        present = tuple(i for i, lr in enumerate(layer_roles) if role in lr)
+        missing = [i for i in range(len(layer_roles)) if i not in present]
+        (path,) = paths if len(paths) == 1 else (None,)
+        if path is not None and not missing:
+            modules[role] = path
+        elif path is not None and not any(path in per_layer[i] for i in missing):
+            # a hybrid model (attention in some layers, a dense MLP before the experts ...): the role
+            # is played in the layers that have the module, and no module of that name is elsewhere,
+            # so a peft suffix selects exactly those layers' modules
+            modules[role], partial[role] = path, present
         else:
-            missing = [i for i, lr in enumerate(layer_roles) if role not in lr]
-            for p in paths - {None}:
-                why = (f"{role} only in some layers (not in layers {_ranges(missing)})" if missing
-                       else f"{role} sits at different paths in different layers")
-                unsupported[p] = why
+            for p in paths:
+                unsupported[p] = (f"{role} sits at different paths in different layers" if len(paths) > 1
+                                  else f"{role} only in some layers (not in layers {_ranges(missing)}), and another module of that name in the others")
     # a mixture-of-experts layer: its experts are 3-D parameters (peft's target_parameters, see
     # plan.parse_expert_parameters), not modules; a shared expert beside them is an MLP of Linear
     # modules and plays the MLP roles
@@ -504,7 +514,7 @@ def _stack_roles(model_type: str, per_layer: list[dict[str, tuple[int, int]]], d
     for path in list(unsupported):
         if path in modules.values():
             del unsupported[path]
-    return modules, unsupported
+    return modules, unsupported, {role: layers for role, layers in partial.items() if role in modules}
 
 
 def _peft_moe_renames(model_type: str) -> set[str]:

@@ -64,6 +64,9 @@ class Dims:
     # per layer, the experts' 3-D weights and their shapes ((name, (experts, out, in)), ...); () in a
     # dense layer; None in a model without experts
     expert_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] | None = None
+    # per layer, in a hybrid model whose roles only some layers have: which of those role families
+    # it has ("attn, no mlp"), so a layer map can keep adapted modules on layers that have them
+    role_types: tuple[str, ...] | None = None
     # a model with several layer stacks: (name, its sizes) per stack (its own layer count, and MLP
     # width where it reads its own); the fields above are then the first stack's
     stacks: tuple[tuple[str, Dims], ...] = ()
@@ -90,6 +93,7 @@ class LayerStack:
     modules: dict[str, str]  # role -> module path inside one of its layers
     config: dict[str, str]  # size -> config attribute, where the stack reads its own (layers always; bart's ffn widths)
     unsupported: dict[str, str] = field(default_factory=dict)  # in-layer module path -> why it has no role
+    partial: dict[str, tuple[int, ...]] = field(default_factory=dict)  # role -> the layers that have it, if not all do
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,17 @@ class Architecture:
     # several layer lists (an encoder-decoder's encoder and decoder), each converted on its own
     # through its one-stack view (``stack``); layers, modules and unsupported are then the first one's
     stacks: tuple[LayerStack, ...] = ()
+    # a hybrid model's roles that only some layers have (attention only in its attention layers, a
+    # dense MLP only before the experts): role -> those layers, of the model derived from its config;
+    # a role absent here is in every layer
+    partial: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def stack(self, name: str) -> Architecture:
         """The one-stack view of layer stack ``name``: its layer list, roles and layer count, with
         the other stacks' modules counted as outside (a peft suffix must not select them too)."""
         stack = next(s for s in self.stacks if s.name == name)
         others = tuple(f"{s.layers}.0.{path}" for s in self.stacks if s is not stack for path in (*s.modules.values(), *s.unsupported))
-        return replace(self, layers=stack.layers, modules=stack.modules, unsupported=stack.unsupported,
+        return replace(self, layers=stack.layers, modules=stack.modules, unsupported=stack.unsupported, partial=stack.partial,
                        config={**self.config, **stack.config}, outside=self.outside + others, stacks=())
 
     @property
@@ -130,6 +138,10 @@ class Architecture:
     def known_layout(self, fused_role: str) -> bool:
         """Whether the row order inside this fused module is known (else it only copies onto its own type)."""
         return self.layout(fused_role) in FUSED_LAYOUTS
+
+    def has_role(self, role: str, layer: int) -> bool:
+        """Whether layer ``layer`` has a module playing ``role`` (a hybrid model's layers differ)."""
+        return role in self.modules and layer in self.partial.get(role, (layer,))
 
     def role_of(self, module_path: str) -> str | None:
         return next((role for role, path in self.modules.items() if path == module_path), None)
@@ -197,8 +209,18 @@ class Architecture:
             layer_types=_layer_types(model_config, layers),
             mlp_types=self.mlp_types if len(self.mlp_types) == layers else None,
             expert_shapes=self._expert_shapes(model_config),
+            role_types=self._role_types(layers),
             stacks=tuple((stack.name, self.stack(stack.name).dims(model_config)) for stack in self.stacks),
         )
+
+    def _role_types(self, layers: int) -> tuple[str, ...] | None:
+        """Per layer, the families of the partial roles (attn, mlp) it has or lacks; None when every
+        layer has every role, or when the config's layer count is not the derived model's."""
+        if not self.partial or any(layer >= layers for present in self.partial.values() for layer in present):
+            return None
+        families = sorted({role.split(".")[0] for role in self.partial})
+        return tuple(", ".join(family if any(self.has_role(r, i) for r in self.partial if r.startswith(family + ".")) else f"no {family}"
+                               for family in families) for i in range(layers))
 
     def _expert_shapes(self, model_config: Any):
         if self.experts is None or not hasattr(model_config, "to_json_string"):

@@ -6,7 +6,8 @@ mean of teacher layers i*k .. i*k+k-1 (AVG). ``uniform`` spreads any Ls over Lt,
 taking teacher layer floor(i * Ls / Lt), which is SKIP when Ls is a multiple of Lt.
 
 Layer types: where both models name a type per layer (``config.layer_types``: sliding_attention,
-full_attention ...; dense or moe layers in a model with experts), ``auto`` gives each target layer
+full_attention ...; dense or moe layers in a model with experts; in a hybrid model, the roles
+only some layers have), ``auto`` gives each target layer
 the source layer of its own type nearest to the one above, when the source has one. A named
 strategy or an explicit list is kept as asked; the map then lists the target layers that get an
 adapter from a layer of another type, and the plan and the card show it.
@@ -32,8 +33,10 @@ STRATEGIES = {strategy.NAME: strategy for strategy in (auto, skip, avg, uniform)
 
 def comparable_types(source: Dims, target: Dims) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     """Per-layer types of both models on the axes both name: attention kind (config.layer_types)
-    and dense vs moe (models with experts). (None, None) when they share no axis."""
-    axes = [(s, t) for s, t in ((source.layer_types, target.layer_types), (source.mlp_types, target.mlp_types)) if s and t]
+    and dense vs moe (models with experts), and in a hybrid model which partial roles a layer has
+    (attention only in some layers). (None, None) when they share no axis."""
+    axes = [(s, t) for s, t in ((source.layer_types, target.layer_types), (source.mlp_types, target.mlp_types),
+                                (source.role_types, target.role_types)) if s and t]
     if not axes:
         return None, None
     return (tuple(" + ".join(kinds) for kinds in zip(*(s for s, _ in axes))),
