@@ -58,3 +58,19 @@ def test_an_unwritable_cache_only_costs_the_derivation(tmp_path, monkeypatch):
     finally:
         _architecture.cache_clear()
     assert blocker.read_text().startswith("a file")
+
+
+def test_a_width_setting_named_or_not_is_another_structure(cache_dir):
+    """Widths' values are left out of the key, but whether a config names one is not: tapas given a
+    stray num_key_value_heads derives other heads, and must not share the plain tapas's cache file."""
+    from transformers import AutoConfig
+
+    plain = AutoConfig.for_model("tapas", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+    stray = AutoConfig.for_model("tapas", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                 num_key_value_heads=4)
+    assert architectures.structure_signature(plain) != architectures.structure_signature(stray)
+    assert architectures.structure_signature(plain) == architectures.structure_signature(
+        AutoConfig.for_model("tapas", hidden_size=64, num_hidden_layers=2, num_attention_heads=8, intermediate_size=96))
+    get_architecture("tapas", plain)
+    get_architecture("tapas", stray)
+    assert len(list(cache_dir.glob("tapas-*.json"))) == 2

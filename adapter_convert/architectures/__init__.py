@@ -106,7 +106,9 @@ def structure_signature(config: Any) -> tuple:
     def scalar(v: Any) -> bool:
         return v is None or isinstance(v, (bool, str))
 
-    items = []
+    # which width settings a config names counts, though their values do not: a stray one (tapas
+    # given num_key_value_heads) changes which heads derivation finds
+    items = [("widths named", tuple(sorted(k for k in raw if k in widths)))]
     for key, value in sorted(raw.items()):
         if key in _NOT_STRUCTURAL or key.startswith("_") or key in widths or key.endswith("token_id"):
             continue
