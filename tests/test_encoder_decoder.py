@@ -22,6 +22,7 @@ from adapter_convert.architectures import get_architecture
 from adapter_convert.cli import app
 from adapter_convert.errors import UnsupportedError, WidthMismatchError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
+from helpers import save_adapter
 
 T5 = dict(model_type="t5", d_model=32, d_ff=48, d_kv=8, num_heads=4, vocab_size=64, decoder_start_token_id=0,
           pad_token_id=0, eos_token_id=1)
@@ -51,7 +52,7 @@ def _seq2seq(config):
 def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4, *, weights: bool = False):
     """A tiny random seq2seq model with a LoRA (random A and B) on every linear module of its layers;
     ``weights``: the base's weights are saved too (else its config only)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     config = _config(spec, encoder, decoder)
     base = _seq2seq(config)
@@ -59,16 +60,7 @@ def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4
         base.save_pretrained(folder / "source")
     config.save_pretrained(folder / "source")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_2_SEQ_LM")
-    model = get_peft_model(base, lora)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    model.save_pretrained(folder / "adapter")
-    path = folder / "adapter" / "adapter_config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | {"base_model_name_or_path": str(folder / "source")}))
-    return model
+    return save_adapter(folder / "adapter", base, lora, folder / "source", seed=2)
 
 
 def _deltas(peft_model) -> dict[str, torch.Tensor]:

@@ -6,11 +6,10 @@ sends it onto one without is refused, naming the role, the layers and an explici
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -19,6 +18,7 @@ from adapter_convert.cli import app
 from adapter_convert.errors import LayerMapError, UnsupportedError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from architecture_coverage import tiny_config
+from helpers import save_adapter
 
 # jamba: attention in layers 1 and 3 (mamba in 0 and 2), experts in 1 and 3 (a dense MLP in 0 and 2)
 JAMBA = dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, use_mamba_kernels=False)
@@ -42,15 +42,9 @@ def _adapter(tmp_path, model_type: str):
     _save(tmp_path / "target", model_type, 2, seed=5)
     arch = get_architecture(model_type, source.config)
     paths = "|".join(arch.modules.values()).replace(".", r"\.")
-    teacher = get_peft_model(source, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
-                                                target_modules=rf".*\.{arch.layers}\.\d+\.({paths})"))
-    with torch.no_grad():
-        for name, param in teacher.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    teacher.save_pretrained(tmp_path / "adapter")
-    config_file = tmp_path / "adapter" / "adapter_config.json"
-    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"base_model_name_or_path": str(tmp_path / "source")}))
+    teacher = save_adapter(tmp_path / "adapter", source, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                                                     target_modules=rf".*\.{arch.layers}\.\d+\.({paths})"),
+                           tmp_path / "source")
     return teacher, arch
 
 
