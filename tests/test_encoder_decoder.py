@@ -257,3 +257,13 @@ def test_inspect_recommends_the_copy_when_compatibility_is_unknown(tmp_path):
     assert report["compatibility"]["verdict"] == "unknown" and report["recommended"]["align"] == "none"
     assert "--align none" in report["recommended"]["command"] and "a copy is the only conversion" in report["recommended"]["why"]
     assert report["costs"]["base_weights_needed"] is False
+
+
+def test_an_explicit_map_that_does_not_fit_one_stack_names_that_stack(tmp_path):
+    from adapter_convert.errors import LayerMapError
+
+    _source_adapter(tmp_path, T5, encoder=4, decoder=6)
+    with pytest.raises(LayerMapError, match=r"In the encoder stack \(4 -> 2 layers\): Source layer 5 in the layer map is out of range"
+                                            r".*applies to every stack") as caught:
+        _convert(tmp_path, T5, 2, 2, layer_map="0:0,5:1")
+    assert caught.value.exit_code == 5 and not (tmp_path / "out").exists()

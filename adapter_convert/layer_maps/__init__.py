@@ -48,10 +48,20 @@ def layer_map_for(spec: str, source: Dims, target: Dims) -> LayerMap:
     models with the same layer stacks (encoder, decoder) get one map per stack, built from the same
     ``spec``: encoder layers map onto encoder layers, decoder layers onto decoder layers."""
     if source.stacks and [name for name, _ in source.stacks] == [name for name, _ in target.stacks]:
-        return LayerMap.per_stack(tuple((name, layer_map_for(spec, dims, target.stack(name))) for name, dims in source.stacks))
+        return LayerMap.per_stack(tuple((name, _stack_map(spec, name, dims, target.stack(name))) for name, dims in source.stacks))
     source_types, target_types = comparable_types(source, target)
     return build_layer_map(spec, source_layers=source.layers, target_layers=target.layers,
                            source_types=source_types, target_types=target_types)
+
+
+def _stack_map(spec: str, name: str, source: Dims, target: Dims) -> LayerMap:
+    """One stack's map; its errors name the stack (the same spec is applied to every stack)."""
+    try:
+        return layer_map_for(spec, source, target)
+    except LayerMapError as err:
+        raise LayerMapError(f"In the {name} stack ({source.layers} -> {target.layers} layers): {err.problem}",
+                            f"{err.fix} An explicit layer map applies to every stack, so it must fit each of them."
+                            if err.fix else None) from None
 
 
 def build_layer_map(spec: str, *, source_layers: int, target_layers: int,
