@@ -235,7 +235,8 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
         architecture = ArchitectureSummary(
             origin=arch.origin, layers=", ".join(f"{arch.backbone}.{s.layers}".lstrip(".") for s in stacks),
             modules={(f"{s.name}/" if arch.stacks else "") + role: path for s in stacks for role, path in s.modules.items()},
-            fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported))
+            fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported),
+            partial={(f"{s.name}/" if arch.stacks else "") + role: tuple(layers) for s in stacks for role, layers in s.partial.items()})
         return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type,
                                 layers=sum(d.layers for _, d in dims.stacks) or dims.layers, hidden=dims.hidden, architecture=architecture)
 

@@ -52,6 +52,7 @@ class ArchitectureSummary(_Serialized):
     modules: dict[str, str]  # role -> module name
     fused_layout: dict[str, Any]
     unsupported: dict[str, str]  # module -> why it has no role
+    partial: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # role -> its layers, where not every layer has it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +66,8 @@ class BaseModelSummary(_Serialized):
 
     @property
     def described(self) -> str:
-        return f"{self.model_type} ({self.architecture.origin})"
+        partial = "; ".join(f"{role} only in layers {', '.join(map(str, layers))}" for role, layers in self.architecture.partial.items())
+        return f"{self.model_type} ({self.architecture.origin})" + (f"; {partial}" if partial else "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -108,3 +108,19 @@ def test_alignment_on_partial_roles_is_refused_naming_align_none(tmp_path):
         prepare(ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "target"), out=tmp_path / "out",
                                   align="lstsq"))
     assert "in only some layers of jamba" in caught.value.problem and "--align none" in caught.value.fix
+
+
+def test_the_plan_says_which_layers_have_a_partial_role(tmp_path):
+    import json
+
+    _adapter(tmp_path, "jamba")
+    args = ["convert", str(tmp_path / "adapter"), "--target", str(tmp_path / "target"), "--out", str(tmp_path / "out"),
+            "--align", "none", "--dry-run"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source_base"]["architecture"]["partial"]["attn.q"] == [1, 3]
+    assert summary["target_base"]["architecture"]["partial"] == {"attn.q": [1], "attn.k": [1], "attn.v": [1], "attn.o": [1],
+                                                                 "mlp.gate": [0], "mlp.up": [0], "mlp.down": [0]}
+    table = " ".join(CliRunner().invoke(app, args, env={"COLUMNS": "400"}).output.split())
+    assert "attn.q only in layers 1, 3" in table

@@ -437,7 +437,7 @@ def test_summary_to_json_known_answer():
     assert data["source_adapter"] == {"id": "alice/ner-lora", "revision": "abc", "bytes": 10}
     assert data["target_base"] == {"id": "bob/tiny-student", "revision": None, "model_type": "distilbert", "layers": 2, "hidden": 32,
                                    "architecture": {"origin": "derived", "layers": "encoder.layer", "modules": {"attn.q": "q"},
-                                                    "fused_layout": {}, "unsupported": {}}}
+                                                    "fused_layout": {}, "unsupported": {}, "partial": {}}}
     assert data["modules"] == [{"target": "attention.q_lin", "role": "attn.q", "operation": "copy", "sources": ["attention.self.query"]}]
     assert data["dropped"] == ["embeddings.word_embeddings.weight"]
     assert data["output"] == {"path": "out", "files": ["adapter_config.json", "adapter_model.safetensors", "README.md"], "tensors": 4, "bytes": 64}
