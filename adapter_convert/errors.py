@@ -100,6 +100,7 @@ class CompatibilityUnknownError(AdapterConvertError, RuntimeError):
 
     exit_code = 19
     label = "compatibility could not be measured"
+    evidence: dict | None = None  # the probe's "unknown" evidence, set by pipeline.prepare
 
 
 class HubError(AdapterConvertError, OSError):

@@ -12,7 +12,6 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from .compatibility import cached_embedding_evidence
 from .errors import AdapterConvertError, CompatibilityUnknownError, UnsupportedError
 from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
 from .plan import width_mismatch
@@ -40,9 +39,8 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
             prepared = prepare(dataclasses.replace(request, align="distill"), reporter)
         except UnsupportedError:  # no alignment for this pair (an encoder-decoder): a copy is the one conversion left
             prepared = prepare(dataclasses.replace(request, align="none"), reporter)
-            # --align none measures nothing: keep the evidence that said "unknown" (cached, not read again)
-            evidence = cached_embedding_evidence(prepared.source_base, prepared.target_base, token=request.token)
-            prepared = dataclasses.replace(prepared, compatibility=evidence)
+            # --align none measures nothing: keep the evidence that said "unknown", from the first try
+            prepared = dataclasses.replace(prepared, compatibility=unknown.evidence)
         prepared = dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=request.align))
     plan = prepared.plan
     recommended = _recommended_align(prepared)

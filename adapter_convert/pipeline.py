@@ -26,7 +26,7 @@ from .architectures import get_architecture
 from .card import build_model_card
 from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
 from .calibration import load_texts
-from .errors import BadAdapterError, SourceNotFoundError, UsageError, VerificationError
+from .errors import BadAdapterError, CompatibilityUnknownError, SourceNotFoundError, UsageError, VerificationError
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
@@ -184,19 +184,23 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     if request.align != "none":  # a few MB of embedding rows, never the checkpoint
         reporter.stage("Measuring compatibility: token embeddings of both bases")
         compatibility = cached_embedding_evidence(source_base, target_base, token=request.token)
-    plan = plan_conversion(
-        parsed,
-        peft_type=_enum_value(adapter.config.peft_type),
-        task_type=_enum_value(adapter.config.task_type),
-        source_arch=source_arch,
-        target_arch=target_arch,
-        source_dims=source_dims,
-        target_dims=target_dims,
-        layer_map=layer_map,
-        align=request.align,
-        verdict=decision_verdict(compatibility),
-        basis_change=basis_change(compatibility),
-    )
+    try:
+        plan = plan_conversion(
+            parsed,
+            peft_type=_enum_value(adapter.config.peft_type),
+            task_type=_enum_value(adapter.config.task_type),
+            source_arch=source_arch,
+            target_arch=target_arch,
+            source_dims=source_dims,
+            target_dims=target_dims,
+            layer_map=layer_map,
+            align=request.align,
+            verdict=decision_verdict(compatibility),
+            basis_change=basis_change(compatibility),
+        )
+    except CompatibilityUnknownError as err:
+        err.evidence = compatibility  # what inspect reports, without probing again
+        raise
     calibration = None
     if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
         if request.calibration_data:
