@@ -95,9 +95,10 @@ def _target_names(plan: ConversionPlan, modules: list[ConvertedModule]) -> list[
     arch, prefix = plan.target_arch, plan.target_prefix
     names: list[str] = []
     for stack in plan.stacks:
-        mine = [m for m in modules if m.layer is not None and m.name.startswith(f"{prefix}{stack.target_arch.layers}.")]
+        layers = f"{prefix}{stack.target_arch.layers}."
+        mine = [m for m in modules if m.layer is not None and m.name.startswith(layers)]
         names += target_module_names(mine, stack.target_arch, stack.target_dims.layers, prefix)
-        modules = [m for m in modules if all(m is not n for n in mine)]
+        modules = [m for m in modules if not (m.layer is not None and m.name.startswith(layers))]
     return names + target_module_names(modules, arch, plan.target_dims.layers, prefix)
 
 
