@@ -236,11 +236,12 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
     def base(source: ResolvedSource, arch, dims) -> BaseModelSummary:
         # several layer stacks (encoder, decoder): their lists, roles named "<stack>/<role>", layers counted over all
         stacks = arch.stacks or (arch,)
+        named = lambda s, role: f"{s.name}/{role}" if arch.stacks else role  # noqa: E731
         architecture = ArchitectureSummary(
             origin=arch.origin, layers=", ".join(f"{arch.backbone}.{s.layers}".lstrip(".") for s in stacks),
-            modules={(f"{s.name}/" if arch.stacks else "") + role: path for s in stacks for role, path in s.modules.items()},
+            modules={named(s, role): path for s in stacks for role, path in s.modules.items()},
             fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported),
-            partial={(f"{s.name}/" if arch.stacks else "") + role: tuple(layers) for s in stacks for role, layers in s.partial.items()})
+            partial={named(s, role): tuple(layers) for s in stacks for role, layers in s.partial.items()})
         return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type,
                                 layers=sum(d.layers for _, d in dims.stacks) or dims.layers, hidden=dims.hidden, architecture=architecture)
 
