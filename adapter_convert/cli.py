@@ -59,15 +59,19 @@ AlignOption = Annotated[
         "(their token embeddings, a few MB read); otherwise align and refine by distillation; stop (exit 19) when "
         "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
         + "".join(f"{name}: {method.HELP}. " for name, method in METHODS.items())
-        + "distill: the best start (a copy only between bases measured compatible), refined by a short distillation. "
+        + "fresh: a new adapter of the source's kind, rank and modules on the target, trained by distillation. "
+        "distill: the best start (a copy only between bases measured compatible; for a causal LM between unrelated bases "
+        "a fresh adapter), refined by a short distillation. A causal LM is distilled in output space: the source with its "
+        "adapter answers the calibration prompts and the target learns its answers. "
         "Alignment runs both base models on calibration text.",
         rich_help_panel="Alignment",
     ),
 ]
 CalibrationDataOption = Annotated[
     str | None,
-    typer.Option(help="Calibration text: a .txt, .jsonl (text field) or .conll/.conllu file, or a Hub dataset id "
-                 "(user/name\\[@revision]) holding one. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
+    typer.Option(help="Calibration text: a .txt (one per line), .jsonl (text or prompt field) or .conll/.conllu file, or a "
+                 "Hub dataset id (user/name\\[@revision]) holding one. For a causal LM these are the task's prompts, without "
+                 "answers: the source with its adapter answers them. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output goes to stderr).")]
 
@@ -174,6 +178,20 @@ def alignment_table(report: AlignmentSummary) -> Table:
     return table
 
 
+def fidelity_table(report: AlignmentSummary) -> Table:
+    """A causal LM's output-space fidelity on held-out prompts (``report.fidelity`` set)."""
+    f = report.fidelity
+    table = Table(title=f"Fidelity to the teacher on {f.held_out_prompts} held-out prompts ({f.prompts})", title_justify="left")
+    for column in ("", "target base", "start", "converted"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row("bits per byte of the teacher's answers (lower: closer)", *(f"{f.bits_per_byte[k]:.3f}" for k in ("target base", "start", "converted")))
+    table.add_row("token F1 of greedy generations", f"{f.token_f1['target base']:.3f}", "", f"{f.token_f1['converted']:.3f}")
+    table.add_row("exact match", f"{f.exact_match['target base']:.3f}", "", f"{f.exact_match['converted']:.3f}")
+    if report.distill and report.distill.best_step is not None:
+        table.caption = f"{report.distill.steps} distillation steps of at most {report.distill.max_steps}; kept step {report.distill.best_step}"
+    return table
+
+
 def _local_base(folder: Path) -> str | None:
     """The adapter's base_model_name_or_path when it is a local path, not a Hub id."""
     from .adapter_io import CONFIG_NAME
@@ -237,7 +255,14 @@ def convert(
     align: AlignOption = "auto",
     calibration_data: CalibrationDataOption = None,
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
-    distill_steps: Annotated[int, typer.Option(help="Distillation steps (--align distill, and auto when it aligns).", rich_help_panel="Alignment", min=0)] = 100,
+    distill_steps: Annotated[int, typer.Option(help="Most distillation steps (--align distill, fresh, and auto when it aligns); "
+                                               "a causal LM stops earlier when held-out fidelity stops improving.", rich_help_panel="Alignment", min=0)] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="Causal LM: the most tokens the source with its adapter writes per prompt.",
+                                                rich_help_panel="Alignment", min=1)] = 64,
+    stop: Annotated[list[str] | None, typer.Option(help="Causal LM: a string that ends an answer (kept in it), beside EOS; "
+                                                   "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "
+                                                   "prompts' common opening again.", rich_help_panel="Alignment", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Causal LM: prompts per distillation step.", rich_help_panel="Alignment", min=1)] = 4,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
     device: Annotated[
@@ -293,6 +318,9 @@ def convert(
         device=device,
         dtype=dtype,
         memory_budget=memory_budget,
+        max_new_tokens=max_new_tokens,
+        stop=tuple(stop or ()),
+        batch_size=batch_size,
     )
     reporter = ConsoleReporter(console)
     try:
@@ -307,6 +335,8 @@ def convert(
             summary = execute(prepared, reporter)
             if summary.alignment.modules:
                 console.print(alignment_table(summary.alignment))
+            if summary.alignment.fidelity:
+                console.print(fidelity_table(summary.alignment))
             if push:  # only ever after a complete, verified write
                 summary = dataclasses.replace(summary, push=_push(console, out, push, token=token, private=private, branch=branch,
                                                                   create_pr=create_pr, commit_message=commit_message))

@@ -46,6 +46,7 @@ config, tokenizer.json and index: 9 MiB in all, against 25 GiB to download both 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -91,6 +92,11 @@ DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F
 # rows no text ever uses: they keep their initialisation and say nothing about training
 _UNUSED_TOKEN = re.compile(r"\[unused\d+\]|<unused\d+>|<\|reserved_special_token_\d+\|>|<extra_id_\d+>")
 
+# Part of the key of cached evidence (cached_embedding_evidence): raised when the probe measures
+# differently, so that evidence kept from before is measured again. 2: tokens of byte-level BPE and
+# SentencePiece vocabularies are matched by the text they stand for.
+CACHE_VERSION = 2
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -117,14 +123,69 @@ def embedding_key(arch: Architecture, tensor_names: Iterable[str]) -> str | None
     return wrapped[0] if len(wrapped) == 1 else None
 
 
+BYTE_LEVEL = "byte-level"  # GPT-2 style BPE: each byte spelled as one printable character (space "Ġ", newline "Ċ")
+SENTENCEPIECE = "sentencepiece"  # leading space spelled "▁", bytes without a piece as "<0x0A>"
+_SPACE_MARK = "\u2581"  # ▁
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
 @dataclass(frozen=True)
 class Vocab:
     tokens: dict[str, int]  # token string -> id
     special: frozenset[int] = frozenset()  # ids left out of the sample (special and unused tokens)
+    scheme: str | None = None  # how token strings spell text: BYTE_LEVEL, SENTENCEPIECE, or None (as written)
+    added: frozenset[int] = frozenset()  # ids of added tokens: their strings are the text itself, in any scheme
+
+
+def _nodes(node: Any) -> Iterable[dict]:
+    """Every dict in a parsed tokenizer.json component (Sequence steps included)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nodes(value)
+
+
+def tokenizer_json_scheme(data: dict) -> str | None:
+    """The spelling scheme a ``tokenizer.json`` declares in its normalizer, pre-tokenizer and decoder:
+    a ``ByteLevel`` step is byte-level BPE; a ``Metaspace`` step, or a ``Replace`` to or from "▁"
+    (llama-2, gemma), is SentencePiece. None when it declares neither (or both)."""
+    found = set()
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        for node in _nodes(data.get(part)):
+            kind = node.get("type")
+            if kind == "ByteLevel":
+                found.add(BYTE_LEVEL)
+            elif kind == "Metaspace":
+                found.add(SENTENCEPIECE)
+            elif kind == "Replace":
+                pattern = node.get("pattern")
+                pattern = pattern.get("String") if isinstance(pattern, dict) else pattern
+                if _SPACE_MARK in (pattern, node.get("content")):
+                    found.add(SENTENCEPIECE)
+    return found.pop() if len(found) == 1 else None
+
+
+def vocab_scheme(tokens: Iterable[str]) -> str | None:
+    """The spelling scheme read off the token strings (a vocab.json, a sentencepiece model): at
+    least 1% of them starting with "Ġ" (byte-level) or holding "▁" (SentencePiece), whichever is
+    more common; None for neither (WordPiece, word-level)."""
+    tokens = list(tokens)
+    byte_level = sum(t.startswith("\u0120") for t in tokens)
+    metaspace = sum(_SPACE_MARK in t for t in tokens)
+    least = max(1, len(tokens) // 100)
+    if metaspace >= least and metaspace > byte_level:
+        return SENTENCEPIECE
+    if byte_level >= least and byte_level > metaspace:
+        return BYTE_LEVEL
+    return None
 
 
 def vocab_from_tokenizer_json(data: dict) -> Vocab:
-    """A ``tokenizer.json`` (already parsed): the model's vocabulary plus the added tokens."""
+    """A ``tokenizer.json`` (already parsed): the model's vocabulary plus the added tokens, and the
+    spelling scheme (declared by its pipeline, else read off the vocabulary)."""
     model = data.get("model") or {}
     raw = model.get("vocab")
     if isinstance(raw, dict):  # WordPiece, BPE, WordLevel
@@ -133,12 +194,14 @@ def vocab_from_tokenizer_json(data: dict) -> Vocab:
         tokens = {str(entry[0]): i for i, entry in enumerate(raw)}
     else:
         tokens = {}
-    special = set()
-    for added in data.get("added_tokens") or []:
-        tokens[str(added["content"])] = int(added["id"])
-        if added.get("special"):
-            special.add(int(added["id"]))
-    return Vocab(tokens, frozenset(special))
+    scheme = tokenizer_json_scheme(data) or vocab_scheme(tokens)
+    special, added = set(), set()
+    for entry in data.get("added_tokens") or []:
+        tokens[str(entry["content"])] = int(entry["id"])
+        added.add(int(entry["id"]))
+        if entry.get("special"):
+            special.add(int(entry["id"]))
+    return Vocab(tokens, frozenset(special), scheme, frozenset(added))
 
 
 def read_vocab(folder: Path) -> Vocab | None:
@@ -150,36 +213,102 @@ def read_vocab(folder: Path) -> Vocab | None:
             return vocab_from_tokenizer_json(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
         if (folder / "vocab.json").is_file():
             raw = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-            return Vocab({str(t): int(i) for t, i in raw.items()})
+            tokens = {str(t): int(i) for t, i in raw.items()}
+            return Vocab(tokens, scheme=vocab_scheme(tokens))
         if (folder / "vocab.txt").is_file():
             lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
-            return Vocab({token: i for i, token in enumerate(lines)})
+            tokens = {token: i for i, token in enumerate(lines)}
+            return Vocab(tokens, scheme=vocab_scheme(tokens))
         if any(folder.glob("*.model")):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            return Vocab(dict(tokenizer.get_vocab()), frozenset(tokenizer.all_special_ids))
+            tokens = dict(tokenizer.get_vocab())
+            return Vocab(tokens, frozenset(tokenizer.all_special_ids), vocab_scheme(tokens),
+                         frozenset(tokenizer.get_added_vocab().values()))
     except Exception:  # a tokenizer we cannot read is no tokenizer: the probe then pairs ids
         return None
     return None
 
 
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """Character -> byte: the inverse of GPT-2's ``bytes_to_unicode`` table, from transformers."""
+    try:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        try:
+            from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+        except ImportError:  # neither: the same table, as GPT-2 defines it
+            def bytes_to_unicode() -> dict[int, str]:
+                bs = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+                cs = bs[:] + [256 + n for n in range(256 - len(bs))]
+                bs += [b for b in range(256) if b not in bs]
+                return dict(zip(bs, map(chr, cs)))
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_text(token: str, scheme: str | None) -> str | bytes:
+    """The text a vocabulary entry stands for: byte-level strings decoded through the inverse
+    ``bytes_to_unicode`` table, SentencePiece "▁" as a space and ``<0xNN>`` as byte NN; then UTF-8
+    where the bytes are valid (else the raw bytes, such as one byte of a multi-byte character).
+    A string that is not of its scheme (a byte-level string with a character outside the table)
+    and any string of no scheme stand for themselves."""
+    if scheme == BYTE_LEVEL:
+        table = _byte_decoder()
+        if not token or any(char not in table for char in token):
+            return token
+        data = bytes(table[char] for char in token)
+    elif scheme == SENTENCEPIECE:
+        byte = _BYTE_TOKEN.fullmatch(token)
+        if byte is None:
+            return token.replace(_SPACE_MARK, " ")
+        data = bytes([int(byte.group(1), 16)])
+    else:
+        return token
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+def _usable(vocab: Vocab, rows: int) -> Iterable[tuple[str, int]]:
+    """(token, id) of the entries worth comparing: inside the matrix, neither special nor unused."""
+    for token, i in vocab.tokens.items():
+        if 0 <= i < rows and i not in vocab.special and not _UNUSED_TOKEN.fullmatch(token):
+            yield token, i
+
+
+def texts_to_ids(vocab: Vocab, rows: int) -> dict[str | bytes, int]:
+    """Normalised text (``token_text``) -> one id, over the usable entries. Where several entries
+    stand for one text (SentencePiece's "\n" and "<0x0A>", "▁" and "<0x20>"), the one spelled as the
+    text wins, then a piece over a byte-fallback token (the tokenizer uses the piece: the byte's row
+    is barely trained), then the lowest id."""
+    best: dict[str | bytes, tuple[bool, bool, int]] = {}
+    for token, i in _usable(vocab, rows):
+        text = token if i in vocab.added else token_text(token, vocab.scheme)
+        rank = (token != text, vocab.scheme == SENTENCEPIECE and _BYTE_TOKEN.fullmatch(token) is not None, i)
+        if text not in best or rank < best[text]:
+            best[text] = rank
+    return {text: rank[-1] for text, rank in best.items()}
+
+
 def shared_token_pairs(source: Vocab | None, target: Vocab | None, source_rows: int, target_rows: int) -> tuple[list[tuple[int, int]], str]:
     """(source id, target id) of every token both models have, sorted by source id, and how
     they were matched: ``"same tokenizer"`` (identical vocabularies: same ids), ``"shared strings"``
-    (tokens spelled the same), or ``"ids (no tokenizer)"`` (a side without a tokenizer: row i
+    (one spelling scheme: tokens spelled the same), ``"shared text (<scheme> vs <scheme>)"``
+    (byte-level BPE against SentencePiece, or either against plain strings: entries standing for
+    the same text, ``token_text``), or ``"ids (no tokenizer)"`` (a side without a tokenizer: row i
     with row i). Special and never-used tokens are left out; ids past either matrix are dropped."""
     if source is None or target is None:
         return [(i, i) for i in range(min(source_rows, target_rows))], "ids (no tokenizer)"
+    if source.scheme != target.scheme:
+        theirs = texts_to_ids(target, target_rows)
+        pairs = [(s, theirs[text]) for text, s in texts_to_ids(source, source_rows).items() if text in theirs]
+        return sorted(pairs), f"shared text ({source.scheme or 'plain'} vs {target.scheme or 'plain'})"
     how = "same tokenizer" if source.tokens == target.tokens else "shared strings"
-    pairs = []
-    for token, s in source.tokens.items():
-        t = target.tokens.get(token)
-        if t is None or not (0 <= s < source_rows and 0 <= t < target_rows):
-            continue
-        if s in source.special or t in target.special or _UNUSED_TOKEN.fullmatch(token):
-            continue
-        pairs.append((s, t))
+    theirs = dict(_usable(target, target_rows))
+    pairs = [(s, theirs[token]) for token, s in _usable(source, source_rows) if token in theirs]
     return sorted(pairs), how
 
 
@@ -538,6 +667,7 @@ class _Model:
             "reference": self.reference,
             "pinned": f"{self.repo_id}@{self.revision}" if self.repo_id else self.reference,
             "model_type": self.model_type,
+            "tokenizer": None if self.vocab is None else (self.vocab.scheme or "plain"),  # its spelling scheme; None: none read
             "embedding": self.key,
             "file": self.file,
             "dtype": self.dtype,
@@ -569,8 +699,9 @@ def embedding_evidence(source: str | Path, target: str | Path, *, token: str | N
     ``max_rows`` rows, and about ``max_bytes`` bytes per model (never below ``MIN_SAMPLE_ROWS``
     rows), are read. Returns a dict: ``verdict`` ("compatible", "incompatible" or "unknown", for a
     direct tensor copy), ``reason``, ``identity_cosine`` (None when widths differ), ``linear_fit``,
-    ``shared_tokens`` (all shared), ``sampled_rows``, ``token_match``, ``bytes_read`` (both
-    models), ``seconds``, ``thresholds``, and per model ``source``/``target`` details. Unreadable
+    ``shared_tokens`` (all shared: across spelling schemes, the entries standing for the same text),
+    ``sampled_rows``, ``token_match``, ``bytes_read`` (both models), ``seconds``, ``thresholds``, and
+    per model ``source``/``target`` details (``tokenizer``: its spelling scheme). Unreadable
     weights (offline and not cached, no safetensors, an unknown dtype) give "unknown" with the
     reason; a reference that names nothing raises as everywhere else.
     """
@@ -623,7 +754,7 @@ def cached_embedding_evidence(source, target, *, token: str | None = None) -> di
 
     cache_file = None
     if source.repo_id and source.revision and target.repo_id and target.revision:
-        key = hashlib.sha256(f"{source.pinned}\n{target.pinned}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{CACHE_VERSION}\n{source.pinned}\n{target.pinned}".encode()).hexdigest()[:32]
         cache_file = Path(constants.HF_HOME) / "adapter-convert" / "compatibility" / f"{key}.json"
         if cache_file.is_file():
             try:

@@ -30,7 +30,7 @@ from .errors import BadAdapterError, CompatibilityUnknownError, SourceNotFoundEr
 from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
-from .plan import ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
+from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
 from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
@@ -76,6 +76,10 @@ class ConversionRequest:
     device: str | None = None  # alignment and distillation: cpu, cuda[:N], or auto (accelerate's device_map); None: cuda if available
     dtype: str | None = None  # float32, bfloat16, float16; None: each checkpoint's own
     memory_budget: str | None = None  # alignment working memory, e.g. "4GiB"; None: $ADAPTER_CONVERT_ALIGN_BUDGET or 4 GiB
+    # output-space distillation of a causal LM (the teacher writes answers to the calibration prompts)
+    max_new_tokens: int = 64  # the teacher's answer budget per prompt
+    stop: tuple[str, ...] = ()  # strings that end an answer (kept in it), beside EOS
+    batch_size: int = 4  # distillation batch, in prompts
 
 
 @dataclass
@@ -109,6 +113,12 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--calibration-tokens", request.calibration_tokens, "16 or more")
     if request.distill_steps < 0:
         raise bad("--distill-steps", request.distill_steps, "0 or more")
+    if not 1 <= request.max_new_tokens <= 4096:
+        raise bad("--max-new-tokens", request.max_new_tokens, "a whole number from 1 to 4096")
+    if request.batch_size < 1:
+        raise bad("--batch-size", request.batch_size, "1 or more")
+    if any(not s for s in request.stop):
+        raise bad("--stop", "", "a non-empty string")
     if request.dtype not in (None, *DTYPES):
         raise bad("--dtype", request.dtype, f"one of {', '.join(DTYPES)}")
     if request.device is not None:
@@ -283,7 +293,7 @@ def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | No
 
 def _method(plan: ConversionPlan) -> str:
     alignment = plan.alignment
-    base = f"{alignment.method} alignment" if alignment.method else "direct tensor mapping"
+    base = "fresh adapter" if alignment.method == FRESH else f"{alignment.method} alignment" if alignment.method else "direct tensor mapping"
     return base + (" + distillation" if alignment.refine else "")
 
 
@@ -302,6 +312,9 @@ def reproduce_command(prepared: PreparedConversion) -> str:
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
+            if prepared.plan.task_type == "CAUSAL_LM":  # output-space distillation: what the teacher writes
+                words += ["--max-new-tokens", str(request.max_new_tokens), "--batch-size", str(request.batch_size)]
+                words += [w for stop in request.stop for w in ("--stop", stop)]
         if request.dtype:  # the device changes speed, not the result's meaning; the dtype can change numbers
             words += ["--dtype", request.dtype]
     return shlex.join(words)
@@ -319,7 +332,9 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> C
         from .align.session import AlignmentSession
 
         session = AlignmentSession(prepared, reporter)
-        if plan.alignment.method:
+        if plan.alignment.method == FRESH:  # a new adapter: nothing to calibrate
+            fitted = session.fresh()
+        elif plan.alignment.method:
             fitted = session.fit()
     total = sum(len(p.layer_map.sources) * len(p.modules) for p in (plan.stacks or (plan,)))
     with reporter.progress("Converting modules", total) as advance:

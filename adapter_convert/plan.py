@@ -204,7 +204,7 @@ def width_mismatch(plan_modules: tuple[ModuleMapping, ...], embeddings: tuple[st
 
 @dataclass(frozen=True)
 class AlignmentPlan:
-    method: str | None  # correlation | lstsq, or None for a direct tensor mapping
+    method: str | None  # correlation | lstsq | fresh, or None for a direct tensor mapping
     refine: bool  # distill after mapping
     reason: str
     # auto only: skip the distillation when the mapped adapter already agrees this well with the
@@ -216,14 +216,16 @@ class AlignmentPlan:
         return self.method is not None or self.refine
 
 
-ALIGN_CHOICES = ("auto", "none", *METHODS, "distill")  # the methods from align.METHODS, the registry
+# the fitted methods from align.METHODS (the registry); "fresh" starts a new adapter, fitting nothing
+FRESH = "fresh"
+ALIGN_CHOICES = ("auto", "none", *METHODS, FRESH, "distill")
 
 
 AUTO_REFINE_BELOW = 0.999
 
 
 def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None, *, selection_only: bool = False,
-                   basis_change: bool = False) -> AlignmentPlan:
+                   basis_change: bool = False, generative: bool = False) -> AlignmentPlan:
     """What ``--align`` means for this pair.
 
     ``auto`` copies tensors only when the shapes agree AND the measured compatibility
@@ -232,8 +234,16 @@ def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None,
     evidence at all is an error, never a silent copy. ``selection_only``: DoRA and IA3 vectors can
     only follow a selection of dimensions, so their best method is ``correlation``, which is also
     best when the probe found the same space in another basis (``basis_change``: a permuted copy).
+    ``generative`` (a causal LM, distilled in output space on the teacher's own answers): the best
+    start between unrelated bases is a fresh adapter, measured against the folded maps
+    (docs/benchmarks.md section 7); a permuted copy still starts from its exact selection.
     """
-    best = "correlation" if selection_only or basis_change else "lstsq"
+    if basis_change:
+        best = "correlation"
+    elif generative:
+        best = FRESH
+    else:
+        best = "correlation" if selection_only else "lstsq"
     if align == "none":
         if mismatch:
             raise WidthMismatchError(
@@ -243,14 +253,14 @@ def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None,
         return AlignmentPlan(None, False, "--align none: direct tensor mapping; compatibility not measured")
     if align == "auto":
         if mismatch:
-            return AlignmentPlan(best, True, f"shapes differ ({mismatch}): {best} alignment refined by distillation",
+            return AlignmentPlan(best, True, f"shapes differ ({mismatch}): {_refined(best, generative)}",
                                  refine_below=AUTO_REFINE_BELOW)
         if verdict == "compatible":
             return AlignmentPlan(None, False, "shapes agree and the bases share a hidden space (measured): direct tensor mapping")
         if verdict == "incompatible":
             space = "the same space in another basis" if basis_change else "hidden spaces that differ"
-            return AlignmentPlan(best, True, f"shapes agree but the bases have {space} (measured): {best} alignment "
-                                             "refined by distillation", refine_below=AUTO_REFINE_BELOW)
+            return AlignmentPlan(best, True, f"shapes agree but the bases have {space} (measured): {_refined(best, generative)}",
+                                 refine_below=AUTO_REFINE_BELOW)
         raise CompatibilityUnknownError(
             "--align auto copies tensors only between bases measured to share a hidden space, and this could not be "
             "measured: neither base's token embeddings could be read (weights not cached, offline, or not safetensors).",
@@ -262,10 +272,18 @@ def plan_alignment(align: str, mismatch: str | None, verdict: str | None = None,
             return AlignmentPlan(None, True, "shapes agree and the bases share a hidden space (measured): direct tensor "
                                              "mapping, refined by distillation")
         why = f"shapes differ ({mismatch})" if mismatch else f"shapes agree, compatibility {verdict or 'not measured'}"
-        return AlignmentPlan(best, True, f"{why}: {best} alignment refined by distillation")
+        return AlignmentPlan(best, True, f"{why}: {_refined(best, generative)}")
     if align in METHODS:
         return AlignmentPlan(align, False, f"--align {align} requested" + (f"; shapes differ ({mismatch})" if mismatch else ""))
+    if align == FRESH:  # a new adapter is only worth its distillation
+        return AlignmentPlan(FRESH, True, "--align fresh requested: a new adapter on the target, trained by distillation")
     raise UsageError(f"Unknown alignment {align!r}.", f"Use one of {', '.join(ALIGN_CHOICES)}.")
+
+
+def _refined(start: str, generative: bool) -> str:
+    """How a start is refined, in the plan's words."""
+    how = "distillation on the teacher's own answers" if generative else "distillation"
+    return f"a fresh adapter trained by {how}" if start == FRESH else f"{start} alignment refined by {how}"
 
 
 @dataclass(frozen=True)
@@ -390,10 +408,15 @@ def plan_conversion(
     embeddings = tuple(parsed.embeddings)
     selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for params in parsed.layers.values())
     alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims), verdict,
-                               selection_only=selection_only, basis_change=basis_change)
+                               selection_only=selection_only, basis_change=basis_change, generative=task_type == "CAUSAL_LM")
     check_partial_roles(parsed, modules, source_arch, target_arch, layer_map)
     if alignment.method is not None:
-        _check_alignable(modules, embeddings, layer_map)
+        _check_alignable(modules, embeddings, layer_map, fresh=alignment.method == FRESH)
+    if alignment.method == FRESH and parsed.heads:
+        raise UnsupportedError(
+            f"A fresh adapter has no task head to start from, and this adapter trains {', '.join(parsed.heads)}.",
+            "Use --align lstsq or distill: they carry the head over through the hidden-state map.",
+        )
     partial = sorted({r for m in modules for r in (m.target_role, *m.source_roles) if r in source_arch.partial or r in target_arch.partial})
     if alignment.needs_models and partial:
         raise UnsupportedError(
@@ -624,14 +647,18 @@ def check_head_params(head: str, params: dict[str, torch.Tensor], target: Archit
     )
 
 
-def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], layer_map: LayerMap) -> None:
+def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], layer_map: LayerMap, *, fresh: bool = False) -> None:
+    """What a fitted alignment cannot map. A fresh adapter reads no source tensor: fused
+    projections and several source layers per target layer do not matter to it."""
+    if embeddings:
+        raise UnsupportedError("An adapted embedding cannot be aligned across widths.", "Retrain the adapter without the embedding LoRA.")
+    if fresh:
+        return
     fused = [m.target_role for m in modules if m.operation != "copy" or m.target_role in roles().fused]
     if fused:
         raise UnsupportedError(
             f"Alignment across fused projections ({', '.join(fused)}) is not supported yet.",
             "Align between architectures with separate q/k/v and gate/up projections.",
         )
-    if embeddings:
-        raise UnsupportedError("An adapted embedding cannot be aligned across widths.", "Retrain the adapter without the embedding LoRA.")
     if any(len(sources) > 1 for sources in layer_map.sources.values()):
         raise UnsupportedError("Alignment needs one source layer per target layer; AVG maps several.", "Use --layer-map skip or uniform.")

@@ -129,7 +129,8 @@ class CompatibilitySummary(_Serialized):
 @dataclass(frozen=True, kw_only=True)
 class CalibrationSummary(_Serialized):
     source: str  # the pinned file or dataset, or "built-in multilingual sample"
-    tokens: int  # paired tokens the maps were fitted on
+    tokens: int  # paired tokens the maps were fitted on (0: nothing fitted)
+    prompts: int | None = None  # output-space distillation: the prompts the teacher answered
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +159,7 @@ class AlignmentMemory(_Serialized):
 class Agreement(_Serialized):
     """End to end on held-out calibration text: teacher with its adapter vs. student with the converted one."""
 
-    metric: str  # "predicted-label agreement" or "cosine of last-hidden-state changes"
+    metric: str  # "predicted-label agreement", "cosine of last-hidden-state changes" or GENERATION_AGREEMENT
     value: float
     held_out_tokens: int
 
@@ -172,6 +173,26 @@ class Distillation(_Serialized):
     seed: int | None = None
     final_loss: float | None = None
     skipped: str | None = None
+    max_steps: int | None = None  # the cap; early stopping on held-out fidelity may end before it
+    best_step: int | None = None  # the step whose adapter was kept (0: the start)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationFidelity(_Serialized):
+    """A causal LM's output-space fidelity on held-out prompts: the target with the converted
+    adapter against the teacher's own answers, beside the target base with no adapter. Bits per
+    byte of the teacher's answers (lower is closer), and the token F1 and exact match of greedy
+    generations against the teacher's (higher is closer)."""
+
+    prompts: str  # where the prompts came from, said plainly when no task prompts were given
+    train_prompts: int
+    held_out_prompts: int
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    bits_per_byte: dict[str, float]  # "target base", "start", "converted"
+    token_f1: dict[str, float]  # "target base", "converted"
+    exact_match: dict[str, float]
+    held_out_curve: tuple[tuple[int, float], ...]  # (distillation step, held-out bits per byte)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +213,7 @@ class AlignmentSummary(_Serialized):
     agreement: Agreement | None = None
     agreement_before_distill: Agreement | None = None
     distill: Distillation | None = None
+    fidelity: GenerationFidelity | None = None  # causal LMs distilled in output space
 
 
 @dataclass(frozen=True, kw_only=True)

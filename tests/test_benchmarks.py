@@ -60,16 +60,19 @@ def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
         tokenizer.save_pretrained(tmp_path / name)
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "real_transfer.py"), "--teacher-base", str(tmp_path / "teacher"),
-         "--target", str(tmp_path / "target"), "--teacher-steps", "2", "--budgets", "0,2", "--finetune-budgets", "2",
-         "--train", "16", "--eval", "4", "--calibration-tokens", "64", "--distill-steps", "1",
-         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+         "--target", str(tmp_path / "target"), "--teacher-steps", "2", "--budgets", "2", "--train", "16", "--eval", "4",
+         "--calibration-tokens", "64", "--distill-steps", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
         check=True, capture_output=True, timeout=900,
     )
     report = (tmp_path / "out" / "real_transfer.md").read_text()
-    for row in ("teacher", "target base (no adapter)", "converted: correlation", "converted: correlation + distill",
-                "converted: lstsq", "converted: lstsq + distill (--align distill)", "target LoRA from scratch, 2 steps",
-                "shallow: converted (SKIP)", "converted: lstsq + distill (--align distill), then 2 steps"):
+    for task in ("ner", "types"):
+        assert f"## {task}" in report
+    for row in ("teacher", "target base (no adapter)", "converted: auto (fresh start + output distillation)",
+                "converted: lstsq start + output distillation", "target LoRA from scratch, 2 labelled steps",
+                "converted: auto (fresh start + output distillation), then 2 labelled steps"):
         assert f"| {row} |" in report
     results = json.loads((tmp_path / "out" / "real_transfer.json").read_text())
-    assert all(math.isfinite(v) and v > 0 for v in results["bpb"].values())
+    for task in results["tasks"].values():
+        assert all(math.isfinite(v) and v > 0 for v in task["bpb"].values())
+        assert all(0 <= v <= 1 for v in task["f1"].values())
     assert (tmp_path / "out" / "real_transfer.png").stat().st_size > 10_000

@@ -447,14 +447,15 @@ def test_summary_to_json_known_answer():
         "sampled_rows": 100, "token_match": "exact", "bytes_read": None, "thresholds": None}}
     assert data["alignment"] == {
         "method": "lstsq", "reason": "widths differ", "device": "cpu", "dtypes": {"source": "float32", "target": "bfloat16"},
-        "calibration": {"source": "built-in multilingual sample", "tokens": 300},
+        "calibration": {"source": "built-in multilingual sample", "tokens": 300, "prompts": None},
         "modules": [{"target_layer": 0, "source_layer": 1, "role": "attn.q", "input_fit": 0.9, "output_fit": 0.8, "score": "R^2",
                      "identity_r2": None, "linear_r2": 0.95}],
         "head_input_fit": 0.7, "score": "R^2",
         "memory": {"passes": 1, "statistics_dtype": "float64", "predicted_alignment_bytes": 1000, "budget_bytes": 4096},
         "agreement": {"metric": "predicted-label agreement", "value": 0.875, "held_out_tokens": 64},
         "agreement_before_distill": {"metric": "predicted-label agreement", "value": 0.5, "held_out_tokens": 64},
-        "distill": {"steps": 10, "lr": 0.001, "seed": 0, "final_loss": 0.25, "skipped": None},
+        "distill": {"steps": 10, "lr": 0.001, "seed": 0, "final_loss": 0.25, "skipped": None, "max_steps": None, "best_step": None},
+        "fidelity": None,
     }
     planned = summary().to_json()  # a plan: nothing written, nothing run
     assert planned["dry_run"] is True and planned["output"] is None

@@ -172,7 +172,9 @@ def _dtype_bytes(config, asked: str | None) -> int:
 def for_prepared(prepared) -> ResourcePrediction | None:
     """``resources`` for a prepared conversion: None unless its plan aligns."""
     plan, request = prepared.plan, prepared.request
-    if not plan.alignment.method:
+    from . import METHODS
+
+    if plan.alignment.method not in METHODS:  # a copy or a fresh start: no calibration pass
         return None
     ranks = [t.shape[0] for key, t in prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2] or [1]
     return predict(plan.source_dims, plan.target_dims, [m.target_role for m in plan.modules],

@@ -5,6 +5,7 @@ weights; the math lives in stats.py, correlation.py, lstsq.py, fold.py and refin
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,8 @@ from collections.abc import Iterator
 
 from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
-from ..summary import Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation
+from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
+                       GenerationFidelity)
 from ..tasks import LABELLED
 from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
@@ -23,9 +25,16 @@ from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
 from . import fit_point
 from .fold import fold_head, fold_input, fold_output
+from . import generative
+from .fresh import fresh_module
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
+MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
+MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
+MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
+EVAL_EVERY, PATIENCE = 10, 2  # held-out fidelity every 10 steps; stop after 2 checks without a gain
+GENERATION_AGREEMENT = "token F1 of greedy generations vs the teacher's"
 
 
 def held_out_tokens(calibration_tokens: int) -> int:
@@ -44,11 +53,23 @@ class AlignmentSession:
         heads = list(prepared.parsed.heads)
         self.num_labels = head_labels(prepared.adapter.tensors, heads)
         calibration = prepared.calibration
+        # a causal LM is distilled on what the teacher writes: the calibration texts are its prompts
+        self.generative = plan.alignment.refine and self.task_type == "CAUSAL_LM"
         texts = load_texts(calibration.file if calibration else None)
+        if self.generative and len(texts) < MIN_PROMPTS:
+            raise CalibrationDataError(
+                f"Output-space distillation needs at least {MIN_PROMPTS} prompts (one held out to measure fidelity), and the "
+                f"calibration data holds {len(texts)}.", "Give --calibration-data with more of the task's prompts, one per line "
+                "(.txt) or one {\"prompt\": ...} per line (.jsonl).")
         held = max(1, int(len(texts) * HELD_OUT_SHARE)) if len(texts) > 1 else 0
+        if self.generative:
+            held = min(held, MAX_HELD_OUT_PROMPTS)
         self.fit_texts, self.held_texts = texts[: len(texts) - held], texts[len(texts) - held :] or texts
-        reporter.stage("Loading source and target base models for calibration")
-        model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix else AutoModel
+        if self.generative and calibration is None:
+            reporter.stage("No task prompts given (--calibration-data): the teacher answers the built-in multilingual sample "
+                           "instead, which says little about your task")
+        reporter.stage("Loading source and target base models" + (" for calibration" if not self.generative else ""))
+        model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix or self.generative else AutoModel
         self.device = resolve_device(request.device)
         # the checkpoint's own dtype unless asked; accelerate's device map places (and offloads) big models
         kwargs = {"dtype": getattr(torch, request.dtype) if request.dtype else "auto",
@@ -124,6 +145,12 @@ class AlignmentSession:
                     tokens = next(iter(stats.values())).n if stats else 0
                     if tokens == 0:
                         raise _no_pairs()
+                    needed = min(MIN_PAIRED_TOKENS, request.calibration_tokens)
+                    if tokens < needed:
+                        raise CalibrationDataError(
+                            f"The calibration text gave {tokens} paired tokens, and fitting a map needs at least {needed}.",
+                            "Give --calibration-data with more text in a language both models read (a few hundred sentences).",
+                        )
                 for shape in group:
                     key = (shape.point.student_layer, shape.point.point)
                     fits[key] = fit_point(stats.pop(key), shape.kind, method, ridge=request.ridge)
@@ -153,6 +180,25 @@ class AlignmentSession:
                                    budget_bytes=planned.budget),
         )
 
+    def fresh(self) -> FittedAlignment:
+        """A new adapter on the target (align/fresh.py): the source's kind, rank and scaling on each
+        mapped module, initialised as peft does. Reads no source tensor and runs no calibration."""
+        plan = self.prepared.plan
+        role_names = [m.target_role for m in plan.modules]
+        layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
+        generator = torch.Generator().manual_seed(self.prepared.request.seed)
+        sources = self._source_modules([(t, s) for t, sources in plan.layer_map.rows() for s in sources[:1]],
+                                       [r for m in plan.modules for r in m.source_roles])
+        modules = {}
+        for target_layer, _ in layer_pairs:
+            for mapping in plan.modules:
+                like = next((sources[(target_layer, r)] for r in mapping.source_roles if (target_layer, r) in sources), None)
+                if like is None:
+                    continue
+                target = self.student.get_submodule(plan.module_path(mapping.target_role, target_layer, target=True))
+                modules[(target_layer, mapping.target_role)] = fresh_module(like, target, generator=generator)
+        return FittedAlignment(modules, None, self._planned())
+
     def _rank(self) -> int:
         ranks = [t.shape[0] for key, t in self.prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
         return max(ranks, default=1)
@@ -174,12 +220,15 @@ class AlignmentSession:
         and the evaluation (AlignmentSummary's agreement, agreement_before_distill and distill, by name).
         The teacher's adapter comes from memory, never re-read from disk."""
         request, plan = self.prepared.request, self.prepared.plan
-        head_map = fitted.head_map if fitted is not None and fitted.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
         teacher = get_peft_model(self.teacher, dataclasses.replace(self.prepared.adapter.config, inference_mode=True))
         set_peft_model_state_dict(teacher, self.prepared.adapter.tensors)
         teacher.eval()
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
+        if self.generative:
+            evaluation = self._refine_on_answers(teacher, student)
+            return _trained(student, tensors), evaluation
+        head_map = fitted.head_map if fitted is not None and fitted.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
 
         def held_out_agreement() -> Agreement:
@@ -199,9 +248,66 @@ class AlignmentSession:
         report = {"agreement_before_distill": before,
                   "distill": Distillation(steps=request.distill_steps, lr=request.lr, seed=request.seed, final_loss=round(final_loss, 6)),
                   "agreement": held_out_agreement()}
-        trained = get_peft_model_state_dict(student)
-        # back on the CPU, in the converted adapter's own dtype (peft may train adapters in float32 on a bf16 base)
-        return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}, report
+        return _trained(student, tensors), report
+
+    def _refine_on_answers(self, teacher, student) -> dict:
+        """Output-space distillation (align/generative.py): the teacher answers the prompts once,
+        the student's adapter learns its answers until held-out fidelity stops improving; the
+        evaluation (agreement, distill, fidelity, calibration) by name."""
+        request, plan = self.prepared.request, self.prepared.plan
+        # no more training prompts than the step cap can read: each is answered by the teacher once
+        train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)] if self.fit_texts is not self.held_texts else self.fit_texts
+        prompts = train_prompts + self.held_texts
+        stops, restart = tuple(request.stop), restart_marker(prompts)
+        options = dict(max_new_tokens=request.max_new_tokens, max_length=self.max_length)
+        with self.reporter.progress("Teacher writing answers", len(prompts)) as advance:
+            answers = generative.generate(teacher, self.teacher_tokenizer, prompts, stops=stops + restart, **options,
+                                          on_batch=lambda n: advance(amount=n))
+        answers = [generative.Example(a.prompt, generative.cut_before(a.answer, restart), a.ended) for a in answers]
+        train, held = [a for a in answers[: len(train_prompts)] if a.answer.strip()], [a for a in answers[len(train_prompts):] if a.answer.strip()]
+        if not train or not held:
+            raise CalibrationDataError(
+                f"The teacher wrote no answer to {sum(not a.answer.strip() for a in answers)} of {len(answers)} prompts, which "
+                "leaves nothing to distil.", "Give prompts the adapter answers (its task's inputs, without the answers), "
+                "or raise --max-new-tokens.")
+        tokenizer, length = self.student_tokenizer, self.max_length
+        with student.disable_adapter():  # the same model, its adapter off: the target base
+            base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
+        run = None
+        if request.distill_steps > 0:
+            with self.reporter.progress("Distilling on the teacher's answers", request.distill_steps) as advance:
+                run = generative.distill_on_answers(
+                    student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
+                    batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE,
+                    on_step=lambda loss: advance(f"loss {loss:.4f}"))
+        start_bpb = run.held_out_bpb[0][1] if run else generative.bits_per_byte(student, tokenizer, held, max_length=length)
+        final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
+        held_prompts = [a.prompt for a in held]
+        gen = dict(stops=stops + restart, **options)
+        with self.reporter.progress("Measuring held-out generations", 2 * len(held)) as advance:
+            written = generative.generate(student, tokenizer, held_prompts, **gen, on_batch=lambda n: advance(amount=n))
+            with student.disable_adapter():
+                written_base = generative.generate(student, tokenizer, held_prompts, **gen, on_batch=lambda n: advance(amount=n))
+        cut = lambda examples: [generative.Example(e.prompt, generative.cut_before(e.answer, restart)) for e in examples]  # noqa: E731
+        converted, base = generative.generation_agreement(cut(written), held), generative.generation_agreement(cut(written_base), held)
+        calibration = self.prepared.calibration
+        source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
+        fidelity = GenerationFidelity(
+            prompts=source, train_prompts=len(train), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
+            bits_per_byte={"target base": round(base_bpb, 4), "start": round(start_bpb, 4), "converted": round(final_bpb, 4)},
+            token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
+            exact_match={"target base": round(base["exact_match"], 4), "converted": round(converted["exact_match"], 4)},
+            held_out_curve=run.held_out_bpb if run else ((0, round(start_bpb, 4)),))
+        held_tokens = sum(len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held)
+        report = {"agreement": Agreement(metric=GENERATION_AGREEMENT, value=round(converted["token_f1"], 4), held_out_tokens=held_tokens),
+                  "fidelity": fidelity,
+                  "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(prompts))}
+        if run is not None:
+            report["distill"] = Distillation(steps=run.steps, lr=request.lr, seed=request.seed, final_loss=round(run.final_loss, 6),
+                                             max_steps=request.distill_steps, best_step=run.best_step)
+        else:
+            report["distill"] = Distillation(skipped="--distill-steps 0")
+        return report
 
     def report(self, fitted: FittedAlignment | None, evaluation: dict) -> AlignmentSummary:
         """The alignment report of the run: what was asked, where it ran, the fit, the evaluation
@@ -211,6 +317,26 @@ class AlignmentSession:
     def _planned(self) -> AlignmentSummary:
         plan = self.prepared.plan
         return AlignmentSummary(method=self.method or "direct", reason=plan.alignment.reason, device=self.device, dtypes=self.dtypes)
+
+
+def _trained(student, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's adapter tensors back on the CPU, in the converted adapter's own dtype (peft may
+    train adapters in float32 on a bf16 base), under the keys of ``tensors``."""
+    trained = get_peft_model_state_dict(student)
+    return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}
+
+
+def restart_marker(prompts: list[str]) -> tuple[str, ...]:
+    """The prompts' common opening ("Sentence:", "### Question:"), when they share one of at least
+    three visible characters: a teacher that writes it again has finished its answer and begun a
+    new example, so generation stops there and the answer ends before it."""
+    import os.path
+
+    prefix = os.path.commonprefix(prompts) if len(prompts) > 1 else ""
+    if prefix and prefix[-1].isalnum() and any(len(p) > len(prefix) and p[len(prefix)].isalnum() for p in prompts):
+        prefix = re.sub(r"\w+$", "", prefix)  # a word the prompts only begin alike is not part of it
+    prefix = prefix.strip()
+    return (prefix,) if len(prefix) >= 3 else ()
 
 
 @dataclass(frozen=True)

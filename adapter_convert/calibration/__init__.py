@@ -52,9 +52,11 @@ def _parse(source: Path, content: str) -> list[str]:
         for number, line in enumerate(content.splitlines(), 1):
             if line.strip():
                 try:
-                    texts.append(str(json.loads(line)["text"]))
+                    record = json.loads(line)
+                    texts.append(str(record["text"] if "text" in record else record["prompt"]))
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' field.", "Write one {\"text\": ...} object per line.") from None
+                    raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' or 'prompt' field.",
+                                               "Write one {\"text\": ...} or {\"prompt\": ...} object per line.") from None
         return texts
     if suffix in (".conll", ".conllu"):  # the token is the second column (the only one in a bare token list)
         return [" ".join(columns[1] if len(columns) > 1 else columns[0] for columns in sentence)

@@ -1,0 +1,242 @@
+"""Output-space distillation for causal LMs, label-free and across tokenizers.
+
+The teacher (source base + its adapter) writes answers to the user's unlabelled prompts, once;
+the student's adapter is trained on the student's own tokenization of ``prompt + answer`` with
+the prompt masked (Trans-LoRA's recipe: the source adapter labels the prompts), and stops when
+the bits per byte of the teacher's answers on held-out prompts stop falling. Fidelity is what a
+user sees: bits per byte of the teacher's held-out answers under the student, and the token F1 /
+exact match of the student's greedy generations against the teacher's.
+
+Everything is measured per byte of text, never per token, so two tokenizers compare.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .capture import on_device
+
+IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
+MIN_GAIN = 0.01  # a held-out check improves when bits per byte fall by more than 1% of the best so far
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str  # the teacher's text after the prompt (its stop string included)
+    ended: bool = False  # the teacher stopped by its EOS: the student learns to stop there too
+
+
+# ---- pure pieces ---------------------------------------------------------------------------------
+
+
+def answer_positions(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> list[bool]:
+    """Which tokens belong to the answer: those starting at or after the prompt's last character.
+    A token straddling the boundary (a tokenizer merging the prompt's end into the answer) counts
+    as prompt: the loss never rewards re-writing the prompt. Special tokens ((0, 0) spans) never count."""
+    return [end > start and start >= prompt_chars for start, end in offsets]
+
+
+def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy (nats) over labelled positions: ``logits[:, t]`` predicts
+    ``labels[:, t + 1]``; ``IGNORE`` labels add nothing; optional per-label ``weights``."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
+    if weights is not None:
+        nats = nats * weights[:, 1:].reshape(-1).to(nats.dtype)
+    return nats.sum()
+
+
+def token_f1(predicted: str, reference: str) -> float:
+    """SQuAD-style token F1 on whitespace- and punctuation-split words (1.0 when both are empty)."""
+    p, r = _words(predicted), _words(reference)
+    if not p and not r:
+        return 1.0
+    common = sum(min(p.count(w), r.count(w)) for w in set(p))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to and including the first stop string; whether one was found."""
+    ends = [text.index(s) + len(s) for s in stops if s and s in text]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
+# ---- tokenized batches ---------------------------------------------------------------------------
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int) -> dict[str, torch.Tensor]:
+    """The student's tokenization of ``prompt + answer`` (+ its EOS where the teacher stopped),
+    left-padded so every answer ends the row (then only the last positions need logits), with
+    ``labels`` on the answer's tokens only and ``position_ids`` that skip the padding."""
+    rows, labels = [], []
+    eos = tokenizer.eos_token_id
+    for example in examples:
+        encoded = tokenizer(example.prompt + example.answer, return_offsets_mapping=True, add_special_tokens=True,
+                            truncation=True, max_length=max_length)
+        ids = list(encoded["input_ids"])
+        keep = answer_positions(encoded["offset_mapping"], len(example.prompt))
+        if example.ended and eos is not None and len(ids) < max_length:
+            ids.append(eos)
+            keep.append(True)
+        rows.append(ids)
+        labels.append([i if k else IGNORE for i, k in zip(ids, keep)])
+    width = max(len(r) for r in rows)
+    pad = next(i for i in (tokenizer.pad_token_id, eos, 0) if i is not None)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    label_ids = torch.tensor([[IGNORE] * (width - len(r)) + r for r in labels])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
+            "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
+
+
+def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed nats of the labelled tokens, and how many there are. Logits only for the positions
+    that predict them (answers end every left-padded row): a 262k-token vocabulary head over
+    the prompt's positions would cost more than the rest of the model."""
+    labels = batch["labels"]
+    labelled = (labels != IGNORE).any(0).nonzero()
+    keep = int(labels.shape[1] - labelled.min()) + 1 if len(labelled) else 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**on_device(inputs, model), logits_to_keep=keep).logits
+    tail = labels[:, -keep:].to(logits.device)
+    return masked_nats(logits, tail), int((tail[:, 1:] != IGNORE).sum())
+
+
+def batched(examples: Sequence[Example], size: int) -> list[list[Example]]:
+    return [list(examples[i : i + size]) for i in range(0, len(examples), size)]
+
+
+@torch.no_grad()
+def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int = 8) -> float:
+    """Bits per UTF-8 byte of the examples' answers given their prompts (lower: closer to the teacher)."""
+    was_training = model.training
+    model.eval()
+    nats = sum(float(answer_nats(model, encode_examples(tokenizer, chunk, max_length=max_length))[0])
+               for chunk in batched(examples, batch_size))
+    model.train(was_training)
+    return nats / math.log(2) / max(1, sum(len(e.answer.encode("utf-8")) for e in examples))
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, stops: Sequence[str], batch_size: int = 16,
+             max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
+    """Greedy continuations of ``prompts``, batched (left padding, the KV cache), each cut after
+    its first stop string or ended by EOS. Prompts run longest first, so a batch pads little; the
+    answers come back in the prompts' order."""
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: dict[int, Example] = {}
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = [tokenizer(prompts[i], truncation=True, max_length=max(1, max_length - max_new_tokens))["input_ids"] for i in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
+            try:  # transformers stops a row at a stop string; the text is cut below either way
+                out = model.generate(**inputs, **options, stop_strings=list(stops) or None, tokenizer=tokenizer if stops else None)
+            except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
+                out = model.generate(**inputs, **options)
+            for row, index in enumerate(chunk):
+                new = out[row, width:].tolist()
+                ended = tokenizer.eos_token_id is not None and tokenizer.eos_token_id in new
+                if ended:
+                    new = new[: new.index(tokenizer.eos_token_id)]
+                text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
+                results[index] = Example(prompts[index], text, ended=ended and not stopped)
+            on_batch(len(chunk))
+    finally:
+        tokenizer.padding_side = side
+    return [results[i] for i in range(len(prompts))]
+
+
+def generation_agreement(student_answers: Sequence[Example], teacher_answers: Sequence[Example]) -> dict[str, float]:
+    """Token F1 and exact match of the student's answers against the teacher's, averaged."""
+    pairs = list(zip(student_answers, teacher_answers))
+    f1 = sum(token_f1(s.answer, t.answer) for s, t in pairs) / max(1, len(pairs))
+    exact = sum(s.answer.strip() == t.answer.strip() for s, t in pairs) / max(1, len(pairs))
+    return {"token_f1": f1, "exact_match": exact}
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    steps: int  # steps run (early stopping may end it before the cap)
+    best_step: int  # the step whose adapter is kept (0: the start was best)
+    held_out_bpb: tuple[tuple[int, float], ...]  # (step, held-out bits per byte), the start first
+    final_loss: float
+
+
+def distill_on_answers(student, tokenizer, train: Sequence[Example], held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
+                       batch_size: int, max_length: int, eval_every: int, patience: int,
+                       on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
+    """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
+    masked), checking held-out bits per byte every ``eval_every`` steps; after ``patience`` checks
+    without an improvement of more than ``MIN_GAIN`` it stops, and the best adapter seen is kept
+    (the start included)."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    rng = random.Random(seed)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
+        history = [(0, evaluate())]
+        best, best_step = [p.detach().clone() for p in params], 0
+        order: list[Example] = []
+        loss_value, step, waited = float("nan"), 0, 0
+        student.train()
+        while step < steps:
+            if len(order) < batch_size:
+                order += rng.sample(list(train), len(train))  # epochs, each shuffled
+            chunk, order = order[:batch_size], order[batch_size:]
+            nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
+            loss = nats / max(tokens, 1)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            loss_value = loss.item()
+            on_step(loss_value)
+            if step % eval_every == 0 or step == steps:
+                best_so_far = min(v for _, v in history)
+                history.append((step, evaluate()))
+                if history[-1][1] < best_so_far:  # the best adapter seen is the one kept
+                    best, best_step = [p.detach().clone() for p in params], step
+                waited = 0 if history[-1][1] < (1 - MIN_GAIN) * best_so_far else waited + 1
+                if waited >= patience:
+                    break
+        with torch.no_grad():
+            for param, kept in zip(params, best):
+                param.copy_(kept)
+        student.eval()
+    return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value)
+
+
+def cut_before(text: str, markers: Sequence[str]) -> str:
+    """``text`` up to the first marker (excluded), its trailing spaces kept (a newline ends an answer)."""
+    ends = [text.index(m) for m in markers if m and m in text]
+    return text[: min(ends)] if ends else text

@@ -1,0 +1,190 @@
+"""Output-space distillation of a causal LM across tokenizers (align/generative.py, align/fresh.py):
+known answers for the pure pieces, and a tiny teacher with a learnt answer moved onto a model of
+another family, width and tokenizer with only its prompts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from typer.testing import CliRunner
+
+from adapter_convert.align.generative import (IGNORE, Example, answer_positions, cut_at_stop, cut_before, encode_examples, generate,
+                                              masked_nats, token_f1)
+from adapter_convert.align.session import restart_marker
+from adapter_convert.cli import app
+from helpers import all_module_names, tiny_config
+
+WORDS = "red green blue cat dog bird tree river stone cloud apple bread water fire light night".split()
+ANSWER = " blue sky\n"
+
+
+def byte_bpe(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style) trained on the test's words; two sizes cut text differently."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [f"Text: {a} {b}\nAnswer:{ANSWER}" for a in WORDS for b in WORDS]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
+
+
+def prompts(count: int, offset: int = 0) -> list[str]:
+    return [f"Text: {WORDS[(i + offset) % len(WORDS)]} {WORDS[(3 * i + 1) % len(WORDS)]}\nAnswer:" for i in range(count)]
+
+
+# ---- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_answer_positions_take_the_tokens_that_start_in_the_answer():
+    prompt = "Q: hi\nA:"
+    #        Q     :      " hi"   "\n"    "A:"    " ye"    "s"     special
+    offsets = [(0, 1), (1, 2), (2, 5), (5, 6), (6, 8), (8, 11), (11, 12), (0, 0)]
+    assert answer_positions(offsets, len(prompt)) == [False] * 5 + [True, True, False]
+    # a token straddling the boundary ("A:" merged with " ye") belongs to the prompt
+    assert answer_positions([(0, 6), (6, 11), (11, 12)], len(prompt)) == [False, False, True]
+
+
+def test_answer_positions_on_a_real_tokenization():
+    tokenizer = byte_bpe(300)
+    prompt, answer = "Text: red cat\nAnswer:", " blue sky\n"
+    encoded = tokenizer(prompt + answer, return_offsets_mapping=True)
+    keep = answer_positions(encoded["offset_mapping"], len(prompt))
+    answer_ids = [i for i, k in zip(encoded["input_ids"], keep) if k]
+    assert tokenizer.decode(answer_ids) == answer
+
+
+def test_masked_nats_is_the_cross_entropy_of_the_labelled_next_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 5], [IGNORE, 1, IGNORE, 6]])
+    expected = (F.cross_entropy(logits[0, 1], torch.tensor(3), reduction="sum") + F.cross_entropy(logits[0, 2], torch.tensor(5))
+                + F.cross_entropy(logits[1, 0], torch.tensor(1)) + F.cross_entropy(logits[1, 2], torch.tensor(6)))
+    assert torch.allclose(masked_nats(logits, labels), expected)
+    weights = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # label positions weighted: 2x the first
+    weighted = expected + F.cross_entropy(logits[0, 1], torch.tensor(3)) - F.cross_entropy(logits[0, 2], torch.tensor(5))
+    assert torch.allclose(masked_nats(logits, labels, weights), weighted)
+
+
+def test_token_f1_exact_and_partial():
+    assert token_f1("PER: Ada Lovelace", "PER: Ada Lovelace") == 1.0
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    # predicted "per : ada" (3 words), reference "per : ada lovelace" (4): precision 1, recall 3/4
+    assert math.isclose(token_f1("PER: Ada", "PER: Ada Lovelace"), 2 * 0.75 / 1.75)
+
+
+def test_stop_strings_and_restart_markers():
+    assert cut_at_stop(" PER: Ada\nSentence: x", ["\n"]) == (" PER: Ada\n", True)
+    assert cut_at_stop(" PER: Ada", ["\n"]) == (" PER: Ada", False)
+    assert cut_before(" PER: Ada\nSentence: x", ["Sentence:"]) == " PER: Ada\n"
+    assert restart_marker(["Sentence: a b\nEntities:", "Sentence: c\nEntities:"]) == ("Sentence:",)
+    assert restart_marker(["Apple pie", "Apples"]) == ()  # a shared first word's start is no marker
+    assert restart_marker(["### Q: one", "### Q: two"]) == ("### Q:",)
+
+
+def test_encoded_examples_are_left_padded_with_labels_on_the_answer_and_eos_where_the_teacher_stopped():
+    tokenizer = byte_bpe(300)
+    short, long = Example("Text: red cat\nAnswer:", " blue", ended=True), Example("Text: green river\nAnswer:", " blue sky\n")
+    batch = encode_examples(tokenizer, [short, long], max_length=64)
+    assert batch["input_ids"].shape == batch["labels"].shape
+    for row, example in enumerate((short, long)):
+        labelled = [int(i) for i in batch["labels"][row] if i != IGNORE]
+        if example.ended:
+            assert labelled[-1] == tokenizer.eos_token_id
+            labelled = labelled[:-1]
+        assert tokenizer.decode(labelled) == example.answer
+        assert batch["attention_mask"][row, -1] == 1  # left padding: every row ends with its answer
+    pads = int((batch["attention_mask"][0] == 0).sum())
+    assert batch["position_ids"][0, pads] == 0 and batch["position_ids"][0, -1] == batch["attention_mask"][0].sum() - 1
+
+
+# ---- end to end: a teacher that learnt an answer, moved across families and tokenizers ---------------
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory) -> Path:
+    """A tiny llama teacher whose LoRA learnt to answer ANSWER; a tiny qwen2 target of other widths
+    and another tokenizer; the prompts (no answers) in a .jsonl file."""
+    root = tmp_path_factory.mktemp("taught")
+    teacher_tok, student_tok = byte_bpe(300), byte_bpe(420)
+    assert teacher_tok.get_vocab() != student_tok.get_vocab()
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_config("llama", 2, vocab_size=len(teacher_tok), pad_token_id=0, eos_token_id=1,
+                                                           bos_token_id=1, max_position_embeddings=64))
+    teacher.save_pretrained(root / "teacher")
+    teacher_tok.save_pretrained(root / "teacher")
+    student = AutoModelForCausalLM.from_config(tiny_config("qwen2", 2, vocab_size=len(student_tok), hidden_size=48, num_attention_heads=6,
+                                                           num_key_value_heads=3, head_dim=8, intermediate_size=96, pad_token_id=0,
+                                                           eos_token_id=1, bos_token_id=1, max_position_embeddings=64))
+    student.save_pretrained(root / "student")
+    student_tok.save_pretrained(root / "student")
+    model = get_peft_model(teacher, LoraConfig(r=4, lora_alpha=8, target_modules=all_module_names("llama"), task_type="CAUSAL_LM"))
+    examples = [Example(p, ANSWER) for p in prompts(48)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    from adapter_convert.align.generative import answer_nats
+
+    for step in range(80):
+        nats, tokens = answer_nats(model, encode_examples(teacher_tok, examples[(step * 8) % 48:][:8], max_length=64))
+        (nats / tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    written = generate(model, teacher_tok, prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
+    assert all(w.answer == ANSWER for w in written), [w.answer for w in written]  # the teacher does its task
+    model.save_pretrained(root / "adapter")
+    config = json.loads((root / "adapter" / "adapter_config.json").read_text())
+    (root / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(root / "teacher")}))
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(40, offset=2)))
+    return root
+
+
+def convert(root: Path, out: Path, *options: str):
+    return CliRunner().invoke(app, ["convert", str(root / "adapter"), "--target", str(root / "student"), "--out", str(out), "--json",
+                                    "--calibration-data", str(root / "prompts.jsonl"), "--max-new-tokens", "6", *options])
+
+
+def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them(taught, tmp_path):
+    out = tmp_path / "out"
+    result = convert(taught, out, "--stop", "\n", "--distill-steps", "60", "--lr", "2e-2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "fresh adapter + distillation"
+    report = summary["alignment"]
+    assert report["modules"] is None and report["calibration"]["prompts"] == 40  # nothing calibrated: a fresh start
+    fidelity = report["fidelity"]
+    assert fidelity["train_prompts"] + fidelity["held_out_prompts"] == 40 and fidelity["stop"] == ["\n"]
+    assert fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["start"] == fidelity["bits_per_byte"]["target base"]
+    assert fidelity["token_f1"]["converted"] > fidelity["token_f1"]["target base"]
+    assert fidelity["token_f1"]["converted"] >= 0.9 and report["agreement"]["value"] == fidelity["token_f1"]["converted"]
+    assert report["distill"]["best_step"] > 0
+    # the written adapter, loaded with peft on the target, writes the teacher's answer to new prompts
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "student"), out)
+    from transformers import AutoTokenizer
+
+    written = generate(model, AutoTokenizer.from_pretrained(taught / "student"), prompts(6, offset=11), max_new_tokens=6,
+                       stops=("\n",), max_length=64)
+    assert sum(w.answer == ANSWER for w in written) >= 5, [w.answer for w in written]
+    card = (out / "README.md").read_text()
+    assert "### Output-space distillation" in card and "Bits per byte of the teacher's answers" in card
+    assert "--max-new-tokens 6 --batch-size 4 --stop" in card
+
+
+def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("hello\n")
+    result = CliRunner().invoke(app, ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--out",
+                                      str(tmp_path / "a"), "--calibration-data", str(one)])
+    assert result.exit_code == 17, result.output
+    assert "at least 4 prompts" in result.output and "holds 1" in result.output
+    result = CliRunner().invoke(app, ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--out",
+                                      str(tmp_path / "b"), "--align", "lstsq", "--calibration-data", str(one)])
+    assert result.exit_code == 17, result.output
+    assert "paired tokens" in result.output and "at least 64" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
