@@ -188,7 +188,8 @@ class GenerationFidelity(_Serialized):
     train_prompts: int
     held_out_prompts: int
     max_new_tokens: int
-    stop: tuple[str, ...]
+    stop: tuple[str, ...]  # the stop strings used: --stop's, or a line break the teacher's answers were measured to need
+    answer_end: str  # what ended the teacher's answers, and why
     bits_per_byte: dict[str, float]  # "target base", "start", "converted"
     token_f1: dict[str, float]  # "target base", "converted"
     exact_match: dict[str, float]

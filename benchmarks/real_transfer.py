@@ -190,6 +190,24 @@ def load(base: str, adapter: Path | None = None, trainable: bool = False):
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable) if adapter is not None else model
 
 
+def shallow_copy(base: str, folder: Path, keep_every: int = 2) -> Path:
+    """The base with every ``keep_every``-th layer only: a student cut from its teacher
+    (the opt-in real-model tests convert onto it with SKIP)."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), keep_every))
+    for index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = index
+    model.config.num_hidden_layers = len(model.model.layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[::keep_every]
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
 def run_task(task: str, args, teacher_base: str, target: str, results: dict, save) -> None:
     work = args.work / task
     work.mkdir(parents=True, exist_ok=True)

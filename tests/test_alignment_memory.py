@@ -174,7 +174,7 @@ def test_a_run_split_into_passes_matches_the_one_pass_run(decoders, tmp_path, mo
 def test_dry_run_prints_resources_only_when_it_aligns(decoders, tmp_path):  # noqa: F811
     folder = decoders / "CAUSAL_LM"
     result = CliRunner().invoke(app, ["convert", str(folder / "adapter"), "--target", str(folder / "student"), "--out", str(tmp_path / "o"),
-                                      "--json", "--dry-run"])
+                                      "--json", "--dry-run", "--align", "lstsq"])
     assert result.exit_code == 0, result.output
     resources = json.loads(result.stdout)["resources"]
     assert resources["passes"] == 1 and 0 < resources["alignment_bytes"] < resources["peak_bytes"]
@@ -182,6 +182,9 @@ def test_dry_run_prints_resources_only_when_it_aligns(decoders, tmp_path):  # no
                                     "--json", "--dry-run", "--align", "none"])
     assert same.exit_code == 0, same.output
     assert json.loads(same.stdout)["resources"] is None
+    fresh = CliRunner().invoke(app, ["convert", str(folder / "adapter"), "--target", str(folder / "student"), "--out", str(tmp_path / "q"),
+                                     "--json", "--dry-run"])  # auto on a causal LM: a fresh start, no calibration pass
+    assert fresh.exit_code == 0 and json.loads(fresh.stdout)["resources"] is None
 
 
 def test_a_pass_without_the_last_hidden_state_stops_after_its_last_layer():

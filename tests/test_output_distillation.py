@@ -188,3 +188,42 @@ def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp
     assert result.exit_code == 17, result.output
     assert "paired tokens" in result.output and "at least 64" in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_one_line_answers_are_measured_from_the_teachers_loops():
+    from adapter_convert.align.generative import first_line, loops_after_first_line, one_line_answers
+
+    looping = Example("p", " PER: Ada\nLOC: Paris\nLOC: Paris\nLOC: Par")
+    assert loops_after_first_line(looping.answer) and not loops_after_first_line(" PER: Ada\nLOC: Paris\nORG: UN")
+    assert first_line(looping).answer == " PER: Ada\n" and first_line(Example("p", "\nyes\nno")).answer == "\nyes\n"
+    assert "repeated itself after the first line in 5" in one_line_answers([looping] * 5)
+    # answers that end by themselves (EOS or a stop string), or do not loop, are left whole
+    assert one_line_answers([Example("p", looping.answer, finished=True)] * 5) is None
+    assert one_line_answers([Example("p", " a\nb c d\ne f g")] * 5) is None
+
+
+def test_a_fresh_start_converts_onto_fused_projections(taught, tmp_path):
+    """phi3 fuses q, k and v into qkv_proj and gate and up into gate_up_proj, which the fitted maps
+    refuse: a fresh adapter reads no source tensor, so it converts, loads with peft, and learns the
+    teacher's answers."""
+    from transformers import AutoTokenizer
+
+    target = tmp_path / "phi3"
+    tokenizer = AutoTokenizer.from_pretrained(taught / "student")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("phi3", 2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=1,
+                                                 max_position_embeddings=64)).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["convert", str(taught / "adapter"), "--target", str(target), "--out", str(out), "--json",
+                                      "--align", "fresh", "--calibration-data", str(taught / "prompts.jsonl"), "--max-new-tokens",
+                                      "6", "--stop", "\n", "--distill-steps", "30", "--lr", "2e-2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "fresh adapter + distillation"
+    operations = {row["role"]: row["operation"] for row in summary["modules"]}
+    assert operations["attn.qkv"] == operations["mlp.gate_up"] == "fuse"
+    fidelity = summary["alignment"]["fidelity"]
+    assert fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["target base"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(target), out)
+    assert model.base_model.model.model.layers[0].self_attn.qkv_proj.lora_A["default"].weight.shape == (4, 32)

@@ -12,6 +12,7 @@ Everything is measured per byte of text, never per token, so two tokenizers comp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -32,6 +33,7 @@ class Example:
     prompt: str
     answer: str  # the teacher's text after the prompt (its stop string included)
     ended: bool = False  # the teacher stopped by its EOS: the student learns to stop there too
+    finished: bool = False  # ended by EOS or a stop string (not by the token budget)
 
 
 # ---- pure pieces ---------------------------------------------------------------------------------
@@ -165,11 +167,38 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
                 if ended:
                     new = new[: new.index(tokenizer.eos_token_id)]
                 text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
-                results[index] = Example(prompts[index], text, ended=ended and not stopped)
+                results[index] = Example(prompts[index], text, ended=ended and not stopped, finished=ended or stopped)
             on_batch(len(chunk))
     finally:
         tokenizer.padding_side = side
     return [results[i] for i in range(len(prompts))]
+
+
+def loops_after_first_line(text: str) -> bool:
+    """Whether the text after the first line repeats one of its lines (of 3+ visible characters):
+    a model that ran on past its answer into a loop, as greedy decoding does."""
+    lines = [line.strip() for line in text.lstrip("\n").split("\n")[1:]]
+    lines = [line for line in lines if len(line) >= 3]
+    return len(lines) != len(set(lines))
+
+
+def one_line_answers(answers: Sequence[Example], *, share: float = 0.8) -> str | None:
+    """Why the teacher's answers are its first lines, or None. Measured on answers that ran to the
+    token budget: when at least ``share`` of them loop after their first line (and most answers
+    ran to the budget), the adapter answers in one line and never learnt to stop."""
+    unfinished = [a for a in answers if not a.finished]
+    looping = sum(loops_after_first_line(a.answer) for a in unfinished)
+    if len(unfinished) >= share * len(answers) and unfinished and looping >= share * len(unfinished):
+        return (f"the first line break: the teacher ran on to the token budget in {len(unfinished)} of {len(answers)} probe answers "
+                f"and repeated itself after the first line in {looping}")
+    return None
+
+
+def first_line(example: Example) -> Example:
+    text = example.answer
+    start = len(text) - len(text.lstrip("\n"))  # an answer may open with its line break
+    end = text.find("\n", start)
+    return dataclasses.replace(example, answer=text if end < 0 else text[: end + 1], finished=True)
 
 
 def generation_agreement(student_answers: Sequence[Example], teacher_answers: Sequence[Example]) -> dict[str, float]:

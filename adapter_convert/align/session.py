@@ -31,6 +31,7 @@ from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
 MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
+PROBE_PROMPTS = 16  # the teacher's first answers, read to see how its answers end
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
 EVAL_EVERY, PATIENCE = 10, 2  # held-out fidelity every 10 steps; stop after 2 checks without a gain
@@ -260,9 +261,16 @@ class AlignmentSession:
         prompts = train_prompts + self.held_texts
         stops, restart = tuple(request.stop), restart_marker(prompts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.max_length)
+        answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
         with self.reporter.progress("Teacher writing answers", len(prompts)) as advance:
-            answers = generative.generate(teacher, self.teacher_tokenizer, prompts, stops=stops + restart, **options,
-                                          on_batch=lambda n: advance(amount=n))
+            write = lambda some: generative.generate(teacher, self.teacher_tokenizer, some, stops=stops + restart, **options,  # noqa: E731
+                                                     on_batch=lambda n: advance(amount=n))
+            answers = write(prompts[:PROBE_PROMPTS])  # how do its answers end? measured on the first batch
+            one_line = None if stops else generative.one_line_answers(answers)
+            if one_line:  # the rest stop at their first line break, which saves most of the generation
+                stops, answer_end = ("\n",), one_line
+                answers = [generative.first_line(a) for a in answers]
+            answers += write(prompts[PROBE_PROMPTS:]) if len(prompts) > PROBE_PROMPTS else []
         answers = [generative.Example(a.prompt, generative.cut_before(a.answer, restart), a.ended) for a in answers]
         train, held = [a for a in answers[: len(train_prompts)] if a.answer.strip()], [a for a in answers[len(train_prompts):] if a.answer.strip()]
         if not train or not held:
@@ -283,7 +291,9 @@ class AlignmentSession:
         start_bpb = run.held_out_bpb[0][1] if run else generative.bits_per_byte(student, tokenizer, held, max_length=length)
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
-        gen = dict(stops=stops + restart, **options)
+        # no held-out answer is scored past the teacher's longest: generation stops a little after it
+        longest = max(len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held)
+        gen = dict(stops=stops + restart, max_new_tokens=min(request.max_new_tokens, longest + 8), max_length=self.max_length)
         with self.reporter.progress("Measuring held-out generations", 2 * len(held)) as advance:
             written = generative.generate(student, tokenizer, held_prompts, **gen, on_batch=lambda n: advance(amount=n))
             with student.disable_adapter():
@@ -294,6 +304,7 @@ class AlignmentSession:
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
         fidelity = GenerationFidelity(
             prompts=source, train_prompts=len(train), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
+            answer_end=answer_end,
             bits_per_byte={"target base": round(base_bpb, 4), "start": round(start_bpb, 4), "converted": round(final_bpb, 4)},
             token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
             exact_match={"target base": round(base["exact_match"], 4), "converted": round(converted["exact_match"], 4)},
