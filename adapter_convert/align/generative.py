@@ -78,6 +78,12 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(ends)], True) if ends else (text, False)
 
 
+def cut_before(text: str, markers: Sequence[str]) -> str:
+    """``text`` up to the first marker (excluded), its trailing spaces kept (a newline ends an answer)."""
+    ends = [text.index(m) for m in markers if m and m in text]
+    return text[: min(ends)] if ends else text
+
+
 # ---- tokenized batches ---------------------------------------------------------------------------
 
 
@@ -97,13 +103,22 @@ def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int) 
             keep.append(True)
         rows.append(ids)
         labels.append([i if k else IGNORE for i, k in zip(ids, keep)])
-    width = max(len(r) for r in rows)
-    pad = next(i for i in (tokenizer.pad_token_id, eos, 0) if i is not None)
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    label_ids = torch.tensor([[IGNORE] * (width - len(r)) + r for r in labels])
+    input_ids, attention = left_padded(rows, pad_id(tokenizer))
+    label_ids, _ = left_padded(labels, IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
             "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
+
+
+def pad_id(tokenizer) -> int:
+    """The id padding takes: the pad token, else EOS (many causal LMs have no pad token), else 0."""
+    return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+
+
+def left_padded(rows: Sequence[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` padded on the left with ``fill`` to the longest, and the attention mask (1: a real token)."""
+    width = max(len(r) for r in rows)
+    return (torch.tensor([[fill] * (width - len(r)) + list(r) for r in rows]),
+            torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]))
 
 
 def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -138,39 +153,34 @@ def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: 
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, stops: Sequence[str], batch_size: int = 16,
-             max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
-    """Greedy continuations of ``prompts``, batched (left padding, the KV cache), each cut after
-    its first stop string or ended by EOS. Prompts run longest first, so a batch pads little; the
-    answers come back in the prompts' order."""
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, stops: Sequence[str], restarts: Sequence[str] = (),
+             batch_size: int = 16, max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
+    """Greedy continuations of ``prompts``, batched (left padding, the KV cache), each ended by EOS,
+    cut after its first stop string, or cut before its first restart marker (the model began a new
+    example). Prompts run longest first, so a batch pads little; the answers come back in the
+    prompts' order."""
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Example] = {}
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            rows = [tokenizer(prompts[i], truncation=True, max_length=max(1, max_length - max_new_tokens))["input_ids"] for i in chunk]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
-            try:  # transformers stops a row at a stop string; the text is cut below either way
-                out = model.generate(**inputs, **options, stop_strings=list(stops) or None, tokenizer=tokenizer if stops else None)
-            except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
-                out = model.generate(**inputs, **options)
-            for row, index in enumerate(chunk):
-                new = out[row, width:].tolist()
-                ended = tokenizer.eos_token_id is not None and tokenizer.eos_token_id in new
-                if ended:
-                    new = new[: new.index(tokenizer.eos_token_id)]
-                text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
-                results[index] = Example(prompts[index], text, ended=ended and not stopped, finished=ended or stopped)
-            on_batch(len(chunk))
-    finally:
-        tokenizer.padding_side = side
+    ends = list(stops) + list(restarts)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = [tokenizer(prompts[i], truncation=True, max_length=max(1, max_length - max_new_tokens))["input_ids"] for i in chunk]
+        ids, mask = left_padded(rows, pad_id(tokenizer))
+        inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
+        try:  # transformers stops a row at a stop string; the text is cut below either way
+            out = model.generate(**inputs, **options, stop_strings=ends or None, tokenizer=tokenizer if ends else None)
+        except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
+            out = model.generate(**inputs, **options)
+        for row, index in enumerate(chunk):
+            new = out[row, ids.shape[1]:].tolist()
+            ended = tokenizer.eos_token_id is not None and tokenizer.eos_token_id in new
+            if ended:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), ends)
+            results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped)
+        on_batch(len(chunk))
     return [results[i] for i in range(len(prompts))]
 
 
@@ -263,9 +273,3 @@ def distill_on_answers(student, tokenizer, train: Sequence[Example], held_out: S
                 param.copy_(kept)
         student.eval()
     return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value)
-
-
-def cut_before(text: str, markers: Sequence[str]) -> str:
-    """``text`` up to the first marker (excluded), its trailing spaces kept (a newline ends an answer)."""
-    ends = [text.index(m) for m in markers if m and m in text]
-    return text[: min(ends)] if ends else text

@@ -5,6 +5,7 @@ weights; the math lives in stats.py, correlation.py, lstsq.py, fold.py and refin
 from __future__ import annotations
 
 import dataclasses
+import os.path
 import re
 from dataclasses import dataclass
 
@@ -257,21 +258,20 @@ class AlignmentSession:
         evaluation (agreement, distill, fidelity, calibration) by name."""
         request, plan = self.prepared.request, self.prepared.plan
         # no more training prompts than the step cap can read: each is answered by the teacher once
-        train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)] if self.fit_texts is not self.held_texts else self.fit_texts
+        train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         prompts = train_prompts + self.held_texts
         stops, restart = tuple(request.stop), restart_marker(prompts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.max_length)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
         with self.reporter.progress("Teacher writing answers", len(prompts)) as advance:
-            write = lambda some: generative.generate(teacher, self.teacher_tokenizer, some, stops=stops + restart, **options,  # noqa: E731
-                                                     on_batch=lambda n: advance(amount=n))
+            write = lambda some: generative.generate(teacher, self.teacher_tokenizer, some, stops=stops, restarts=restart,  # noqa: E731
+                                                     **options, on_batch=lambda n: advance(amount=n))
             answers = write(prompts[:PROBE_PROMPTS])  # how do its answers end? measured on the first batch
             one_line = None if stops else generative.one_line_answers(answers)
             if one_line:  # the rest stop at their first line break, which saves most of the generation
                 stops, answer_end = ("\n",), one_line
                 answers = [generative.first_line(a) for a in answers]
             answers += write(prompts[PROBE_PROMPTS:]) if len(prompts) > PROBE_PROMPTS else []
-        answers = [generative.Example(a.prompt, generative.cut_before(a.answer, restart), a.ended) for a in answers]
         train, held = [a for a in answers[: len(train_prompts)] if a.answer.strip()], [a for a in answers[len(train_prompts):] if a.answer.strip()]
         if not train or not held:
             raise CalibrationDataError(
@@ -292,14 +292,13 @@ class AlignmentSession:
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
         # no held-out answer is scored past the teacher's longest: generation stops a little after it
-        longest = max(len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held)
-        gen = dict(stops=stops + restart, max_new_tokens=min(request.max_new_tokens, longest + 8), max_length=self.max_length)
+        answer_tokens = [len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held]
+        gen = dict(stops=stops, restarts=restart, max_new_tokens=min(request.max_new_tokens, max(answer_tokens) + 8), max_length=length)
         with self.reporter.progress("Measuring held-out generations", 2 * len(held)) as advance:
             written = generative.generate(student, tokenizer, held_prompts, **gen, on_batch=lambda n: advance(amount=n))
             with student.disable_adapter():
                 written_base = generative.generate(student, tokenizer, held_prompts, **gen, on_batch=lambda n: advance(amount=n))
-        cut = lambda examples: [generative.Example(e.prompt, generative.cut_before(e.answer, restart)) for e in examples]  # noqa: E731
-        converted, base = generative.generation_agreement(cut(written), held), generative.generation_agreement(cut(written_base), held)
+        converted, base = generative.generation_agreement(written, held), generative.generation_agreement(written_base, held)
         calibration = self.prepared.calibration
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
         fidelity = GenerationFidelity(
@@ -309,8 +308,7 @@ class AlignmentSession:
             token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
             exact_match={"target base": round(base["exact_match"], 4), "converted": round(converted["exact_match"], 4)},
             held_out_curve=run.held_out_bpb if run else ((0, round(start_bpb, 4)),))
-        held_tokens = sum(len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held)
-        report = {"agreement": Agreement(metric=GENERATION_AGREEMENT, value=round(converted["token_f1"], 4), held_out_tokens=held_tokens),
+        report = {"agreement": Agreement(metric=GENERATION_AGREEMENT, value=round(converted["token_f1"], 4), held_out_tokens=sum(answer_tokens)),
                   "fidelity": fidelity,
                   "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(prompts))}
         if run is not None:
@@ -341,8 +339,6 @@ def restart_marker(prompts: list[str]) -> tuple[str, ...]:
     """The prompts' common opening ("Sentence:", "### Question:"), when they share one of at least
     three visible characters: a teacher that writes it again has finished its answer and begun a
     new example, so generation stops there and the answer ends before it."""
-    import os.path
-
     prefix = os.path.commonprefix(prompts) if len(prompts) > 1 else ""
     if prefix and prefix[-1].isalnum() and any(len(p) > len(prefix) and p[len(prefix)].isalnum() for p in prompts):
         prefix = re.sub(r"\w+$", "", prefix)  # a word the prompts only begin alike is not part of it
