@@ -26,6 +26,7 @@ class AdapterCheckpoint:
     folder: Path
     config: PeftConfig
     tensors: dict[str, torch.Tensor]
+    license: str | None = None  # from the adapter's model card (README.md metadata); None when it states none
 
     @property
     def nbytes(self) -> int:
@@ -138,4 +139,17 @@ def read_adapter(folder: Path, *, allow_pickle: bool = False) -> AdapterCheckpoi
             f"The adapter holds NaN or Inf values in {len(bad)} tensor(s), first {bad[0]!r}.",
             "The training diverged; convert a checkpoint from before that.",
         )
-    return AdapterCheckpoint(folder=folder, config=config, tensors=tensors)
+    return AdapterCheckpoint(folder=folder, config=config, tensors=tensors, license=card_license(folder))
+
+
+def card_license(folder: Path) -> str | None:
+    """The ``license`` of the model card in ``folder`` (README.md front matter), or None: no card,
+    none stated, or a card whose metadata does not parse (a license is carried, never guessed)."""
+    import yaml
+    from huggingface_hub import metadata_load
+
+    try:
+        license_ = (metadata_load(folder / "README.md") or {}).get("license") if (folder / "README.md").is_file() else None
+    except (yaml.YAMLError, ValueError, OSError):  # malformed front matter
+        return None
+    return str(license_) if isinstance(license_, str) and license_.strip() else None

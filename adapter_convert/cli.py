@@ -22,9 +22,9 @@ from transformers.utils import logging as transformers_logging
 
 from . import __version__
 from .align import METHODS
-from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, UsageError, exit_code_table
+from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, FidelityBelowMinimumError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES, explicit
-from .pipeline import ConversionRequest, Reporter, check_publishable, execute, prepare, summarize
+from .pipeline import ConversionRequest, Reporter, check_fidelity, check_publishable, execute, prepare, summarize
 from .summary import AlignmentSummary, ConversionSummary, InspectionReport, PushSummary
 
 app = typer.Typer(
@@ -284,6 +284,12 @@ def convert(
                      rich_help_panel="Alignment", show_default=False),
     ] = None,
     push: Annotated[str | None, typer.Option("--push", help="After a verified conversion, push --out to this Hub repo (user/name).")] = None,
+    min_fidelity: Annotated[
+        float | None,
+        typer.Option(help="Fail (exit 20, nothing pushed; --json still prints the summary) when the converted adapter's measured "
+                     "fidelity to the source adapter (the summary's 'fidelity': agreement on held-out data, 0 to 1) is below this. "
+                     "A conversion that measures nothing (a direct copy) fails it before any work.", show_default=False),
+    ] = None,
     private: PrivateOption = False,
     branch: BranchOption = None,
     create_pr: CreatePrOption = False,
@@ -321,8 +327,10 @@ def convert(
         max_new_tokens=max_new_tokens,
         stop=tuple(stop or ()),
         batch_size=batch_size,
+        min_fidelity=min_fidelity,
     )
     reporter = ConsoleReporter(console)
+    below_minimum = None  # the fidelity gate's refusal: raised after the summary is printed
     try:
         if push:  # destination, options and token checked before any work, and before any request
             from .hub import check_push_options
@@ -337,13 +345,19 @@ def convert(
                 console.print(alignment_table(summary.alignment))
             if summary.alignment.fidelity:
                 console.print(fidelity_table(summary.alignment))
-            if push:  # only ever after a complete, verified write
+            try:
+                check_fidelity(summary, min_fidelity)
+            except FidelityBelowMinimumError as err:
+                below_minimum = err
+            if push and below_minimum is None:  # only ever after a complete, verified write that passed the gate
                 summary = dataclasses.replace(summary, push=_push(console, out, push, token=token, private=private, branch=branch,
                                                                   create_pr=create_pr, commit_message=commit_message))
     except Exception as err:  # one clean message and an exit code a CI job can act on
         raise _fail(err, errors) from None
     if json_output:
         sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
+    if below_minimum is not None:
+        raise _fail(below_minimum, errors)
     if summary.output is None:
         console.print("Dry run: nothing written.")
     else:

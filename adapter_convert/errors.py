@@ -103,6 +103,13 @@ class CompatibilityUnknownError(AdapterConvertError, RuntimeError):
     evidence: dict | None = None  # the probe's "unknown" evidence, set by pipeline.prepare
 
 
+class FidelityBelowMinimumError(AdapterConvertError, RuntimeError):
+    """--min-fidelity: the measured fidelity is below the minimum, or this conversion measures none."""
+
+    exit_code = 20
+    label = "fidelity below --min-fidelity (nothing pushed)"
+
+
 class HubError(AdapterConvertError, OSError):
     """A Hub operation failed; subclasses say which way."""
 

@@ -63,6 +63,7 @@ from .errors import (
 
 ADAPTER_FILES = [CONFIG_NAME, WEIGHTS_NAME]
 PICKLE_ADAPTER_FILES = [PICKLE_WEIGHTS_NAME]
+ADAPTER_CARD_FILES = ["README.md"]  # the source adapter's card, for its license (optional)
 CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "*.model"]

@@ -26,8 +26,9 @@ from .architectures import get_architecture
 from .card import build_model_card
 from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
 from .calibration import load_texts
-from .errors import BadAdapterError, CompatibilityUnknownError, SourceNotFoundError, UsageError, VerificationError
-from .hub import ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
+from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMinimumError, SourceNotFoundError, UsageError,
+                     VerificationError)
+from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
 from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
 from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
@@ -80,6 +81,7 @@ class ConversionRequest:
     max_new_tokens: int = 64  # the teacher's answer budget per prompt
     stop: tuple[str, ...] = ()  # strings that end an answer (kept in it), beside EOS
     batch_size: int = 4  # distillation batch, in prompts
+    min_fidelity: float | None = None  # refuse (exit 20) a result whose measured fidelity is below this, before any push
 
 
 @dataclass
@@ -119,6 +121,8 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--batch-size", request.batch_size, "1 or more")
     if any(not s for s in request.stop):
         raise bad("--stop", "", "a non-empty string")
+    if request.min_fidelity is not None and not (math.isfinite(request.min_fidelity) and 0 <= request.min_fidelity <= 1):
+        raise bad("--min-fidelity", request.min_fidelity, "a number from 0 to 1")
     if request.dtype not in (None, *DTYPES):
         raise bad("--dtype", request.dtype, f"one of {', '.join(DTYPES)}")
     if request.device is not None:
@@ -168,7 +172,7 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     if request.out is not None and not request.dry_run:  # fail before any download, not after
         check_output(request.out, force=request.force, inputs=_local_inputs(request))
     reporter.stage(f"Reading adapter {request.adapter}")
-    adapter_files = ADAPTER_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
+    adapter_files = ADAPTER_FILES + ADAPTER_CARD_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
     adapter_source = resolve(request.adapter, what="adapter", patterns=adapter_files, required=CONFIG_NAME, token=request.token)
     adapter = read_adapter(adapter_source.path, allow_pickle=request.allow_pickle)
     check_source_config(adapter.config)
@@ -211,6 +215,11 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     except CompatibilityUnknownError as err:
         err.evidence = compatibility  # what inspect reports, without probing again
         raise
+    if request.min_fidelity is not None and not plan.alignment.needs_models:  # gate before any work, in a dry run too
+        raise FidelityBelowMinimumError(
+            f"--min-fidelity {request.min_fidelity} needs a measured fidelity, but this conversion copies tensors "
+            f"({_method(plan)}: {plan.alignment.reason}) and measures none.",
+            "Drop --min-fidelity for a copy, or pass --align distill to measure the converted adapter against the source.")
     calibration = None
     if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
         if request.calibration_data:
@@ -268,7 +277,8 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
         command_line=reproduce_command(prepared),
         peft_type=plan.peft_type,
         task_type=_enum_value(prepared.adapter.config.task_type),
-        source_adapter=AdapterSummary(id=prepared.adapter_source.id, revision=prepared.adapter_source.revision, bytes=prepared.adapter.nbytes),
+        source_adapter=AdapterSummary(id=prepared.adapter_source.id, revision=prepared.adapter_source.revision, bytes=prepared.adapter.nbytes,
+                                      url=hub_url(prepared.adapter_source), license=prepared.adapter.license),
         source_base=base(prepared.source_base, plan.source_arch, plan.source_dims),
         target_base=base(prepared.target_base, plan.target_arch, plan.target_dims),
         method=_method(plan),
@@ -282,6 +292,15 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
         compatibility=CompatibilitySummary.of(prepared.compatibility),
         resources=alignment_resources(prepared),  # None unless it aligns
     )
+
+
+def hub_url(source: ResolvedSource) -> str | None:
+    """The Hub page of a source at its pinned commit; None for a local folder."""
+    if source.repo_id is None:
+        return None
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT.rstrip('/')}/{source.repo_id}/tree/{source.revision}"
 
 
 def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | None:
@@ -384,6 +403,23 @@ def canonicalize_config_file(path: Path) -> None:
         if isinstance(data.get(key), list):
             data[key] = sorted(data[key])
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def check_fidelity(summary: ConversionSummary, minimum: float | None) -> None:
+    """Refuse (exit 20) a conversion whose measured fidelity is below ``minimum``: what a CI job
+    gates a push on. Called after the write and before any push."""
+    if minimum is None:
+        return
+    fidelity = summary.fidelity
+    if fidelity is None:
+        raise FidelityBelowMinimumError(f"--min-fidelity {minimum} needs a measured fidelity, and this conversion measured none "
+                                        f"({summary.method}); nothing was pushed.",
+                                        "Drop --min-fidelity, or pass --align distill to measure.")
+    if fidelity.value < minimum:
+        raise FidelityBelowMinimumError(
+            f"Measured fidelity {fidelity.value:.4f} ({fidelity.name}, on {fidelity.data}) is below --min-fidelity {minimum}; "
+            f"nothing was pushed (the converted adapter is in {summary.output.path if summary.output else 'no folder'} for inspection).",
+            "Give more or better --calibration-data (the task's own prompts), raise --distill-steps, or lower --min-fidelity.")
 
 
 def check_publishable(folder: Path) -> None:

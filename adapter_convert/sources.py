@@ -103,6 +103,11 @@ class CalibrationSource:
     def pinned(self) -> str:
         return f"{self.reference.split('@')[0]}@{self.revision}" if self.revision else self.reference
 
+    @property
+    def hub_dataset(self) -> str | None:
+        """The Hub dataset repo id it came from; None for a local file."""
+        return self.reference.split("@")[0] if self.revision else None
+
 
 def resolve_calibration_data(reference: str, *, token: str | None = None) -> CalibrationSource:
     """A local text file, or a Hub dataset repo holding one (the first .txt/.jsonl/.conll/.conllu file)."""

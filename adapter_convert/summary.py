@@ -15,6 +15,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# the version of the --json schemas (convert, inspect) documented in docs/ci.md: a field a
+# pipeline may rely on is renamed or removed only with a new version; fields may be added
+SCHEMA_VERSION = 1
+
 
 def plain(value: Any) -> Any:
     """``value`` as JSON-ready Python: summaries by their ``to_json``, tuples as lists."""
@@ -41,6 +45,8 @@ class AdapterSummary(_Serialized):
     id: str
     revision: str | None  # commit sha; None for a local folder
     bytes: int  # the adapter's tensor bytes
+    url: str | None = None  # its Hub page at that commit; None for a local folder
+    license: str | None = None  # from its model card's metadata; None when it states none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +137,7 @@ class CalibrationSummary(_Serialized):
     source: str  # the pinned file or dataset, or "built-in multilingual sample"
     tokens: int  # paired tokens the maps were fitted on (0: nothing fitted)
     prompts: int | None = None  # output-space distillation: the prompts the teacher answered
+    dataset: str | None = None  # the Hub dataset repo it came from (pinned in ``source``); None for a file or the built-in sample
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +238,26 @@ class ResourcePrediction(_Serialized):
     within_budget: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class Measurement(_Serialized):
+    """One measured quantity of the converted adapter, on held-out data: a row of the card's
+    ``model-index`` and what a CI job gates on (``fidelity`` is the headline one)."""
+
+    name: str  # what it is, in words
+    type: str  # a stable identifier, e.g. "token_f1_vs_source_adapter"
+    value: float
+    data: str  # what it was measured on
+    higher_is_better: bool
+
+
+# the measurements a conversion reports: (type, name, higher is better) per fidelity field
+_FIDELITY_MEASURES = (
+    ("token_f1", "token_f1_vs_source_adapter", "token F1 of greedy generations vs the source adapter's", True),
+    ("exact_match", "exact_match_vs_source_adapter", "exact match of greedy generations vs the source adapter's", True),
+    ("bits_per_byte", "bits_per_byte_of_source_adapter_answers", "bits per byte of the source adapter's answers", False),
+)
+
+
 # ---- the conversion -------------------------------------------------------------------------------
 
 
@@ -277,11 +304,36 @@ class ConversionSummary(_Serialized):
     def dry_run(self) -> bool:
         return self.output is None
 
+    @property
+    def measurements(self) -> tuple[Measurement, ...]:
+        """What the run measured of the converted adapter against the source adapter, on held-out
+        data; empty for a direct mapping (a copy measures nothing) and in a dry run."""
+        alignment = self.alignment
+        if alignment.agreement is None:
+            return ()
+        fidelity = alignment.fidelity
+        held_out = (f"{fidelity.held_out_prompts} held-out prompts ({fidelity.prompts})" if fidelity else
+                    f"{alignment.agreement.held_out_tokens} held-out calibration tokens"
+                    f" ({alignment.calibration.source if alignment.calibration else 'built-in multilingual sample'})")
+        found = [Measurement(name=alignment.agreement.metric, type="agreement_with_source_adapter", value=alignment.agreement.value,
+                             data=held_out, higher_is_better=True)]
+        if fidelity is not None:  # the agreement is the token F1 itself: the others beside it
+            found = [Measurement(name=name, type=kind, value=getattr(fidelity, field)["converted"], data=held_out, higher_is_better=better)
+                     for field, kind, name, better in _FIDELITY_MEASURES]
+        return tuple(found)
+
+    @property
+    def fidelity(self) -> Measurement | None:
+        """The headline measurement (the first), or None when nothing was measured."""
+        return self.measurements[0] if self.measurements else None
+
     def to_json(self) -> dict:
-        """The ``--json`` summary of ``convert`` (docs/ci.md): the fields, then ``dry_run``."""
+        """The ``--json`` summary of ``convert`` (docs/ci.md, schema ``SCHEMA_VERSION``): the
+        fields, then ``dry_run``, the measurements and ``fidelity``, then ``push``."""
         data = super().to_json()
         push = data.pop("push")
-        return data | {"dry_run": self.dry_run, "push": push}
+        return {"schema_version": SCHEMA_VERSION} | data | {
+            "dry_run": self.dry_run, "measurements": plain(self.measurements), "fidelity": plain(self.fidelity), "push": push}
 
 
 # ---- an inspection ----------------------------------------------------------------------------------
@@ -321,10 +373,13 @@ class Costs(_Serialized):
 
 @dataclass(frozen=True, kw_only=True)
 class InspectionReport(_Serialized):
-    """``inspect --json`` (docs/ci.md): the plan's part of ``convert --json`` under ``plan``."""
+    """``inspect --json`` (docs/ci.md, schema ``SCHEMA_VERSION``): the plan's part of ``convert --json`` under ``plan``."""
 
     supported: bool
     plan: dict[str, Any]  # keys of ConversionSummary.to_json(), plus width_mismatch
     compatibility: CompatibilitySummary
     recommended: Recommendation
     costs: Costs
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION} | super().to_json()

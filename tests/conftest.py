@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -76,3 +77,15 @@ def tiny_pair(tmp_path, _tiny_pair_template) -> Path:
     config = root / "adapter" / "adapter_config.json"
     config.write_text(config.read_text().replace(str(_tiny_pair_template), str(root)))
     return root
+
+
+@pytest.fixture
+def on_hub(hub, tiny_pair):
+    """alice/teacher, alice/student (base models) and alice/ner-lora (adapter naming alice/teacher)."""
+    config_path = tiny_pair / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"base_model_name_or_path": "alice/teacher"}))
+    hub.upload_folder("alice/teacher", tiny_pair / "teacher")
+    hub.upload_folder("alice/student", tiny_pair / "student")
+    hub.upload_folder("alice/ner-lora", tiny_pair / "adapter")
+    return tiny_pair

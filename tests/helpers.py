@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import AutoConfig, AutoModelForTokenClassification
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedTokenizerFast
 
 from adapter_convert.architectures import get_architecture
+from adapter_convert.calibration import load_texts
 
 ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "electra"]
 DECODERS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox"]
@@ -63,3 +65,11 @@ def save_adapter(folder: Path, model, peft_config, base_path: Path, *, seed: int
     config["base_model_name_or_path"] = str(base_path)
     config_path.write_text(json.dumps(config))
     return peft_model
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level BPE trained on the built-in calibration text: another tokenizer than MiniLM's WordPiece."""
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(load_texts(), trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[PAD]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", pad_token="[PAD]")

@@ -12,23 +12,15 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 from typer.testing import CliRunner
 
 from adapter_convert.calibration import load_texts
 from adapter_convert.cli import app
 from adapter_convert.demo.minilm import minilm_dir
-from helpers import all_module_names, save_adapter, tiny_config
+from helpers import all_module_names, bpe_tokenizer, save_adapter, tiny_config
 
 ALL_LLAMA = all_module_names("llama")
-
-
-def bpe_tokenizer() -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator(load_texts(), trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[PAD]"]))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", pad_token="[PAD]")
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +158,12 @@ def test_calibration_data_from_a_hub_dataset_is_pinned(decoders, tmp_path, hub):
     pinned = f"alice/calibration-text@{repo.refs['main']}"
     assert summary["alignment"]["calibration"]["source"] == pinned
     assert f"--calibration-data {pinned}" in summary["command_line"]
+    assert summary["alignment"]["calibration"]["dataset"] == "alice/calibration-text"
+    # the card names the dataset in its metadata, and its model-index results were measured on it at that commit
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.datasets == ["alice/calibration-text"]
+    assert card.data.eval_results and {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {
+        ("alice/calibration-text", repo.refs["main"])}
     missing = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", "alice/no-such-dataset")
     assert missing.exit_code == 11 and "calibration dataset" in missing.output
 

@@ -38,18 +38,6 @@ def run_subprocess(*args, env: dict | None = None) -> subprocess.CompletedProces
     )
 
 
-@pytest.fixture
-def on_hub(hub, tiny_pair):
-    """alice/teacher, alice/student (base models) and alice/ner-lora (adapter naming alice/teacher)."""
-    config_path = tiny_pair / "adapter" / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps(config | {"base_model_name_or_path": "alice/teacher"}))
-    hub.upload_folder("alice/teacher", tiny_pair / "teacher")
-    hub.upload_folder("alice/student", tiny_pair / "student")
-    hub.upload_folder("alice/ner-lora", tiny_pair / "adapter")
-    return tiny_pair
-
-
 def head_sha(hub, repo_id, ref="main"):
     return hub.repos[("model", repo_id)].refs[ref]
 
@@ -92,7 +80,9 @@ def test_pull_convert_push_download_and_load(hub, on_hub, tmp_path):
     assert "names its base by a local path" not in result.output  # converted from Hub ids: no warning
 
     # every source is pinned to the commit it resolved to
-    assert summary["source_adapter"] == {"id": "alice/ner-lora", "revision": head_sha(hub, "alice/ner-lora"), "bytes": summary["source_adapter"]["bytes"]}
+    adapter_sha = head_sha(hub, "alice/ner-lora")
+    assert summary["source_adapter"] == {"id": "alice/ner-lora", "revision": adapter_sha, "bytes": summary["source_adapter"]["bytes"],
+                                         "url": f"{os.environ['HF_ENDPOINT']}/alice/ner-lora/tree/{adapter_sha}", "license": None}
     assert summary["source_base"]["id"] == "alice/teacher" and summary["source_base"]["revision"] == head_sha(hub, "alice/teacher")
     assert summary["target_base"]["revision"] == head_sha(hub, "alice/student")
     assert f"alice/ner-lora@{head_sha(hub, 'alice/ner-lora')}" in summary["command_line"]
@@ -124,6 +114,10 @@ def test_pull_convert_push_download_and_load(hub, on_hub, tmp_path):
     assert card.data.library_name == "peft"
     assert {"peft", "adapter-convert", "lora", "bert", "distilbert"} <= set(card.data.tags)
     assert head_sha(hub, "alice/teacher") in card.text and head_sha(hub, "alice/ner-lora") in card.text
+    assert card.data.converted_from == {"adapter": "alice/ner-lora", "revision": adapter_sha, "url": summary["source_adapter"]["url"],
+                                        "base_model": "alice/teacher", "base_model_revision": head_sha(hub, "alice/teacher")}
+    assert card.data.license is None and "states no license" in card.text  # none stated by the source: none invented
+    assert card.data.eval_results is None and "Not measured: the tensors were copied" in card.text  # a copy measures nothing
 
 
 def test_second_run_is_served_offline_from_the_cache(hub, on_hub, tmp_path):
@@ -354,7 +348,7 @@ def test_a_hub_that_times_out_fails_cleanly(hub, on_hub, tmp_path):
     attempts = sum(1 for method, path in hub.requests if method == "GET" and "/alice/ner-lora/resolve/" in path)
     print(f"gave up after {time.monotonic() - started:.1f}s and {attempts} attempts:", result.stderr.replace(chr(10), " ")[-400:])
     assert result.returncode == 15, result.stderr
-    files = 2  # adapter_config.json and adapter_model.safetensors: each one first attempt, the rest retries
+    files = 3  # adapter_config.json, adapter_model.safetensors and peft's README.md: each one first attempt, the rest retries
     assert "timed out" in result.stderr.lower() and f"after {attempts - files} retries" in result.stderr
     assert "Trying to resume download" not in result.stderr  # the client's own chatter stays out of the output
     assert "Traceback" not in result.stderr
@@ -630,3 +624,15 @@ def test_inspect_from_the_hub_lists_downloads_and_reads_only_byte_ranges(hub, on
     assert report["costs"]["downloads"]["bytes"] == sum(f["bytes"] for f in report["costs"]["downloads"]["files"]) > 0
     size = len(hub.repos[("model", "alice/student")].commits[head_sha(hub, "alice/student")].files["model.safetensors"])
     assert all(n < size for path, n in hub.served if path == "model.safetensors")  # the probe read ranges only
+
+
+@pytest.mark.parametrize("front_matter, carried", [("license: mit\n", "mit"), ("license: [unclosed\n", None), ("tags: [a]\n", None)])
+def test_the_source_adapters_license_is_carried_never_invented(tiny_pair, tmp_path, front_matter, carried):
+    (tiny_pair / "adapter" / "README.md").write_text(f"---\n{front_matter}---\n# my adapter\n")
+    out = tmp_path / "out"
+    result = run("convert", tiny_pair / "adapter", "--target", tiny_pair / "student", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source_adapter"]["license"] == carried
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == carried
+    assert ("carried from the source adapter's card" in card.text) == (carried is not None)

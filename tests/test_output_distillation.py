@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -173,6 +174,14 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     assert sum(w.answer == ANSWER for w in written) >= 5, [w.answer for w in written]
     card = (out / "README.md").read_text()
     assert "### Output-space distillation" in card and "Bits per byte of the teacher's answers" in card
+    # the measured fidelity is the card's model-index, as huggingface_hub parses it, and the summary's fidelity
+    results = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert results == {"token_f1_vs_source_adapter": fidelity["token_f1"]["converted"],
+                       "exact_match_vs_source_adapter": fidelity["exact_match"]["converted"],
+                       "bits_per_byte_of_source_adapter_answers": fidelity["bits_per_byte"]["converted"]}
+    assert summary["fidelity"] == {"name": "token F1 of greedy generations vs the source adapter's", "type": "token_f1_vs_source_adapter",
+                                   "value": fidelity["token_f1"]["converted"], "data": summary["fidelity"]["data"], "higher_is_better": True}
+    assert summary["fidelity"]["data"].startswith(f"{fidelity['held_out_prompts']} held-out prompts")
     assert "--max-new-tokens 6 --batch-size 4 --stop" in card
 
 

@@ -174,7 +174,8 @@ class AlignmentSession:
         calibration = self.prepared.calibration
         return dataclasses.replace(
             self._planned(),
-            calibration=CalibrationSummary(source=calibration.pinned if calibration else "built-in multilingual sample", tokens=tokens),
+            calibration=CalibrationSummary(source=calibration.pinned if calibration else "built-in multilingual sample", tokens=tokens,
+                                           dataset=calibration.hub_dataset if calibration else None),
             modules=tuple(rows),
             head_input_fit=round(head["score"], 4),
             score=head["score_name"],
@@ -310,7 +311,8 @@ class AlignmentSession:
             held_out_curve=run.held_out_bpb if run else ((0, round(start_bpb, 4)),))
         report = {"agreement": Agreement(metric=GENERATION_AGREEMENT, value=round(converted["token_f1"], 4), held_out_tokens=sum(answer_tokens)),
                   "fidelity": fidelity,
-                  "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(prompts))}
+                  "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(prompts),
+                                                    dataset=calibration.hub_dataset if calibration else None)}
         if run is not None:
             report["distill"] = Distillation(steps=run.steps, lr=request.lr, seed=request.seed, final_loss=round(run.final_loss, 6),
                                              max_steps=request.distill_steps, best_step=run.best_step)
