@@ -182,3 +182,13 @@ def test_inputs_reach_the_scripts_only_through_the_environment():
     assert all("${{" not in step["run"] for step in steps)
     passed = {name for step in steps for value in step.get("env", {}).values() for name in re.findall(r"inputs\.([\w-]+)", value)}
     assert passed | {"install"} == set(ACTION["inputs"])
+
+
+def test_the_example_workflow_uses_the_action_with_its_inputs():
+    workflow = yaml.safe_load((ROOT / "examples" / "publish-adapter.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    action = next(step for step in steps if step.get("uses", "").endswith("/adapter-convert@v1"))
+    assert set(action["with"]) <= set(ACTION["inputs"]) and {"adapter", "target", "output-repo", "token"} <= set(action["with"])
+    assert action["with"]["token"] == "${{ secrets.HF_TOKEN }}"
+    used = set(re.findall(r"steps\.convert\.outputs\.([\w-]+)", (ROOT / "examples" / "publish-adapter.yml").read_text()))
+    assert used and used <= set(ACTION["outputs"])
