@@ -117,6 +117,7 @@ def no_token_anywhere(log: str, *folders: Path) -> None:
 def test_the_action_publishes_measures_and_gates(hub, unrelated_on_hub, tmp_path):
     repo = ("model", "alice/ner-lora-student")
     first, log = run_action(inputs_for(), tmp_path)
+    logs = [log]
     assert first["exit-code"] == "0", log
     assert first["changed"] == "true" and first["commit-url"].endswith(hub.repos[repo].refs["main"]) and first["pr-url"] == ""
     assert first["method"] == "lstsq alignment + distillation"
@@ -138,6 +139,7 @@ def test_the_action_publishes_measures_and_gates(hub, unrelated_on_hub, tmp_path
     # the same inputs again: nothing changed, no commit
     commits = len(hub.repos[repo].commits)
     again, log = run_action(inputs_for(out="second"), tmp_path)
+    logs.append(log)
     assert again["exit-code"] == "0", log
     assert again["changed"] == "false" and len(hub.repos[repo].commits) == commits
     assert again["fidelity"] == first["fidelity"]
@@ -149,7 +151,8 @@ def test_the_action_publishes_measures_and_gates(hub, unrelated_on_hub, tmp_path
     assert "below --min-fidelity" in log and "nothing was pushed" in log
     assert gated["changed"] == "false" and gated["commit-url"] == "" and gated["fidelity"] == first["fidelity"]
     assert ("model", "alice/gated") not in hub.repos
-    no_token_anywhere(log, tmp_path)
+    no_token_anywhere("\n".join(logs + [log]), tmp_path)
+    assert all(TOKEN.encode() not in content for content in pushed.values())
 
 
 def test_the_action_refuses_a_gate_on_a_copy_before_any_work(hub, on_hub, tmp_path):
