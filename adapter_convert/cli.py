@@ -1,9 +1,15 @@
-"""The ``adapter-convert`` command line: parse, call the library, print. No conversion logic here."""
+"""The ``adapter-convert`` command line: parse, call the library, print. No conversion logic here.
+
+Start-up stays light: only typer, rich and the package's pure modules load before a command runs;
+torch, transformers and peft load inside the commands that use them, so ``--help``, ``version``
+and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -18,13 +24,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from transformers.utils import logging as transformers_logging
 
 from . import __version__
 from .align import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, FidelityBelowMinimumError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES, explicit
-from .pipeline import ConversionRequest, Reporter, check_fidelity, check_publishable, execute, prepare, summarize
+from .reporting import Reporter
 from .summary import AlignmentSummary, ConversionSummary, InspectionReport, PushSummary
 
 app = typer.Typer(
@@ -58,7 +63,7 @@ AlignOption = Annotated[
         help="auto: copy tensors only when the shapes agree AND the bases are measured to share a hidden space "
         "(their token embeddings, a few MB read); otherwise align and refine by distillation; stop (exit 19) when "
         "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
-        + "".join(f"{name}: {method.HELP}. " for name, method in METHODS.items())
+        + "".join(f"{name}: {help_text}. " for name, help_text in METHODS.items())
         + "fresh: a new adapter of the source's kind, rank and modules on the target, trained by distillation. "
         "distill: the best start (a copy only between bases measured compatible; for a causal LM between unrelated bases "
         "a fresh adapter), refined by a short distillation. A causal LM is distilled in output space: the source with its "
@@ -239,7 +244,19 @@ def _push(console: Console, folder: Path, repo_id: str, **options) -> PushSummar
                        created=tuple(result.created), files=tuple(result.files), left_out=tuple(result.left_out))
 
 
+def quietly(command: Callable) -> Callable:
+    """Run ``command`` with the libraries quiet (``quiet_libraries``); entered when the command
+    runs, after its options parsed, so ``--help`` and usage errors never load transformers."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with quiet_libraries():
+            return command(*args, **kwargs)
+
+    return run
+
+
 @app.command(epilog=EXIT_CODES)
+@quietly
 def convert(
     adapter: AdapterArgument,
     target: TargetOption,
@@ -301,6 +318,8 @@ def convert(
     ADAPTER, --source-base and --target are local folders or Hub ids; from the Hub only the adapter files, the bases' config and tokenizer files and a few MB of their token embeddings (byte ranges) are downloaded, unless alignment needs the weights. Every revision is pinned to its commit sha in the model card and the --json summary.
 
     Example: adapter-convert convert user/bert-ner-lora --target distilbert/distilbert-base-uncased --out ./converted"""
+    from .pipeline import ConversionRequest, check_fidelity, execute, prepare, summarize
+
     console = Console(stderr=json_output)
     errors = Console(stderr=True)
     if dry_run and push:
@@ -370,6 +389,7 @@ def convert(
 
 
 @app.command(epilog=EXIT_CODES)
+@quietly
 def inspect(
     adapter: AdapterArgument,
     target: TargetOption,
@@ -387,6 +407,7 @@ def inspect(
     Exit 0 whenever a conversion is possible, whatever the verdict; otherwise the exit code of what blocks it."""
     from .hub import repo_file_sizes
     from .inspection import inspect_conversion
+    from .pipeline import ConversionRequest
 
     console = Console(stderr=json_output)
     request = ConversionRequest(adapter=adapter, target=target, out=None, source_base=source_base, layer_map=layer_map,
@@ -418,6 +439,7 @@ def inspection_text(report: InspectionReport) -> str:
 
 
 @app.command(epilog=EXIT_CODES)
+@quietly
 def push(
     folder: Annotated[Path, typer.Argument(help="A converted adapter folder (as written by 'convert --out').")],
     repo_id: Annotated[str, typer.Argument(help="Destination Hub repo, user/name; created if missing.")],
@@ -436,6 +458,7 @@ def push(
     push leaves nothing it created behind and says what exists on the Hub. Lets a CI job convert,
     check, then publish."""
     from .hub import check_push_options
+    from .pipeline import check_publishable
 
     console = Console(stderr=json_output)
     try:
@@ -450,6 +473,7 @@ def push(
 
 
 @app.command()
+@quietly
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where to build the demo models and adapters.")] = Path("adapter-convert-demo"),
     steps: Annotated[int, typer.Option(help="Training steps for the example teacher adapter.")] = 100,
@@ -461,6 +485,7 @@ def demo(
     """Offline demo: build a 6-layer teacher and a 3-layer DistilBERT student from the installed
     all-MiniLM-L6-v2, train a small NER LoRA on the teacher, and convert it with SKIP."""
     from .demo import run_demo
+    from .pipeline import summarize
 
     console = Console()
     try:
@@ -484,6 +509,8 @@ def quiet_libraries() -> Iterator[None]:
     if os.environ.get("ADAPTER_CONVERT_DEBUG"):
         yield
         return
+    from transformers.utils import logging as transformers_logging
+
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -495,11 +522,6 @@ def quiet_libraries() -> Iterator[None]:
             transformers_logging.set_verbosity(verbosity)
             if progress_bars:
                 transformers_logging.enable_progress_bar()
-
-
-@app.callback()
-def _callback(ctx: typer.Context) -> None:
-    ctx.with_resource(quiet_libraries())  # left when the command's context closes, after the command
 
 
 class Terminated(BaseException):

@@ -7,12 +7,10 @@ plan. The CLI's ``--dry-run`` stops after ``prepare``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import shlex
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,23 +35,12 @@ from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, Bas
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
 from .transform import convert_tensors
 from .verify import head_labels, verify_adapter_folder
+from .reporting import Reporter
 from .writer import check_output, write_folder_atomically
 
 # Stands for --out in the card's reproduce command: the card must not depend on (or reveal) a local path.
 OUT_PLACEHOLDER = "./converted-adapter"
 MAX_SEED = 2**32 - 1
-
-
-class Reporter:
-    """Where the pipeline reports progress. The default says nothing; the CLI draws bars."""
-
-    def stage(self, message: str) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """Yields ``advance(info=None, amount=1)``; ``info`` (a loss, say) may be shown beside the bar."""
-        yield lambda info=None, amount=1: None
 
 
 @dataclass

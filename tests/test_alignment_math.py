@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from adapter_convert.align import fit_point
+from adapter_convert.align.fit import fit_point
 from adapter_convert.align.correlation import assign
 from adapter_convert.align.fold import fold_head, fold_module, is_selection
 from adapter_convert.align.stats import PairStats

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -219,3 +221,15 @@ def test_help_teaches():
     assert result.exit_code == 0
     for word in ("--target", "--layer-map", "skip", "--dry-run", "--json", "--force", "Exit codes"):
         assert word in result.output
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["convert", "--help"], 0), (["version"], 0), (["convert", "x"], 2),
+                                        (["convert", "x", "--target", "y", "--out", "z", "--lr", "fast"], 2)])
+def test_help_version_and_usage_errors_load_no_heavy_library(args, code):
+    """Start-up stays light: torch, transformers and peft load only inside a command that runs
+    (start-up time itself is a benchmark: benchmarks/startup.py)."""
+    probe = ("import sys\nfrom adapter_convert.cli import app\nfrom typer.testing import CliRunner\n"
+             f"result = CliRunner().invoke(app, {args!r})\n"
+             "print(result.exit_code, sorted(m for m in ('torch', 'transformers', 'peft', 'scipy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == [str(code), "[]"], done.stdout + done.stderr

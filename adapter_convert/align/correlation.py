@@ -41,7 +41,6 @@ def selection(student: torch.Tensor, teacher: torch.Tensor, student_dim: int, te
 
 
 NAME = "correlation"
-HELP = "the paper's Prune & Align: each target dimension takes the source dimension it correlates with best"
 
 
 def fit_map(stats: PairStats, kind: str, assigned, *, ridge: float) -> dict:

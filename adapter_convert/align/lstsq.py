@@ -145,7 +145,6 @@ def explained(residual: torch.Tensor, diag_yy: torch.Tensor, sum_y: torch.Tensor
 
 
 NAME = "lstsq"
-HELP = "ridge least-squares maps shrunk toward the correlation assignment (dense, same rank)"
 
 
 def fit_map(stats: PairStats, kind: str, assigned, *, ridge: float = DEFAULT_RIDGE) -> dict:

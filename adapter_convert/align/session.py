@@ -24,7 +24,7 @@ from ..transform import AdapterModule, read_module
 from ..verify import TASK_MODEL_CLASSES, head_labels
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
-from . import fit_point
+from .fit import fit_point
 from .fold import fold_head, fold_input, fold_output
 from . import generative
 from .fresh import fresh_module
@@ -187,7 +187,6 @@ class AlignmentSession:
         """A new adapter on the target (align/fresh.py): the source's kind, rank and scaling on each
         mapped module, initialised as peft does. Reads no source tensor and runs no calibration."""
         plan = self.prepared.plan
-        role_names = [m.target_role for m in plan.modules]
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
         generator = torch.Generator().manual_seed(self.prepared.request.seed)
         sources = self._source_modules([(t, s) for t, sources in plan.layer_map.rows() for s in sources[:1]],
@@ -257,7 +256,7 @@ class AlignmentSession:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
         the student's adapter learns its answers until held-out fidelity stops improving; the
         evaluation (agreement, distill, fidelity, calibration) by name."""
-        request, plan = self.prepared.request, self.prepared.plan
+        request = self.prepared.request
         # no more training prompts than the step cap can read: each is answered by the teacher once
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         prompts = train_prompts + self.held_texts
