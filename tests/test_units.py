@@ -431,10 +431,14 @@ ALIGNED = AlignmentSummary(
 def test_summary_to_json_known_answer():
     written = OutputSummary(path="out", files=("adapter_config.json", "adapter_model.safetensors", "README.md"), tensors=4, bytes=64)
     data = summary(output=written, alignment=ALIGNED, dropped=("embeddings.word_embeddings.weight",)).to_json()
-    assert list(data) == ["tool_version", "command_line", "peft_type", "task_type", "source_adapter", "source_base", "target_base",
-                          "method", "layer_map", "modules", "heads", "dropped", "num_labels", "output", "alignment", "compatibility",
-                          "resources", "dry_run", "push"]
-    assert data["source_adapter"] == {"id": "alice/ner-lora", "revision": "abc", "bytes": 10}
+    assert list(data) == ["schema_version", "tool_version", "command_line", "peft_type", "task_type", "source_adapter", "source_base",
+                          "target_base", "method", "layer_map", "modules", "heads", "dropped", "num_labels", "output", "alignment",
+                          "compatibility", "resources", "dry_run", "measurements", "fidelity", "push"]
+    assert data["source_adapter"] == {"id": "alice/ner-lora", "revision": "abc", "bytes": 10, "url": None, "license": None}
+    # the measured agreement is the one measurement, and the fidelity a gate reads
+    assert data["measurements"] == [{"name": "predicted-label agreement", "type": "agreement_with_source_adapter", "value": 0.875,
+                                     "data": data["measurements"][0]["data"], "higher_is_better": True}]
+    assert data["fidelity"] == data["measurements"][0] and data["fidelity"]["data"].startswith("64 held-out calibration tokens")
     assert data["target_base"] == {"id": "bob/tiny-student", "revision": None, "model_type": "distilbert", "layers": 2, "hidden": 32,
                                    "architecture": {"origin": "derived", "layers": "encoder.layer", "modules": {"attn.q": "q"},
                                                     "fused_layout": {}, "unsupported": {}, "partial": {}}}
@@ -447,7 +451,7 @@ def test_summary_to_json_known_answer():
         "sampled_rows": 100, "token_match": "exact", "bytes_read": None, "thresholds": None}}
     assert data["alignment"] == {
         "method": "lstsq", "reason": "widths differ", "device": "cpu", "dtypes": {"source": "float32", "target": "bfloat16"},
-        "calibration": {"source": "built-in multilingual sample", "tokens": 300, "prompts": None},
+        "calibration": {"source": "built-in multilingual sample", "tokens": 300, "prompts": None, "dataset": None},
         "modules": [{"target_layer": 0, "source_layer": 1, "role": "attn.q", "input_fit": 0.9, "output_fit": 0.8, "score": "R^2",
                      "identity_r2": None, "linear_r2": 0.95}],
         "head_input_fit": 0.7, "score": "R^2",

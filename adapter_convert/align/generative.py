@@ -222,6 +222,59 @@ def generation_agreement(student_answers: Sequence[Example], teacher_answers: Se
 # ---- training ------------------------------------------------------------------------------------
 
 
+class TeacherAnswers:
+    """The teacher's answers to the training prompts, written as training reaches them: the prompts
+    in one seeded shuffled order, answered ``chunk`` at a time (a generation batch), so a run that
+    stops early never pays for answers it would not read. Every answer is written once; after the
+    first pass, epochs reshuffle the answers already written. Empty answers (the teacher wrote
+    nothing) are dropped."""
+
+    def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int,
+                 written: Sequence[Example] = ()):
+        self._rng = random.Random(seed)
+        self._unwritten = list(prompts)
+        self._rng.shuffle(self._unwritten)
+        self._write, self._chunk = write, chunk
+        self.written: list[Example] = []  # every non-empty answer so far, in the order written
+        self.empty = 0  # prompts the teacher wrote nothing for
+        self._queue: list[Example] = []
+        self._add(list(written))
+
+    @property
+    def prompts_left(self) -> int:
+        return len(self._unwritten)
+
+    def first(self, count: int) -> list[str]:
+        """The next ``count`` prompts in the shuffled order (to write now, e.g. to probe how answers end)."""
+        return self._unwritten[:count]
+
+    def _add(self, answers: list[Example]) -> None:
+        done = {a.prompt for a in answers}
+        self._unwritten = [p for p in self._unwritten if p not in done]
+        kept = [a for a in answers if a.answer.strip()]
+        self.empty += len(answers) - len(kept)
+        self.written += kept
+        self._queue += kept
+
+    def batch(self, size: int) -> list[Example]:
+        """The next ``size`` answers: written ones not yet read, else newly written, else another epoch."""
+        while len(self._queue) < size:
+            if self._unwritten:
+                chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
+                self._add(self._write(chunk))
+            elif self.written:
+                self._queue += self._rng.sample(self.written, len(self.written))  # an epoch over what was written
+            else:
+                raise ValueError("the teacher wrote no answer to any training prompt")
+        batch, self._queue = self._queue[:size], self._queue[size:]
+        return batch
+
+
+def epochs(examples: Sequence[Example], *, seed: int) -> TeacherAnswers:
+    """Answers already written, served in shuffled epochs (as ``TeacherAnswers`` serves them)."""
+    return TeacherAnswers([], lambda prompts: [], seed=seed, chunk=1, written=examples)
+
+
 @dataclass(frozen=True)
 class DistillRun:
     steps: int  # steps run (early stopping may end it before the cap)
@@ -230,28 +283,24 @@ class DistillRun:
     final_loss: float
 
 
-def distill_on_answers(student, tokenizer, train: Sequence[Example], held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
+def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
     masked), checking held-out bits per byte every ``eval_every`` steps; after ``patience`` checks
     without an improvement of more than ``MIN_GAIN`` it stops, and the best adapter seen is kept
-    (the start included)."""
+    (the start included). ``train`` serves the batches (``epochs`` for answers already written)."""
     params = [p for p in student.parameters() if p.requires_grad]
-    rng = random.Random(seed)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
         history = [(0, evaluate())]
         best, best_step = [p.detach().clone() for p in params], 0
-        order: list[Example] = []
         loss_value, step, waited = float("nan"), 0, 0
         student.train()
         while step < steps:
-            if len(order) < batch_size:
-                order += rng.sample(list(train), len(train))  # epochs, each shuffled
-            chunk, order = order[:batch_size], order[batch_size:]
+            chunk = train.batch(batch_size)
             nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
             loss = nats / max(tokens, 1)
             loss.backward()

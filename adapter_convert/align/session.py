@@ -33,6 +33,7 @@ from .refine import agreement, distill
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
 MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
 PROBE_PROMPTS = 16  # the teacher's first answers, read to see how its answers end
+GENERATION_BATCH = 16  # prompts the teacher answers at once (left-padded, with the KV cache)
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
 EVAL_EVERY, PATIENCE = 10, 2  # held-out fidelity every 10 steps; stop after 2 checks without a gain
@@ -257,27 +258,33 @@ class AlignmentSession:
         the student's adapter learns its answers until held-out fidelity stops improving; the
         evaluation (agreement, distill, fidelity, calibration) by name."""
         request = self.prepared.request
-        # no more training prompts than the step cap can read: each is answered by the teacher once
+        # the teacher answers a training prompt only when distillation reaches it: an early stop leaves the rest unwritten
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
-        prompts = train_prompts + self.held_texts
-        stops, restart = tuple(request.stop), restart_marker(prompts)
+        stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.max_length)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
-        with self.reporter.progress("Teacher writing answers", len(prompts)) as advance:
-            write = lambda some: generative.generate(teacher, self.teacher_tokenizer, some, stops=stops, restarts=restart,  # noqa: E731
-                                                     **options, on_batch=lambda n: advance(amount=n))
-            answers = write(prompts[:PROBE_PROMPTS])  # how do its answers end? measured on the first batch
-            one_line = None if stops else generative.one_line_answers(answers)
+
+        def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
+            answers = generative.generate(teacher, self.teacher_tokenizer, prompts, stops=stops, restarts=restart, **options,
+                                          batch_size=GENERATION_BATCH, on_batch=advance)
+            return [generative.first_line(a) for a in answers] if one_line else answers
+
+        one_line = None
+        train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH)
+        probe = train.first(PROBE_PROMPTS)
+        with self.reporter.progress("Teacher writing answers (probe and held-out prompts)", len(probe) + len(self.held_texts)) as advance:
+            probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
+            one_line = None if stops else generative.one_line_answers(probed)
             if one_line:  # the rest stop at their first line break, which saves most of the generation
                 stops, answer_end = ("\n",), one_line
-                answers = [generative.first_line(a) for a in answers]
-            answers += write(prompts[PROBE_PROMPTS:]) if len(prompts) > PROBE_PROMPTS else []
-        train, held = [a for a in answers[: len(train_prompts)] if a.answer.strip()], [a for a in answers[len(train_prompts):] if a.answer.strip()]
-        if not train or not held:
+                probed = [generative.first_line(a) for a in probed]
+            train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH, written=probed)
+            held = [a for a in write(self.held_texts, lambda n: advance(amount=n)) if a.answer.strip()]
+        if not train.written or not held:
             raise CalibrationDataError(
-                f"The teacher wrote no answer to {sum(not a.answer.strip() for a in answers)} of {len(answers)} prompts, which "
-                "leaves nothing to distil.", "Give prompts the adapter answers (its task's inputs, without the answers), "
-                "or raise --max-new-tokens.")
+                f"The teacher wrote no answer to {train.empty + len(self.held_texts) - len(held)} of {len(probe) + len(self.held_texts)} "
+                "prompts, which leaves nothing to distil.", "Give prompts the adapter answers (its task's inputs, without the "
+                "answers), or raise --max-new-tokens.")
         tokenizer, length = self.student_tokenizer, self.max_length
         with student.disable_adapter():  # the same model, its adapter off: the target base
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
@@ -287,7 +294,7 @@ class AlignmentSession:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE,
-                    on_step=lambda loss: advance(f"loss {loss:.4f}"))
+                    on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
         start_bpb = run.held_out_bpb[0][1] if run else generative.bits_per_byte(student, tokenizer, held, max_length=length)
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
@@ -302,7 +309,7 @@ class AlignmentSession:
         calibration = self.prepared.calibration
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
         fidelity = GenerationFidelity(
-            prompts=source, train_prompts=len(train), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
+            prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
             answer_end=answer_end,
             bits_per_byte={"target base": round(base_bpb, 4), "start": round(start_bpb, 4), "converted": round(final_bpb, 4)},
             token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
@@ -310,7 +317,7 @@ class AlignmentSession:
             held_out_curve=run.held_out_bpb if run else ((0, round(start_bpb, 4)),))
         report = {"agreement": Agreement(metric=GENERATION_AGREEMENT, value=round(converted["token_f1"], 4), held_out_tokens=sum(answer_tokens)),
                   "fidelity": fidelity,
-                  "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(prompts),
+                  "calibration": CalibrationSummary(source=source, tokens=0, prompts=len(train.written) + train.empty + len(self.held_texts),
                                                     dataset=calibration.hub_dataset if calibration else None)}
         if run is not None:
             report["distill"] = Distillation(steps=run.steps, lr=request.lr, seed=request.seed, final_loss=round(run.final_loss, 6),
