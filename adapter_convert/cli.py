@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .align import METHODS
+from .alignment_methods import METHODS
 from .errors import SIGNAL_EXIT_CODES, AdapterConvertError, FidelityBelowMinimumError, UsageError, exit_code_table
 from .layer_maps import STRATEGIES, explicit
 from .reporting import Reporter

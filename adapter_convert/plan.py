@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .align import METHODS
+from .alignment_methods import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap
@@ -216,7 +216,7 @@ class AlignmentPlan:
         return self.method is not None or self.refine
 
 
-# the fitted methods from align.METHODS (the registry); "fresh" starts a new adapter, fitting nothing
+# the fitted methods from alignment_methods.METHODS (the registry); "fresh" starts a new adapter, fitting nothing
 FRESH = "fresh"
 ALIGN_CHOICES = ("auto", "none", *METHODS, FRESH, "distill")
 

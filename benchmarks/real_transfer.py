@@ -52,6 +52,26 @@ from adapter_convert.align.generative import generate  # noqa: E402
 from adapter_convert.demo.ner import read_conll  # noqa: E402
 from adapter_convert.pipeline import ConversionRequest, execute, prepare  # noqa: E402
 from adapter_convert.plan import AlignmentPlan  # noqa: E402
+from adapter_convert.reporting import Reporter  # noqa: E402
+
+
+class StageTimer(Reporter):
+    """Seconds per stage of a conversion (a stage runs until the next begins; a progress bar is one
+    stage): where the conversion's time goes, written beside its total."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._current, self._since = None, time.perf_counter()
+
+    def stage(self, message: str) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self.seconds[self._current] = round(self.seconds.get(self._current, 0.0) + now - self._since, 1)
+        self._current, self._since = message.split(":")[0][:60], now
+
+    def progress(self, description: str, total: int):
+        self.stage(description)
+        return super().progress(description, total)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
@@ -249,13 +269,14 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
             request = ConversionRequest(adapter=str(adapter), target=target, out=out, force=True, calibration_data=str(prompts),
                                         calibration_tokens=args.calibration_tokens, seed=args.seed,
                                         distill_steps=args.distill_steps)
-            started = time.perf_counter()
-            prepared = prepare(request)
+            started, timer = time.perf_counter(), StageTimer()
+            prepared = prepare(request, timer)
             if override is not None:
                 prepared.plan = dataclasses.replace(prepared.plan, alignment=override)
-            summary = execute(prepared).to_json()
+            summary = execute(prepared, timer).to_json()
+            timer.stage("end")
             seconds[f"convert: {name}"] = round(time.perf_counter() - started, 1)
-            r["conversions"][name] = {"method": summary["method"], "alignment": summary["alignment"]}
+            r["conversions"][name] = {"method": summary["method"], "alignment": summary["alignment"], "stages": timer.seconds}
             print(f"[{task}] converted {name} in {seconds[f'convert: {name}']} s", flush=True)
             measure(key, load(target, out), target_tokenizer)
 
@@ -348,7 +369,7 @@ def write_report(results: dict, out: Path) -> None:
         for name, conversion in r["conversions"].items():
             alignment = conversion.get("alignment") or {}
             lines.append(f"- {name}: {conversion.get('method')}; distill {json.dumps(alignment.get('distill'))}; "
-                         f"fidelity {json.dumps(alignment.get('fidelity'))}")
+                         f"fidelity {json.dumps(alignment.get('fidelity'))}; seconds per stage {json.dumps(conversion.get('stages'))}")
         lines.append("")
     (out / "real_transfer.md").write_text("\n".join(lines) + "\n")
     try:

@@ -7,17 +7,8 @@ module, which ``fold`` applies to the adapter without changing its rank:
 * ``P_out`` (d_out_student x d_out_teacher): teacher output -> student output, so ``B' = P_out B``.
 
 Then ``s B' A' x_s = P_out (s B A) (P_in x_s)``: the teacher's adapter, read and written through
-the alignment. Adding a method is adding one module named after it, with ``NAME`` and
-``fit_map(stats, kind, assigned, *, ridge)``, and listing its name and help in ``METHODS``:
-``--align``'s choices, its help and the plan's validation read this registry, and ``fit.py``
-loads the module when a fit runs. This file stays free of torch and scipy, so the CLI's help and
-the plan can read it without loading them.
+the alignment. Adding a method is adding one module here named after it, with ``NAME`` and
+``fit_map(stats, kind, assigned, *, ridge)``, and listing its name and help in
+``alignment_methods.METHODS``: ``--align``'s choices, its help and the plan's validation read that
+table, and ``fit.py`` loads the module when a fit runs.
 """
-
-from __future__ import annotations
-
-# --align's fitted methods: name (= the module fitting it) -> its help
-METHODS: dict[str, str] = {
-    "correlation": "the paper's Prune & Align: each target dimension takes the source dimension it correlates with best",
-    "lstsq": "ridge least-squares maps shrunk toward the correlation assignment (dense, same rank)",
-}

@@ -172,7 +172,7 @@ def _dtype_bytes(config, asked: str | None) -> int:
 def for_prepared(prepared) -> ResourcePrediction | None:
     """``resources`` for a prepared conversion: None unless its plan aligns."""
     plan, request = prepared.plan, prepared.request
-    from . import METHODS
+    from ..alignment_methods import METHODS
 
     if plan.alignment.method not in METHODS:  # a copy or a fresh start: no calibration pass
         return None

@@ -1,4 +1,4 @@
-"""One capture point's fit with a method of ``METHODS`` (the registry in ``__init__.py``)."""
+"""One capture point's fit with a method of ``alignment_methods.METHODS``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import importlib
 
 import torch
 
-from . import METHODS, correlation, lstsq
+from ..alignment_methods import METHODS
+from . import correlation, lstsq
 from .stats import PairStats
 
 FITTERS = {name: importlib.import_module(f".{name}", __package__) for name in METHODS}  # the module of each method
