@@ -522,9 +522,19 @@ class HubFile:
     bytes_read: int = 0
     requests: int = 0
     _tensors: dict[str, TensorEntry] | None = field(default=None, repr=False)
+    _prefix: bytes = field(default=b"", repr=False)  # the file's first bytes, read for its header
+    _whole: bool = field(default=False, repr=False)  # the prefix is the whole file (it ended within the first read)
 
     def read(self, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` (fewer at the end of the file)."""
+        """Bytes ``[start, stop)`` (fewer at the end of the file). Bytes of the header's read are
+        served from it, never fetched again (in a small file the rows lie inside that first block)."""
+        known = self._prefix
+        if start < len(known):
+            head = known[start:stop]
+            return head if stop <= len(known) or self._whole else head + self._fetch(len(known), stop)
+        return self._fetch(start, stop)
+
+    def _fetch(self, start: int, stop: int) -> bytes:
         from .hub import read_file_range
 
         self.requests += 1
@@ -534,11 +544,12 @@ class HubFile:
 
     def tensors(self) -> dict[str, TensorEntry]:
         if self._tensors is None:
-            prefix = self.read(0, HEADER_PROBE_BYTES)
-            length, tensors = parse_safetensors_header(prefix)
+            self._prefix = self.read(0, HEADER_PROBE_BYTES)
+            self._whole = len(self._prefix) < HEADER_PROBE_BYTES
+            length, tensors = parse_safetensors_header(self._prefix)
             if tensors is None:
-                prefix += self.read(len(prefix), 8 + length)
-                length, tensors = parse_safetensors_header(prefix)
+                self._prefix += self.read(len(self._prefix), 8 + length)
+                length, tensors = parse_safetensors_header(self._prefix)
                 if tensors is None:
                     raise ValueError(f"{self.filename}: truncated safetensors header")
             self._tensors = tensors

@@ -19,9 +19,13 @@ os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from peft import LoraConfig  # noqa: E402
+from transformers import AutoModelForTokenClassification, AutoTokenizer  # noqa: E402
 
-from helpers import save_adapter, save_tiny_model  # noqa: E402
+from adapter_convert.demo.minilm import minilm_dir  # noqa: E402
+
+from helpers import bpe_tokenizer, save_adapter, save_tiny_model, tiny_config  # noqa: E402
 from hub_server import HubServer, HubState  # noqa: E402
 
 
@@ -52,6 +56,7 @@ def hub(_hub_server) -> HubState:
         state.faults.clear()
         state.requests.clear()
         state.served = []  # (path, bytes) of every file body served: range reads are counted here
+        state.ranges = []  # (repo, path, start, end) of every file body served
         state.tokens.clear()
         state.tokens.update({"tok-alice": "alice", "tok-bob": "bob"})
     return state
@@ -89,3 +94,31 @@ def on_hub(hub, tiny_pair):
     hub.upload_folder("alice/student", tiny_pair / "student")
     hub.upload_folder("alice/ner-lora", tiny_pair / "adapter")
     return tiny_pair
+
+
+@pytest.fixture(scope="session")
+def _unrelated_pair(tmp_path_factory) -> Path:
+    """teacher/ (llama, MiniLM's WordPiece), student/ (qwen2, wider, another tokenizer: nothing shared),
+    adapter/ (a token-classification LoRA on the teacher): a conversion that aligns, distils and measures."""
+    root = tmp_path_factory.mktemp("unrelated")
+    wordpiece = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    teacher = AutoModelForTokenClassification.from_config(tiny_config("llama", 2, vocab_size=len(wordpiece), pad_token_id=0))
+    teacher.save_pretrained(root / "teacher")
+    wordpiece.save_pretrained(root / "teacher")
+    other = bpe_tokenizer()
+    AutoModelForTokenClassification.from_config(tiny_config("qwen2", 2, vocab_size=len(other), hidden_size=48, num_attention_heads=6,
+                                                            num_key_value_heads=3, head_dim=8, intermediate_size=96, pad_token_id=1)
+                                                 ).save_pretrained(root / "student")
+    other.save_pretrained(root / "student")
+    save_adapter(root / "adapter", teacher, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="TOKEN_CLS"),
+                 Path("alice/teacher"))
+    return root
+
+
+@pytest.fixture
+def unrelated_on_hub(hub, _unrelated_pair) -> None:
+    """alice/teacher, alice/student and alice/ner-lora (naming alice/teacher) on the local Hub."""
+    for name in ("teacher", "student"):
+        hub.upload_folder(f"alice/{name}", _unrelated_pair / name)
+    hub.upload_folder("alice/ner-lora", _unrelated_pair / "adapter")

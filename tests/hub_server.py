@@ -348,9 +348,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self._error(416, None, "Range Not Satisfiable", {"Content-Range": f"bytes */{len(content)}"})
         body = content[start:end]
         partial = (start, end) != (0, len(content))
-        if not head:  # bytes of file bodies served, for tests of range reads: state.served = [(path, bytes)]
+        if not head:  # file bodies served, for tests of range reads: state.served = [(path, bytes)], state.ranges = [(repo, path, start, end)]
             with self.state.lock:
                 vars(self.state).setdefault("served", []).append((path, len(body)))
+                vars(self.state).setdefault("ranges", []).append((repo_id, path, start, end))
         if head:
             return self._send(200, content, headers, head=True)
         if fault == "cut":  # promise the whole body, deliver half, hang up

@@ -11,16 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from peft import LoraConfig
-from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-from adapter_convert.demo.minilm import minilm_dir
-from helpers import bpe_tokenizer, save_adapter, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
@@ -72,34 +65,6 @@ def run_action(inputs: dict[str, str], workdir: Path) -> tuple[dict[str, str], s
     outputs = {name: evaluate(spec["value"], {k: "" for k in EXPRESSION.findall(spec["value"])} | context)
                for name, spec in ACTION["outputs"].items()}
     return outputs, "\n".join(log)
-
-
-@pytest.fixture(scope="module")
-def _unrelated_pair(tmp_path_factory) -> Path:
-    """teacher/ (llama, MiniLM's WordPiece), student/ (qwen2, wider, another tokenizer: nothing shared),
-    adapter/ (a token-classification LoRA on the teacher): a conversion that aligns, distils and measures."""
-    root = tmp_path_factory.mktemp("unrelated")
-    wordpiece = AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    teacher = AutoModelForTokenClassification.from_config(tiny_config("llama", 2, vocab_size=len(wordpiece), pad_token_id=0))
-    teacher.save_pretrained(root / "teacher")
-    wordpiece.save_pretrained(root / "teacher")
-    other = bpe_tokenizer()
-    AutoModelForTokenClassification.from_config(tiny_config("qwen2", 2, vocab_size=len(other), hidden_size=48, num_attention_heads=6,
-                                                            num_key_value_heads=3, head_dim=8, intermediate_size=96, pad_token_id=1)
-                                                 ).save_pretrained(root / "student")
-    other.save_pretrained(root / "student")
-    save_adapter(root / "adapter", teacher, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="TOKEN_CLS"),
-                 Path("alice/teacher"))
-    return root
-
-
-@pytest.fixture
-def unrelated_on_hub(hub, _unrelated_pair) -> None:
-    """alice/teacher, alice/student and alice/ner-lora (naming alice/teacher) on the local Hub."""
-    for name in ("teacher", "student"):
-        hub.upload_folder(f"alice/{name}", _unrelated_pair / name)
-    hub.upload_folder("alice/ner-lora", _unrelated_pair / "adapter")
 
 
 def inputs_for(**more: str) -> dict[str, str]:

@@ -636,3 +636,42 @@ def test_the_source_adapters_license_is_carried_never_invented(tiny_pair, tmp_pa
     card = ModelCard.load(out / "README.md")
     assert card.data.license == carried
     assert ("carried from the source adapter's card" in card.text) == (carried is not None)
+
+
+def bytes_served_twice(hub) -> list[tuple[str, str]]:
+    """(repo, file) pairs of which some byte was sent more than once in this run (overlapping ranges)."""
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for repo, path, start, end in hub.ranges:
+        spans.setdefault((repo, path), []).append((start, end))
+    twice = []
+    for key, ranges in spans.items():
+        ranges.sort()
+        if any(later_start < earlier_end for (_, earlier_end), (later_start, _) in zip(ranges, ranges[1:])):
+            twice.append(key)
+    return twice
+
+
+def test_a_direct_hub_conversion_fetches_each_file_and_embedding_byte_once(hub, on_hub, tmp_path):
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert bytes_served_twice(hub) == []
+    fetched = [(repo, path) for repo, path, _, _ in hub.ranges if path != "model.safetensors"]
+    assert sorted(fetched) == sorted(set(fetched)) and {("alice/teacher", "config.json"), ("alice/student", "config.json")} <= set(fetched)
+    probe = [(repo, end - start) for repo, path, start, end in hub.ranges if path == "model.safetensors"]
+    assert {repo for repo, _ in probe} == {"alice/teacher", "alice/student"}  # byte ranges of both, never the files
+
+
+def test_an_aligned_hub_conversion_fetches_configs_tokenizers_and_weights_once(hub, unrelated_on_hub, tmp_path):
+    """Each base is resolved for its config and tokenizer, probed (embedding rows), then its weights
+    downloaded for alignment: every file body once; the probe's ranges never twice."""
+    result = run("convert", "alice/ner-lora", "--target", "alice/student", "--out", tmp_path / "out", "--distill-steps", "2",
+                 "--calibration-tokens", "128")
+    assert result.exit_code == 0, result.output
+    size = lambda repo, path: len(hub.repos[("model", repo)].resolve("main").files[path])  # noqa: E731
+    whole = [(repo, path) for repo, path, start, end in hub.ranges if (start, end) == (0, size(repo, path))]
+    assert sorted(whole) == sorted(set(whole)), whole  # no file downloaded twice
+    for repo in ("alice/teacher", "alice/student"):
+        assert {(repo, "config.json"), (repo, "tokenizer.json"), (repo, "model.safetensors")} <= set(whole)
+    # the probe's byte ranges (read before the plan knew it would align): none read twice
+    hub.ranges = [r for r in hub.ranges if (r[2], r[3]) != (0, size(r[0], r[1]))]
+    assert hub.ranges and bytes_served_twice(hub) == []
