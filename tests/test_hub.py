@@ -53,11 +53,11 @@ def waits(monkeypatch) -> list[float]:
     http_backoff and adapter-convert's own. Faults that last every try then cost no time."""
     import huggingface_hub.utils._http as hf_http
 
-    from adapter_convert import hub as hub_module
+    from adapter_convert.hub import retry
 
     recorded: list[float] = []
     monkeypatch.setattr(hf_http, "time", SimpleNamespace(sleep=recorded.append))
-    monkeypatch.setattr(hub_module, "_sleep", recorded.append)
+    monkeypatch.setattr(retry, "_sleep", recorded.append)
     return recorded
 
 

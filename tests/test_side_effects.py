@@ -16,12 +16,15 @@ from adapter_convert.calibration import paired_batches
 
 
 def test_cli_leaves_warning_filters_and_transformers_logging_as_they_were(monkeypatch):
-    from adapter_convert.cli import app
+    from adapter_convert.cli import app, quietly
 
     monkeypatch.delenv("ADAPTER_CONVERT_DEBUG", raising=False)
     seen = []
+    # every command that loads the libraries runs quietly (entered in the command, so --help loads none)
+    assert all(hasattr(c.callback, "__wrapped__") for c in app.registered_commands if c.callback.__name__ != "version")
 
     @app.command("warn-for-test")
+    @quietly
     def warn_for_test() -> None:  # a command whose library warns: quiet while it runs
         warnings.warn("library noise", UserWarning)
         seen.append((transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()))

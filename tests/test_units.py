@@ -531,7 +531,8 @@ def http_error(status: int, path: str, **headers) -> HfHubHTTPError:
 
 @pytest.fixture
 def no_cached_token(monkeypatch):
-    monkeypatch.setattr("adapter_convert.hub.get_token", lambda: None)
+    monkeypatch.setattr("adapter_convert.hub.errors.get_token", lambda: None)
+    monkeypatch.setattr("adapter_convert.hub.push.get_token", lambda: None)
 
 
 @pytest.mark.usefixtures("no_cached_token")

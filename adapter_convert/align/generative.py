@@ -139,12 +139,13 @@ def batched(examples: Sequence[Example], size: int) -> list[list[Example]]:
 
 
 @torch.no_grad()
-def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int = 8) -> float:
+def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int = 16) -> float:
     """Bits per UTF-8 byte of the examples' answers given their prompts (lower: closer to the teacher)."""
     was_training = model.training
     model.eval()
+    by_length = sorted(examples, key=lambda e: len(e.prompt) + len(e.answer))  # batches of alike lengths pad little
     nats = sum(float(answer_nats(model, encode_examples(tokenizer, chunk, max_length=max_length))[0])
-               for chunk in batched(examples, batch_size))
+               for chunk in batched(by_length, batch_size))
     model.train(was_training)
     return nats / math.log(2) / max(1, sum(len(e.answer.encode("utf-8")) for e in examples))
 
@@ -294,6 +295,9 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        # the rate falls linearly to zero at the step cap (as transformers' Trainer does by default):
+        # late steps refine instead of jumping around the minimum, so held-out checks settle
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: max(0.0, 1 - done / max(1, steps)))
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
         history = [(0, evaluate())]
         best, best_step = [p.detach().clone() for p in params], 0
@@ -305,6 +309,7 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
             loss = nats / max(tokens, 1)
             loss.backward()
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad()
             step += 1
             loss_value = loss.item()
