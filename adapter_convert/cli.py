@@ -359,7 +359,7 @@ def convert(
         summary = summarize(prepared)
         console.print(plan_table(summary))
         if not dry_run:
-            summary = execute(prepared, reporter)
+            summary = execute(prepared, reporter, planned=summary)  # one summary per conversion, completed by the run
             if summary.alignment.modules:
                 console.print(alignment_table(summary.alignment))
             if summary.alignment.fidelity:

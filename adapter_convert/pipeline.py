@@ -326,9 +326,11 @@ def reproduce_command(prepared: PreparedConversion) -> str:
     return shlex.join(words)
 
 
-def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> ConversionSummary:
+def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, planned: ConversionSummary | None = None) -> ConversionSummary:
     """Convert, write to a temporary folder, verify with peft, add the card, move into place; the
-    summary returned holds what was written and, when the models were loaded, the alignment's report."""
+    summary returned holds what was written and, when the models were loaded, the alignment's report.
+    ``planned``: the plan's summary (``summarize(prepared)``) when the caller has it, completed here
+    instead of made again."""
     reporter = reporter or Reporter()
     request, plan = prepared.request, prepared.plan
     if request.out is None:
@@ -363,7 +365,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None) -> C
     out = Path(request.out)
     written = OutputSummary(path=str(out), files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"), tensors=len(converted.tensors),
                             bytes=sum(t.numel() * t.element_size() for t in converted.tensors.values()))
-    summary = summarize(prepared, written=written)
+    summary = dataclasses.replace(planned, output=written) if planned is not None else summarize(prepared, written=written)
     if alignment_report is not None:
         summary = dataclasses.replace(summary, alignment=alignment_report)
 

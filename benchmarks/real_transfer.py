@@ -76,10 +76,11 @@ class StageTimer(Reporter):
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# conversions: name -> plan override (None: what --align auto plans)
+# conversions: name -> (plan override (None: what --align auto plans), --distill-steps (None: the run's --distill-steps))
 CONVERSIONS = {
-    "auto (fresh start + output distillation)": None,
-    "lstsq start + output distillation": AlignmentPlan("lstsq", True, "benchmark: least-squares maps as the start of output distillation"),
+    "auto (fresh start + output distillation)": (None, None),
+    "lstsq start + output distillation": (AlignmentPlan("lstsq", True, "benchmark: least-squares maps as the start of output distillation"), None),
+    "auto, --distill-steps 50": (None, 50),  # the cost/quality trade: half the default cap
 }
 
 
@@ -228,6 +229,11 @@ def shallow_copy(base: str, folder: Path, keep_every: int = 2) -> Path:
     return folder
 
 
+def converted_folder(work: Path, name: str) -> Path:
+    """Where a conversion's adapter goes: its name up to any parenthesis, as a folder name."""
+    return work / ("converted-" + "".join(c if c.isalnum() else "-" for c in name.split(" (")[0]))
+
+
 def run_task(task: str, args, teacher_base: str, target: str, results: dict, save) -> None:
     work = args.work / task
     work.mkdir(parents=True, exist_ok=True)
@@ -260,15 +266,15 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
     measure("teacher", load(teacher_base, adapter), teacher_tokenizer)
     measure("target base (no adapter)", load(target), target_tokenizer)
 
-    for name, override in CONVERSIONS.items():
+    for name, (override, steps) in CONVERSIONS.items():
         if name not in args.conversions.split(";"):
             continue
-        out = work / ("converted-" + name.split(" ")[0])
+        out = converted_folder(work, name)
         key = f"converted: {name}"
         if key not in bpb:
             request = ConversionRequest(adapter=str(adapter), target=target, out=out, force=True, calibration_data=str(prompts),
                                         calibration_tokens=args.calibration_tokens, seed=args.seed,
-                                        distill_steps=args.distill_steps)
+                                        distill_steps=steps or args.distill_steps)
             started, timer = time.perf_counter(), StageTimer()
             prepared = prepare(request, timer)
             if override is not None:
@@ -294,7 +300,7 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
         keys = {b: f"converted: {name}, then {b} labelled steps" for b in args.budgets}
         if all(k in bpb for k in keys.values()):
             continue
-        model = load(target, work / ("converted-" + name.split(" ")[0]), trainable=True)
+        model = load(target, converted_folder(work, name), trainable=True)
         evaluate_at = {b: (lambda b=b: measure(keys[b], model, target_tokenizer)) for b in args.budgets}
         train(model, target_tokenizer, train_set, steps=max(args.budgets), seed=args.seed, lr=args.lr, batch_size=args.batch_size,
               evaluate_at=evaluate_at)

@@ -135,6 +135,14 @@ def test_teacher_answers_are_written_only_as_training_reaches_them():
         TeacherAnswers(["p3"], write, seed=0, chunk=1).batch(1)
 
 
+def test_the_learning_rate_holds_then_cools_down_to_zero():
+    from adapter_convert.align.generative import cooldown_rate
+
+    rates = [cooldown_rate(done, end=30, cooldown=10) for done in range(30)]
+    assert rates[:20] == [1.0] * 20 and rates[20:] == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    assert cooldown_rate(30, end=30, cooldown=10) == 0.0 and cooldown_rate(5, end=3, cooldown=10) == 0.0
+
+
 # ---- end to end: a teacher that learnt an answer, moved across families and tokenizers ---------------
 
 
@@ -198,6 +206,8 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     assert fidelity["token_f1"]["converted"] > fidelity["token_f1"]["target base"]
     assert fidelity["token_f1"]["converted"] >= 0.9 and report["agreement"]["value"] == fidelity["token_f1"]["converted"]
     assert report["distill"]["best_step"] > 0
+    # a cool-down of 10 steps ends the run: begun early (no more gain) or in time for the cap
+    assert report["distill"]["steps"] == min(60, report["distill"]["cooldown_from"] + 10)
     # the written adapter, loaded with peft on the target, writes the teacher's answer to new prompts
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "student"), out)
     from transformers import AutoTokenizer

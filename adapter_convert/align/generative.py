@@ -282,28 +282,38 @@ class DistillRun:
     best_step: int  # the step whose adapter is kept (0: the start was best)
     held_out_bpb: tuple[tuple[int, float], ...]  # (step, held-out bits per byte), the start first
     final_loss: float
+    cooldown_from: int = 0  # the step after which the learning rate fell to zero
+
+
+def cooldown_rate(done: int, *, end: int, cooldown: int) -> float:
+    """The learning-rate factor of the step after ``done`` steps: 1 until the last ``cooldown``
+    steps before ``end``, then (end - done) / cooldown, down to 1/cooldown for the last step."""
+    return min(1.0, max(0.0, (end - done) / cooldown))
 
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
-    masked), checking held-out bits per byte every ``eval_every`` steps; after ``patience`` checks
-    without an improvement of more than ``MIN_GAIN`` it stops, and the best adapter seen is kept
-    (the start included). ``train`` serves the batches (``epochs`` for answers already written)."""
+    masked), checking held-out bits per byte every ``eval_every`` steps. The learning rate holds at
+    ``lr``, then falls linearly to zero over a cool-down of ``eval_every`` steps (warmup-stable-decay):
+    the cool-down begins after ``patience`` checks without an improvement of more than ``MIN_GAIN``,
+    or in time to end at the ``steps`` cap, so a run that stops early is annealed as well as one
+    that runs to the cap. The best adapter seen at a check is kept (the start included). ``train``
+    serves the batches (``epochs`` for answers already written)."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        # the rate falls linearly to zero at the step cap (as transformers' Trainer does by default):
-        # late steps refine instead of jumping around the minimum, so held-out checks settle
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: max(0.0, 1 - done / max(1, steps)))
+        cooldown = max(1, min(eval_every, steps))
+        end = [steps]  # the last step: the cap, or the end of a cool-down begun early
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: cooldown_rate(done, end=end[0], cooldown=cooldown))
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
         history = [(0, evaluate())]
         best, best_step = [p.detach().clone() for p in params], 0
         loss_value, step, waited = float("nan"), 0, 0
         student.train()
-        while step < steps:
+        while step < end[0]:
             chunk = train.batch(batch_size)
             nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
             loss = nats / max(tokens, 1)
@@ -314,16 +324,19 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
             step += 1
             loss_value = loss.item()
             on_step(loss_value)
-            if step % eval_every == 0 or step == steps:
+            if step % eval_every == 0 or step == end[0]:
                 best_so_far = min(v for _, v in history)
                 history.append((step, evaluate()))
                 if history[-1][1] < best_so_far:  # the best adapter seen is the one kept
                     best, best_step = [p.detach().clone() for p in params], step
                 waited = 0 if history[-1][1] < (1 - MIN_GAIN) * best_so_far else waited + 1
-                if waited >= patience:
-                    break
+                if waited >= patience and step + cooldown < end[0]:  # no more gain: cool down now, and stop after it
+                    end[0] = step + cooldown
+                    schedule.last_epoch = step - 1
+                    schedule.step()  # the rate of the next step follows the new end
         with torch.no_grad():
             for param, kept in zip(params, best):
                 param.copy_(kept)
         student.eval()
-    return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value)
+    return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value,
+                      cooldown_from=end[0] - cooldown)

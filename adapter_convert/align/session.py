@@ -321,7 +321,7 @@ class AlignmentSession:
                                                     dataset=calibration.hub_dataset if calibration else None)}
         if run is not None:
             report["distill"] = Distillation(steps=run.steps, lr=request.lr, seed=request.seed, final_loss=round(run.final_loss, 6),
-                                             max_steps=request.distill_steps, best_step=run.best_step)
+                                             max_steps=request.distill_steps, best_step=run.best_step, cooldown_from=run.cooldown_from)
         else:
             report["distill"] = Distillation(skipped="--distill-steps 0")
         return report
