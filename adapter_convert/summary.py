@@ -182,7 +182,7 @@ class Distillation(_Serialized):
     skipped: str | None = None
     max_steps: int | None = None  # the cap; early stopping on held-out fidelity may end before it
     best_step: int | None = None  # the step whose adapter was kept (0: the start)
-    cooldown_from: int | None = None  # output distillation: the step after which the learning rate fell to zero
+    cooldown_from: int | None = None  # output distillation that ended early: the step its 10-step cool-down began
 
 
 @dataclass(frozen=True, kw_only=True)

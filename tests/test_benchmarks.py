@@ -61,7 +61,8 @@ def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "real_transfer.py"), "--teacher-base", str(tmp_path / "teacher"),
          "--target", str(tmp_path / "target"), "--teacher-steps", "2", "--budgets", "2", "--train", "16", "--eval", "4",
-         "--calibration-tokens", "64", "--distill-steps", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+         "--calibration-tokens", "64", "--distill-steps", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+         "--conversions", "auto (fresh start + output distillation);lstsq start + output distillation"],
         check=True, capture_output=True, timeout=900,
     )
     report = (tmp_path / "out" / "real_transfer.md").read_text()

@@ -282,24 +282,28 @@ class DistillRun:
     best_step: int  # the step whose adapter is kept (0: the start was best)
     held_out_bpb: tuple[tuple[int, float], ...]  # (step, held-out bits per byte), the start first
     final_loss: float
-    cooldown_from: int = 0  # the step after which the learning rate fell to zero
+    cooldown_from: int | None = None  # where an early end's cool-down began (None: the rate fell linearly to the cap)
 
 
-def cooldown_rate(done: int, *, end: int, cooldown: int) -> float:
-    """The learning-rate factor of the step after ``done`` steps: 1 until the last ``cooldown``
-    steps before ``end``, then (end - done) / cooldown, down to 1/cooldown for the last step."""
-    return min(1.0, max(0.0, (end - done) / cooldown))
+def decay_rate(done: int, *, steps: int, cooldown: int, early_end: int | None = None) -> float:
+    """The learning-rate factor of the step after ``done`` steps: falling linearly from 1 to 0 at
+    the cap ``steps`` (as transformers' Trainer does by default); a run that ends early, at
+    ``early_end``, falls from where it was to 0 there, over its last ``cooldown`` steps."""
+    start = None if early_end is None else early_end - cooldown
+    if start is None or done < start:
+        return max(0.0, 1 - done / steps)
+    return max(0.0, (1 - start / steps) * (early_end - done) / cooldown)
 
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
-    masked), checking held-out bits per byte every ``eval_every`` steps. The learning rate holds at
-    ``lr``, then falls linearly to zero over a cool-down of ``eval_every`` steps (warmup-stable-decay):
-    the cool-down begins after ``patience`` checks without an improvement of more than ``MIN_GAIN``,
-    or in time to end at the ``steps`` cap, so a run that stops early is annealed as well as one
-    that runs to the cap. The best adapter seen at a check is kept (the start included). ``train``
+    masked), checking held-out bits per byte every ``eval_every`` steps. The learning rate falls
+    linearly from ``lr`` to zero at the ``steps`` cap; after ``patience`` checks without an
+    improvement of more than ``MIN_GAIN`` the run ends ``eval_every`` steps later, its rate falling
+    to zero over those steps, so a run that stops early is annealed as well as one that runs to the
+    cap. The best adapter seen at a check is kept (the start included). ``train``
     serves the batches (``epochs`` for answers already written)."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
@@ -307,7 +311,8 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         cooldown = max(1, min(eval_every, steps))
         end = [steps]  # the last step: the cap, or the end of a cool-down begun early
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: cooldown_rate(done, end=end[0], cooldown=cooldown))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda done: decay_rate(done, steps=steps, cooldown=cooldown, early_end=end[0] if end[0] < steps else None))
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
         history = [(0, evaluate())]
         best, best_step = [p.detach().clone() for p in params], 0
@@ -339,4 +344,4 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
                 param.copy_(kept)
         student.eval()
     return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value,
-                      cooldown_from=end[0] - cooldown)
+                      cooldown_from=end[0] - cooldown if end[0] < steps else None)
