@@ -16,15 +16,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ..errors import (
-    HubAuthError,
-    HubError,
-    HubFileMissingError,
-    HubGatedError,
-    HubRepoNotFoundError,
-    HubRevisionNotFoundError,
-    HubUnreachableError,
-)
+from ..errors import (HubAuthError, HubError, HubFileMissingError, HubGatedError, HubRepoNotFoundError, HubRevisionNotFoundError,
+                      HubUnreachableError)
 from .references import HubReference
 
 
