@@ -160,3 +160,11 @@ def test_the_example_workflow_uses_the_action_with_its_inputs():
     assert action["with"]["token"] == "${{ secrets.HF_TOKEN }}"
     used = set(re.findall(r"steps\.convert\.outputs\.([\w-]+)", (ROOT / "examples" / "publish-adapter.yml").read_text()))
     assert used and used <= set(ACTION["outputs"])
+
+
+def test_the_workflow_snippets_in_the_docs_parse():
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "ci.md").read_text(), re.S)
+    assert blocks
+    steps = [step for block in blocks for step in yaml.safe_load(block)]
+    action = next(step for step in steps if step.get("uses", "").endswith("/adapter-convert@v1"))
+    assert set(action["with"]) <= set(ACTION["inputs"])
