@@ -316,12 +316,11 @@ class ConversionSummary(_Serialized):
         held_out = (f"{fidelity.held_out_prompts} held-out prompts ({fidelity.prompts})" if fidelity else
                     f"{alignment.agreement.held_out_tokens} held-out calibration tokens"
                     f" ({alignment.calibration.source if alignment.calibration else 'built-in multilingual sample'})")
-        found = [Measurement(name=alignment.agreement.metric, type="agreement_with_source_adapter", value=alignment.agreement.value,
-                             data=held_out, higher_is_better=True)]
-        if fidelity is not None:  # the agreement is the token F1 itself: the others beside it
-            found = [Measurement(name=name, type=kind, value=getattr(fidelity, field)["converted"], data=held_out, higher_is_better=better)
-                     for field, kind, name, better in _FIDELITY_MEASURES]
-        return tuple(found)
+        if fidelity is not None:  # output distillation: its agreement is the token F1 itself, the first of these
+            return tuple(Measurement(name=name, type=kind, value=getattr(fidelity, field)["converted"], data=held_out,
+                                     higher_is_better=better) for field, kind, name, better in _FIDELITY_MEASURES)
+        return (Measurement(name=alignment.agreement.metric, type="agreement_with_source_adapter", value=alignment.agreement.value,
+                            data=held_out, higher_is_better=True),)
 
     @property
     def fidelity(self) -> Measurement | None:

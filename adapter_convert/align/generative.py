@@ -230,8 +230,7 @@ class TeacherAnswers:
     first pass, epochs reshuffle the answers already written. Empty answers (the teacher wrote
     nothing) are dropped."""
 
-    def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int,
-                 written: Sequence[Example] = ()):
+    def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int):
         self._rng = random.Random(seed)
         self._unwritten = list(prompts)
         self._rng.shuffle(self._unwritten)
@@ -239,7 +238,6 @@ class TeacherAnswers:
         self.written: list[Example] = []  # every non-empty answer so far, in the order written
         self.empty = 0  # prompts the teacher wrote nothing for
         self._queue: list[Example] = []
-        self._add(list(written))
 
     @property
     def prompts_left(self) -> int:
@@ -249,7 +247,8 @@ class TeacherAnswers:
         """The next ``count`` prompts in the shuffled order (to write now, e.g. to probe how answers end)."""
         return self._unwritten[:count]
 
-    def _add(self, answers: list[Example]) -> None:
+    def add(self, answers: Sequence[Example]) -> None:
+        """Answers written elsewhere (the probe's): served next, and their prompts not written again."""
         done = {a.prompt for a in answers}
         self._unwritten = [p for p in self._unwritten if p not in done]
         kept = [a for a in answers if a.answer.strip()]
@@ -262,18 +261,13 @@ class TeacherAnswers:
         while len(self._queue) < size:
             if self._unwritten:
                 chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
-                self._add(self._write(chunk))
+                self.add(self._write(chunk))
             elif self.written:
                 self._queue += self._rng.sample(self.written, len(self.written))  # an epoch over what was written
             else:
                 raise ValueError("the teacher wrote no answer to any training prompt")
         batch, self._queue = self._queue[:size], self._queue[size:]
         return batch
-
-
-def epochs(examples: Sequence[Example], *, seed: int) -> TeacherAnswers:
-    """Answers already written, served in shuffled epochs (as ``TeacherAnswers`` serves them)."""
-    return TeacherAnswers([], lambda prompts: [], seed=seed, chunk=1, written=examples)
 
 
 @dataclass(frozen=True)
@@ -304,44 +298,41 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     improvement of more than ``MIN_GAIN`` the run ends ``eval_every`` steps later, its rate falling
     to zero over those steps, so a run that stops early is annealed as well as one that runs to the
     cap. The best adapter seen at a check is kept (the start included). ``train``
-    serves the batches (``epochs`` for answers already written)."""
+    serves the batches."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         cooldown = max(1, min(eval_every, steps))
-        end = [steps]  # the last step: the cap, or the end of a cool-down begun early
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda done: decay_rate(done, steps=steps, cooldown=cooldown, early_end=end[0] if end[0] < steps else None))
+        end = steps  # the last step: the cap, or the end of a cool-down begun early
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
         history = [(0, evaluate())]
         best, best_step = [p.detach().clone() for p in params], 0
         loss_value, step, waited = float("nan"), 0, 0
         student.train()
-        while step < end[0]:
+        while step < end:
             chunk = train.batch(batch_size)
             nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
             loss = nats / max(tokens, 1)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = lr * decay_rate(step, steps=steps, cooldown=cooldown, early_end=end if end < steps else None)
             optimizer.step()
-            schedule.step()
             optimizer.zero_grad()
             step += 1
             loss_value = loss.item()
             on_step(loss_value)
-            if step % eval_every == 0 or step == end[0]:
+            if step % eval_every == 0 or step == end:
                 best_so_far = min(v for _, v in history)
                 history.append((step, evaluate()))
                 if history[-1][1] < best_so_far:  # the best adapter seen is the one kept
                     best, best_step = [p.detach().clone() for p in params], step
                 waited = 0 if history[-1][1] < (1 - MIN_GAIN) * best_so_far else waited + 1
-                if waited >= patience and step + cooldown < end[0]:  # no more gain: cool down now, and stop after it
-                    end[0] = step + cooldown
-                    schedule.last_epoch = step - 1
-                    schedule.step()  # the rate of the next step follows the new end
+                if waited >= patience and step + cooldown < end:  # no more gain: cool down now, and stop after it
+                    end = step + cooldown
         with torch.no_grad():
             for param, kept in zip(params, best):
                 param.copy_(kept)
         student.eval()
     return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value,
-                      cooldown_from=end[0] - cooldown if end[0] < steps else None)
+                      cooldown_from=end - cooldown if end < steps else None)

@@ -271,14 +271,14 @@ class AlignmentSession:
 
         one_line = None
         train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH)
-        probe = train.first(PROBE_PROMPTS)
+        probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
         with self.reporter.progress("Teacher writing answers (probe and held-out prompts)", len(probe) + len(self.held_texts)) as advance:
             probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
             one_line = None if stops else generative.one_line_answers(probed)
             if one_line:  # the rest stop at their first line break, which saves most of the generation
                 stops, answer_end = ("\n",), one_line
                 probed = [generative.first_line(a) for a in probed]
-            train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH, written=probed)
+            train.add(probed)
             held = [a for a in write(self.held_texts, lambda n: advance(amount=n)) if a.answer.strip()]
         if not train.written or not held:
             raise CalibrationDataError(
