@@ -201,7 +201,9 @@ class GenerationFidelity(_Serialized):
     bits_per_byte: dict[str, float]  # "target base", "start", "converted"
     token_f1: dict[str, float]  # "target base", "converted"
     exact_match: dict[str, float]
-    held_out_curve: tuple[tuple[int, float], ...]  # (distillation step, held-out bits per byte)
+    held_out_curve: tuple[tuple[int, float], ...]  # (distillation step, held-out bits per byte): the start, the end, any check between
+    # (step, bits per byte of the last check window's training answers, each measured before the student learnt from it)
+    unseen_curve: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,8 @@ import dataclasses
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -185,6 +186,25 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     return [results[i] for i in range(len(prompts))]
 
 
+@contextmanager
+def merged_adapter(model) -> Iterator[None]:
+    """The peft model's adapter merged into its base weights for the duration (a third faster
+    greedy generation on a CPU: no adapter matmuls per step), then unmerged. Only on float32
+    weights: in half precision the merge would round the adapter's small change away. An adapter
+    kind peft cannot merge runs unmerged."""
+    try:
+        if model.get_base_model().dtype != torch.float32:
+            raise TypeError("merging rounds half-precision weights")
+        model.merge_adapter()
+    except (TypeError, ValueError, NotImplementedError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
 def loops_after_first_line(text: str) -> bool:
     """Whether the text after the first line repeats one of its lines (of 3+ visible characters):
     a model that ran on past its answer into a loop, as greedy decoding does."""
@@ -228,7 +248,8 @@ class TeacherAnswers:
     in one seeded shuffled order, answered ``chunk`` at a time (a generation batch), so a run that
     stops early never pays for answers it would not read. Every answer is written once; after the
     first pass, epochs reshuffle the answers already written. Empty answers (the teacher wrote
-    nothing) are dropped."""
+    nothing) are dropped. ``last_unseen`` says whether the last batch was all first reads: the
+    student's loss on it, before it learns from it, is a held-out measurement for free."""
 
     def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int):
         self._rng = random.Random(seed)
@@ -237,7 +258,8 @@ class TeacherAnswers:
         self._write, self._chunk = write, chunk
         self.written: list[Example] = []  # every non-empty answer so far, in the order written
         self.empty = 0  # prompts the teacher wrote nothing for
-        self._queue: list[Example] = []
+        self._queue: list[tuple[Example, bool]] = []  # (answer, read for the first time)
+        self.last_unseen = False
 
     @property
     def prompts_left(self) -> int:
@@ -254,7 +276,7 @@ class TeacherAnswers:
         kept = [a for a in answers if a.answer.strip()]
         self.empty += len(answers) - len(kept)
         self.written += kept
-        self._queue += kept
+        self._queue += [(a, True) for a in kept]
 
     def batch(self, size: int) -> list[Example]:
         """The next ``size`` answers: written ones not yet read, else newly written, else another epoch."""
@@ -262,21 +284,23 @@ class TeacherAnswers:
             if self._unwritten:
                 chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
                 self.add(self._write(chunk))
-            elif self.written:
-                self._queue += self._rng.sample(self.written, len(self.written))  # an epoch over what was written
+            elif self.written:  # an epoch over what was written
+                self._queue += [(a, False) for a in self._rng.sample(self.written, len(self.written))]
             else:
                 raise ValueError("the teacher wrote no answer to any training prompt")
         batch, self._queue = self._queue[:size], self._queue[size:]
-        return batch
+        self.last_unseen = all(unseen for _, unseen in batch)
+        return [a for a, _ in batch]
 
 
 @dataclass(frozen=True)
 class DistillRun:
     steps: int  # steps run (early stopping may end it before the cap)
     best_step: int  # the step whose adapter is kept (0: the start was best)
-    held_out_bpb: tuple[tuple[int, float], ...]  # (step, held-out bits per byte), the start first
+    held_out_bpb: tuple[tuple[int, float], ...]  # (step, held-out bits per byte): the start, any check, the end
     final_loss: float
     cooldown_from: int | None = None  # where an early end's cool-down began (None: the rate fell linearly to the cap)
+    unseen_bpb: tuple[tuple[int, float], ...] = ()  # (step, bits per byte of the window's answers, each read before learning from it)
 
 
 def decay_rate(done: int, *, steps: int, cooldown: int, early_end: int | None = None) -> float:
@@ -289,16 +313,42 @@ def decay_rate(done: int, *, steps: int, cooldown: int, early_end: int | None = 
     return max(0.0, (1 - start / steps) * (early_end - done) / cooldown)
 
 
+def no_gain(values: Sequence[float], patience: int) -> bool:
+    """Whether the last ``patience`` values (checks on one fixed set) all failed to improve on the
+    best before them by more than ``MIN_GAIN``."""
+    waited = 0
+    for index in range(1, len(values)):
+        waited = 0 if values[index] < (1 - MIN_GAIN) * min(values[:index]) else waited + 1
+    return waited >= patience
+
+
+def no_window_gain(values: Sequence[float], patience: int) -> bool:
+    """Whether the mean of the last ``patience`` windows failed to improve by more than ``MIN_GAIN``
+    on the mean of the ``patience`` before them. Each window measures other answers, easier or
+    harder (measured: +-6% between windows on a plateau that a fixed held-out set saw still
+    falling), so one window is no evidence and the best of them is a lucky one."""
+    if len(values) < 2 * patience:
+        return False
+    recent, before = values[-patience:], values[-2 * patience : -patience]
+    return sum(recent) >= (1 - MIN_GAIN) * sum(before)
+
+
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
-    masked), checking held-out bits per byte every ``eval_every`` steps. The learning rate falls
-    linearly from ``lr`` to zero at the ``steps`` cap; after ``patience`` checks without an
-    improvement of more than ``MIN_GAIN`` the run ends ``eval_every`` steps later, its rate falling
-    to zero over those steps, so a run that stops early is annealed as well as one that runs to the
-    cap. The best adapter seen at a check is kept (the start included). ``train``
-    serves the batches."""
+    masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap.
+
+    Every ``eval_every`` steps the run checks whether it still gains. While every answer of those
+    steps was read for the first time, the check is free: the bits per byte of those answers,
+    each measured just before the student learnt from it (prequential, as held-out as the held-out
+    prompts); the run stalls when the mean of the last ``patience`` such windows is no better than
+    that of the ``patience`` before (``no_window_gain``). Once answers repeat (fewer prompts than
+    steps need), the check runs the held-out prompts, and the run stalls after ``patience`` checks
+    without an improvement of more than ``MIN_GAIN``. A stalled run ends ``eval_every`` steps
+    later, its rate falling to zero over those steps. The held-out prompts
+    are measured at the start and the end (and at each check that runs them); the adapter kept is
+    the best of those measurements, the start included. ``train`` serves the batches."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
@@ -306,13 +356,16 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         cooldown = max(1, min(eval_every, steps))
         end = steps  # the last step: the cap, or the end of a cool-down begun early
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
-        history = [(0, evaluate())]
+        held, unseen = [(0, evaluate())], []
         best, best_step = [p.detach().clone() for p in params], 0
-        loss_value, step, waited = float("nan"), 0, 0
+        window = [0.0, 0, 0]  # nats and bytes of this window's unseen answers, and its unseen steps
+        loss_value, step = float("nan"), 0
         student.train()
         while step < end:
             chunk = train.batch(batch_size)
             nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
+            if train.last_unseen:
+                window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
             loss = nats / max(tokens, 1)
             loss.backward()
             for group in optimizer.param_groups:
@@ -322,17 +375,22 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
             step += 1
             loss_value = loss.item()
             on_step(loss_value)
-            if step % eval_every == 0 or step == end:
-                best_so_far = min(v for _, v in history)
-                history.append((step, evaluate()))
-                if history[-1][1] < best_so_far:  # the best adapter seen is the one kept
+            if step % eval_every and step != end:
+                continue
+            if step == end or window[2] < eval_every:  # the end, or answers read before: the held-out prompts
+                held.append((step, evaluate()))
+                if held[-1][1] < min(v for _, v in held[:-1]):  # the best adapter measured is the one kept
                     best, best_step = [p.detach().clone() for p in params], step
-                waited = 0 if history[-1][1] < (1 - MIN_GAIN) * best_so_far else waited + 1
-                if waited >= patience and step + cooldown < end:  # no more gain: cool down now, and stop after it
-                    end = step + cooldown
+                stalled = no_gain([v for _, v in held], patience)
+            else:
+                unseen.append((step, window[0] / math.log(2) / max(1, window[1])))
+                stalled = no_window_gain([v for _, v in unseen], patience)
+            window = [0.0, 0, 0]
+            if stalled and step + cooldown < end:  # no more gain: cool down now, and stop after it
+                end = step + cooldown
         with torch.no_grad():
             for param, kept in zip(params, best):
                 param.copy_(kept)
         student.eval()
-    return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in history), final_loss=loss_value,
-                      cooldown_from=end - cooldown if end < steps else None)
+    return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in held), final_loss=loss_value,
+                      cooldown_from=end - cooldown if end < steps else None, unseen_bpb=tuple((s, round(v, 4)) for s, v in unseen))
