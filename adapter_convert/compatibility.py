@@ -54,12 +54,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .architectures import Architecture, get_architecture, supported_model_types
-from .errors import AdapterConvertError, HubUnreachableError
+from .errors import AdapterConvertError
+
+if TYPE_CHECKING:
+    from .sources import ResolvedSource
 
 # ---- thresholds, from the measurements in the module docstring ---------------------------------
 # Related pairs measured 0.707 and above (1.000 for students, 0.88 for the issue's real MiniLM
@@ -689,24 +692,20 @@ class _Model:
         }
 
 
-def _open(reference: str | Path, token: str | None) -> _Model:
-    """A local folder as it is; a Hub id's config, tokenizer and shard index through the Hub cache
-    (weights are then read by range, or from the cache when they are already there)."""
-    from .hub import CONFIG_FILES, TOKENIZER_FILES
-    from .sources import resolve
-
-    source = resolve(str(reference), what="base model", patterns=CONFIG_FILES + TOKENIZER_FILES + [INDEX_FILE],
-                     required="config.json", token=token)
-    model = _Model(str(reference), source.path, source.repo_id, source.revision, token)
+def _open(source: ResolvedSource, token: str | None) -> _Model:
+    """A resolved base (sources.read_base fetched its config, tokenizer and shard index): its
+    vocabulary read; its weights are then read by range, or from disk when they are there."""
+    model = _Model(source.reference, source.path, source.repo_id, source.revision, token)
     model.vocab = read_vocab(source.path)
     return model
 
 
-def embedding_evidence(source: str | Path, target: str | Path, *, token: str | None = None,
+def embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token: str | None = None,
                        max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Whether the two base models share a hidden space, from the rows of their shared tokens.
 
-    ``source`` and ``target`` are local model folders or Hub ids (``user/name@revision``). At most
+    ``source`` and ``target`` are resolved bases (``sources.read_base``): this reads what they
+    fetched and byte ranges of their remote weights, and resolves nothing itself. At most
     ``max_rows`` rows, and about ``max_bytes`` bytes per model (never below ``MIN_SAMPLE_ROWS``
     rows), are read. Returns a dict: ``verdict`` ("compatible", "incompatible" or "unknown", for a
     direct tensor copy), ``reason``, ``identity_cosine`` (None when widths differ), ``linear_fit``,
@@ -714,7 +713,7 @@ def embedding_evidence(source: str | Path, target: str | Path, *, token: str | N
     ``sampled_rows``, ``token_match``, ``bytes_read`` (both models), ``seconds``, ``thresholds``, and
     per model ``source``/``target`` details (``tokenizer``: its spelling scheme). Unreadable
     weights (offline and not cached, no safetensors, an unknown dtype) give "unknown" with the
-    reason; a reference that names nothing raises as everywhere else.
+    reason.
     """
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -725,11 +724,8 @@ def embedding_evidence(source: str | Path, target: str | Path, *, token: str | N
     }
     models: list[_Model] = []
     try:
-        for reference in (source, target):
-            try:
-                models.append(_open(reference, token))
-            except HubUnreachableError as err:  # offline and not cached, or the Hub is down
-                raise _Unreadable(err.problem) from None
+        for resolved in (source, target):
+            models.append(_open(resolved, token))
             models[-1].locate()
         src, tgt = models
         pairs, result["token_match"] = shared_token_pairs(src.vocab, tgt.vocab, src.shape[0], tgt.shape[0])
@@ -772,7 +768,7 @@ def cached_embedding_evidence(source, target, *, token: str | None = None) -> di
                 return json.loads(cache_file.read_text()) | {"cached": True}
             except (OSError, ValueError):
                 pass  # a damaged entry is measured again
-    evidence = embedding_evidence(source.pinned, target.pinned, token=token)
+    evidence = embedding_evidence(source, target, token=token)
     if cache_file is not None and evidence["verdict"] != "unknown":
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

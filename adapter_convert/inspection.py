@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import AdapterConvertError, CompatibilityUnknownError, UnsupportedError
 from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
 from .plan import width_mismatch
-from .sources import ResolvedSource
+from .sources import BASE_FILES, ResolvedSource
 from .summary import Costs, DownloadFile, Downloads, InspectionReport, Recommendation
 
 # Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
@@ -82,13 +82,13 @@ def _why(recommended: str, unknown: AdapterConvertError | None, reason: str) -> 
 
 def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
     """Downloads and peak memory of the conversion as planned (estimates, documented as such)."""
-    from .hub import ADAPTER_FILES, CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES
+    from .hub import ADAPTER_FILES, WEIGHT_FILES
 
     needs_weights = prepared.plan.alignment.needs_models
     files: list[tuple[DownloadFile, bool]] = []  # (file, local)
     wanted = [(prepared.adapter_source, ADAPTER_FILES)]
-    base_patterns = CONFIG_FILES + TOKENIZER_FILES + (WEIGHT_FILES if needs_weights else [])
-    wanted += [(prepared.source_base, base_patterns), (prepared.target_base, base_patterns)]
+    base_patterns = BASE_FILES + (WEIGHT_FILES if needs_weights else [])
+    wanted += [(prepared.source.source, base_patterns), (prepared.target.source, base_patterns)]
     weight_bytes = 0
     for source, patterns in wanted:
         sizes = _sizes(source, patterns, file_sizes)

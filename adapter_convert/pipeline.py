@@ -16,21 +16,19 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import PretrainedConfig
 
 from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, all_finite, read_adapter
-from .architectures import get_architecture
 from .card import build_model_card
 from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
 from .calibration import load_texts
 from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMinimumError, SourceNotFoundError, UsageError,
                      VerificationError)
-from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES
+from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, PICKLE_ADAPTER_FILES
 from .layer_maps import layer_map_for
 from .peft_config import build_target_config, check_source_config, check_source_ranks
 from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
-from .sources import CalibrationSource, ResolvedSource, read_model_config, resolve, resolve_calibration_data
+from .sources import Base, CalibrationSource, ResolvedSource, read_base, resolve, resolve_calibration_data, with_weights
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
 from .transform import convert_tensors
@@ -73,13 +71,13 @@ class ConversionRequest:
 
 @dataclass
 class PreparedConversion:
+    """What ``prepare`` read and decided, handed to ``execute``: each input read once."""
+
     request: ConversionRequest
     adapter_source: ResolvedSource
-    source_base: ResolvedSource
-    target_base: ResolvedSource
     adapter: AdapterCheckpoint
-    source_config: PretrainedConfig
-    target_config: PretrainedConfig
+    source: Base  # the source base: with its weights fetched when the plan runs the models
+    target: Base
     parsed: ParsedAdapter
     plan: ConversionPlan
     calibration: CalibrationSource | None = None  # None: the built-in sample
@@ -169,31 +167,26 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
             "The adapter config does not name its base model (base_model_name_or_path is empty).",
             "Pass the base it was trained on with --source-base.",
         )
-    base_files = CONFIG_FILES + TOKENIZER_FILES
-    what = "source base" if request.source_base else "source base (the adapter's base_model_name_or_path; override with --source-base)"
-    source_base = resolve(source_ref, what=what, patterns=base_files, required="config.json", token=request.token)
-    target_base = resolve(request.target, what="target base", patterns=base_files, required="config.json", token=request.token)
-    source_config = read_model_config(source_base, what="source base")
-    target_config = read_model_config(target_base, what="target base")
-    source_arch, target_arch = get_architecture(source_config.model_type, source_config), get_architecture(target_config.model_type, target_config)
-    source_dims, target_dims = source_arch.dims(source_config), target_arch.dims(target_config)
-    parsed = parse_adapter(adapter.tensors, arch=source_arch, dims=source_dims, modules_to_save=adapter.config.modules_to_save)
-    check_source_ranks(adapter.config, parsed, source_arch)
-    layer_map = layer_map_for(request.layer_map, source_dims, target_dims)  # layer types compared where both name them
+    source = read_base(source_ref, what="source base", named="" if request.source_base else
+                       "(the adapter's base_model_name_or_path; override with --source-base)", token=request.token)
+    target = read_base(request.target, what="target base", token=request.token)
+    parsed = parse_adapter(adapter.tensors, arch=source.arch, dims=source.dims, modules_to_save=adapter.config.modules_to_save)
+    check_source_ranks(adapter.config, parsed, source.arch)
+    layer_map = layer_map_for(request.layer_map, source.dims, target.dims)  # layer types compared where both name them
     check_layer_map_covers(parsed, layer_map)
     compatibility = None
     if request.align != "none":  # a few MB of embedding rows, never the checkpoint
         reporter.stage("Measuring compatibility: token embeddings of both bases")
-        compatibility = cached_embedding_evidence(source_base, target_base, token=request.token)
+        compatibility = cached_embedding_evidence(source.source, target.source, token=request.token)
     try:
         plan = plan_conversion(
             parsed,
             peft_type=_enum_value(adapter.config.peft_type),
             task_type=_enum_value(adapter.config.task_type),
-            source_arch=source_arch,
-            target_arch=target_arch,
-            source_dims=source_dims,
-            target_dims=target_dims,
+            source_arch=source.arch,
+            target_arch=target.arch,
+            source_dims=source.dims,
+            target_dims=target.dims,
             layer_map=layer_map,
             align=request.align,
             verdict=decision_verdict(compatibility),
@@ -212,11 +205,8 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
         if request.calibration_data:
             calibration = resolve_calibration_data(request.calibration_data, token=request.token)
             load_texts(calibration.file)  # a bad file fails now, before base weights are downloaded
-        weight_files = base_files + WEIGHT_FILES
-        source_base = resolve(source_base.pinned, what=what, patterns=weight_files, required="config.json", token=request.token)
-        target_base = resolve(target_base.pinned, what="target base", patterns=weight_files, required="config.json", token=request.token)
-    prepared = PreparedConversion(request, adapter_source, source_base, target_base, adapter, source_config, target_config, parsed, plan,
-                                  calibration, compatibility)
+        source, target = with_weights(source, token=request.token), with_weights(target, token=request.token)
+    prepared = PreparedConversion(request, adapter_source, adapter, source, target, parsed, plan, calibration, compatibility)
     if request.out is not None and not request.dry_run:
         check_output(request.out, force=request.force, inputs=input_paths(prepared))
     return prepared
@@ -224,7 +214,7 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
 
 def input_paths(prepared: PreparedConversion) -> dict[str, Path]:
     """Every local path the conversion reads: --out must not be, hold or lie inside any of them."""
-    paths = {"adapter": prepared.adapter_source.path, "source base": prepared.source_base.path, "target base": prepared.target_base.path}
+    paths = {"adapter": prepared.adapter_source.path, "source base": prepared.source.path, "target base": prepared.target.path}
     if prepared.calibration is not None:
         paths["calibration data"] = prepared.calibration.file
     return paths
@@ -239,7 +229,8 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
     """The account of a conversion as planned (``written`` None) or written: printed by --json, rendered into the card."""
     plan = prepared.plan
 
-    def base(source: ResolvedSource, arch, dims) -> BaseModelSummary:
+    def base(model: Base) -> BaseModelSummary:
+        arch, dims = model.arch, model.dims
         # several layer stacks (encoder, decoder): their lists, roles named "<stack>/<role>", layers counted over all
         stacks = arch.stacks or (arch,)
         named = lambda s, role: f"{s.name}/{role}" if arch.stacks else role  # noqa: E731
@@ -248,7 +239,7 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
             modules={named(s, role): path for s in stacks for role, path in s.modules.items()},
             fused_layout=dict(arch.fused_layout), unsupported=dict(arch.unsupported),
             partial={named(s, role): tuple(layers) for s in stacks for role, layers in s.partial.items()})
-        return BaseModelSummary(id=source.id, revision=source.revision, model_type=arch.model_type,
+        return BaseModelSummary(id=model.id, revision=model.revision, model_type=arch.model_type,
                                 layers=sum(d.layers for _, d in dims.stacks) or dims.layers, hidden=dims.hidden, architecture=architecture)
 
     def in_stack(stack, arch, path: str) -> str:  # a module of a layer stack, named with the stack's layer list
@@ -266,8 +257,8 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
         task_type=_enum_value(prepared.adapter.config.task_type),
         source_adapter=AdapterSummary(id=prepared.adapter_source.id, revision=prepared.adapter_source.revision, bytes=prepared.adapter.nbytes,
                                       url=hub_url(prepared.adapter_source), license=prepared.adapter.license),
-        source_base=base(prepared.source_base, plan.source_arch, plan.source_dims),
-        target_base=base(prepared.target_base, plan.target_arch, plan.target_dims),
+        source_base=base(prepared.source),
+        target_base=base(prepared.target),
         method=_method(plan),
         layer_map=plan.layer_map.summary(),
         modules=tuple(modules),
@@ -306,10 +297,10 @@ def _method(plan: ConversionPlan) -> str:
 def reproduce_command(prepared: PreparedConversion) -> str:
     """The command that redoes this conversion, with every Hub source pinned to its commit."""
     request = prepared.request
-    words = ["adapter-convert", "convert", prepared.adapter_source.pinned, "--target", prepared.target_base.pinned,
+    words = ["adapter-convert", "convert", prepared.adapter_source.pinned, "--target", prepared.target.pinned,
              "--out", OUT_PLACEHOLDER, "--layer-map", request.layer_map]
-    if request.source_base or prepared.source_base.repo_id:
-        words += ["--source-base", prepared.source_base.pinned]
+    if request.source_base or prepared.source.source.repo_id:
+        words += ["--source-base", prepared.source.pinned]
     if request.align != "auto":
         words += ["--align", request.align]
     if prepared.plan.alignment.needs_models:
@@ -349,7 +340,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
         converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance,
                                     aligned_modules=fitted.modules if fitted else None,
                                     aligned_heads=fitted.heads(prepared.parsed.heads) if fitted else None)
-    config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target_base.id, target_revision=prepared.target_base.revision)
+    config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target.id, target_revision=prepared.target.revision)
     alignment_report = None
     if session is not None:
         converted.tensors, evaluation = session.refine(converted.tensors, config, fitted)
@@ -376,7 +367,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
         reporter.stage("Verifying: loading the result with peft onto an empty target model")
         # peft's seq2seq model needs the generation model, even where its keys look bare (t5 keeps its stacks at the top)
         bare = not plan.target_prefix and plan.task_type != "SEQ_2_SEQ_LM"
-        verify_adapter_folder(folder, prepared.target_config, bare=bare, written=converted.tensors)
+        verify_adapter_folder(folder, prepared.target.config, bare=bare, written=converted.tensors)
         build_model_card(summary).save(folder / "README.md")
 
     reporter.stage(f"Writing {out}")

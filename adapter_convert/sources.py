@@ -1,17 +1,22 @@
 """Resolve what the user named, a local folder or a Hub id (``user/repo@revision``), to a local
-folder holding just the files a step needs, and read model configs from it."""
+folder holding just the files a step needs, and read each base model once into a ``Base``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .architectures import check_known_model_type, get_architecture
+from .architectures import Architecture, Dims, check_known_model_type, get_architecture
 from .errors import AdapterConvertError, BadModelConfigError, HubFileMissingError, SourceNotFoundError
-from .hub import download, parse_hub_reference
+from .hub import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, download, parse_hub_reference
+
+# what planning reads of a base: its config, its tokenizer (the compatibility probe's vocabulary) and
+# its shard index (where the probe finds the embedding rows); never the weights
+BASE_FILES = CONFIG_FILES + TOKENIZER_FILES + ["model.safetensors.index.json"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,41 @@ def resolve(reference: str, *, what: str, patterns: list[str], required: str, to
     return ResolvedSource(reference=reference, path=folder, repo_id=hub_ref.repo_id, revision=folder.name)
 
 
-def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
-    """The model's transformers config, with a model_type adapter-convert knows and sane sizes."""
+@dataclass(frozen=True)
+class Base:
+    """A base model, read once per run: where its files are (pinned to a commit when from the Hub),
+    its transformers config, and the architecture and sizes derived from that config. Every later
+    stage takes this value; none resolves or reads the config again."""
+
+    source: ResolvedSource
+    config: PretrainedConfig
+    arch: Architecture
+    dims: Dims
+    what: str  # how messages name it: "source base", "target base"
+    named: str = ""  # how the user named it, when messages about finding it should say so
+
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+    @property
+    def revision(self) -> str | None:
+        return self.source.revision
+
+    @property
+    def pinned(self) -> str:
+        return self.source.pinned
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+
+def read_base(reference: str, *, what: str, named: str = "", token: str | None = None) -> Base:
+    """The base's config, tokenizer and shard index (no weights), its config read and checked: a
+    model_type adapter-convert knows, and sizes it can build from. ``named``: how the user named
+    it, for messages about finding it ("(the adapter's base_model_name_or_path)")."""
+    source = resolve(reference, what=f"{what} {named}".strip(), patterns=BASE_FILES, required="config.json", token=token)
     path = source.path / "config.json"
     if not path.is_file():
         raise SourceNotFoundError(f"The {what} {source.reference!r} has no config.json.", "Point it at a transformers model folder.")
@@ -78,7 +116,7 @@ def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
         model_type = check_known_model_type(raw.get("model_type"))  # unknown types fail here, before transformers reads it
         config = AutoConfig.from_pretrained(source.path)
         arch = get_architecture(model_type, config)  # derived from this config's structure; refusals name the blocking module
-        arch.dims(config)  # sizes checked before anything is built from them
+        dims = arch.dims(config)  # sizes checked before anything is built from them
     except BadModelConfigError as err:
         raise BadModelConfigError(f"The {what} ({str(path)!r}): {err.problem}", err.fix) from None
     except AdapterConvertError:
@@ -87,7 +125,13 @@ def read_model_config(source: ResolvedSource, *, what: str) -> PretrainedConfig:
         raise BadModelConfigError(
             f"transformers cannot read the {what}'s {str(path)!r}: {type(err).__name__}: {err}", "Fix the model's config.json."
         ) from None
-    return config
+    return Base(source, config, arch, dims, what, named)
+
+
+def with_weights(base: Base, *, token: str | None = None) -> Base:
+    """The same base (the same commit) with its weights fetched too: alignment runs the models."""
+    source = resolve(base.pinned, what=f"{base.what} {base.named}".strip(), patterns=BASE_FILES + WEIGHT_FILES, required="config.json", token=token)
+    return dataclasses.replace(base, source=source)
 
 
 CALIBRATION_SUFFIXES = (".txt", ".jsonl", ".conll", ".conllu")

@@ -59,7 +59,7 @@ from hub_server import HubServer  # noqa: E402
 hub_server.blob_sha = functools.lru_cache(maxsize=64)(hub_server.blob_sha)
 
 from adapter_convert import compatibility  # noqa: E402
-from adapter_convert.compatibility import embedding_evidence  # noqa: E402
+from helpers import probe as embedding_evidence  # noqa: E402  (resolved as a conversion resolves: config, tokenizer, index)
 
 MINILM_EMBEDDING = "bert.embeddings.word_embeddings.weight"
 TINY = dict(vocab_size=128, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,

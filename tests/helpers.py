@@ -73,3 +73,13 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     bpe.train_from_iterator(load_texts(), trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[PAD]"]))
     return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def probe(source, target, **options) -> dict:
+    """The compatibility probe on two bases resolved as a conversion resolves them (config,
+    tokenizer and shard index; the probe itself resolves nothing)."""
+    from adapter_convert.compatibility import embedding_evidence
+    from adapter_convert.sources import BASE_FILES, resolve
+
+    resolved = [resolve(str(r), what="base model", patterns=BASE_FILES, required="config.json") for r in (source, target)]
+    return embedding_evidence(*resolved, **options)

@@ -22,7 +22,6 @@ from adapter_convert.architectures import get_architecture
 from adapter_convert.compatibility import (
     Vocab,
     decide,
-    embedding_evidence,
     embedding_key,
     identity_cosine,
     linear_fit,
@@ -33,6 +32,8 @@ from adapter_convert.compatibility import (
     shared_token_pairs,
     vocab_from_tokenizer_json,
 )
+from adapter_convert.errors import HubUnreachableError
+from helpers import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM_KEY = "embeddings.word_embeddings.weight"
@@ -211,7 +212,7 @@ def minilm_pairs(tmp_path_factory) -> dict[str, Path]:
     ("independent", "incompatible"), ("shuffled", "incompatible"),
 ])
 def test_minilm_verdicts(minilm_pairs, other, verdict):
-    result = embedding_evidence(minilm_pairs["teacher"], minilm_pairs[other])
+    result = probe(minilm_pairs["teacher"], minilm_pairs[other])
     assert result["verdict"] == verdict, result
     assert result["token_match"] == "same tokenizer" and result["sampled_rows"] == c.DEFAULT_MAX_ROWS
     assert result["shared_tokens"] == 30522 - 999  # less [PAD], [UNK], [CLS], [SEP], [MASK] and the [unused] rows
@@ -235,10 +236,10 @@ def test_different_tokenizers_pair_tokens_by_string(tmp_path):
         if token.startswith("w"):
             target[t] = x[int(token[1:])]
     source = embedding_folder(tmp_path / "s", x, tokenizer=source_vocab)
-    result = embedding_evidence(source, embedding_folder(tmp_path / "t", target, model_type="mistral", tokenizer=target_vocab))
+    result = probe(source, embedding_folder(tmp_path / "t", target, model_type="mistral", tokenizer=target_vocab))
     assert result["token_match"] == "shared strings" and result["shared_tokens"] == 200
     assert result["verdict"] == "compatible" and result["identity_cosine"] == pytest.approx(1.0)
-    unrelated = embedding_evidence(source, embedding_folder(tmp_path / "u", anisotropic(251, 32, seed=2), tokenizer=target_vocab))
+    unrelated = probe(source, embedding_folder(tmp_path / "u", anisotropic(251, 32, seed=2), tokenizer=target_vocab))
     assert unrelated["verdict"] == "incompatible"
 
 
@@ -246,15 +247,15 @@ def test_unknown_without_weights_or_shared_tokens(tmp_path):
     x = anisotropic(300, 32, seed=0)
     source = embedding_folder(tmp_path / "s", x, tokenizer={f"w{i}": i for i in range(300)})
     few = embedding_folder(tmp_path / "few", x[:20], tokenizer={f"w{i}": i for i in range(20)})
-    result = embedding_evidence(source, few)
+    result = probe(source, few)
     assert result["verdict"] == "unknown" and "shared tokens" in result["reason"]
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    result = embedding_evidence(source, no_weights)
+    result = probe(source, no_weights)
     assert result["verdict"] == "unknown" and "model.safetensors" in result["reason"]
     (no_weights / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # corrupt
-    result = embedding_evidence(source, no_weights)
+    result = probe(source, no_weights)
     assert result["verdict"] == "unknown" and "cannot read the weights" in result["reason"]
 
 
@@ -291,14 +292,14 @@ def test_hub_probe_reads_byte_ranges_of_a_single_file(hub, tmp_path):
         hub.upload_folder(f"alice/{name}", tmp_path / name)
     size = (tmp_path / "base" / "model.safetensors").stat().st_size
     hub.served = []
-    result = embedding_evidence("alice/base", "alice/finetuned", max_rows=256)
+    result = probe("alice/base", "alice/finetuned", max_rows=256)
     assert result["verdict"] == "compatible" and result["identity_cosine"] > 0.95, result
     assert result["source"]["read_from"] == "hub" and result["source"]["pinned"] == f"alice/base@{hub.repos[('model', 'alice/base')].refs['main']}"
     served = weight_bytes_served(hub)
     assert set(served) == {"model.safetensors"}
     assert result["bytes_read"] == served["model.safetensors"] < 2 * size / 10  # both models, a tenth of one file
     assert not [p for m, p in hub.requests if m == "HEAD" and p.endswith(".safetensors")]  # not downloaded, read by range
-    assert embedding_evidence("alice/base", "alice/other", max_rows=256)["verdict"] == "incompatible"
+    assert probe("alice/base", "alice/other", max_rows=256)["verdict"] == "incompatible"
 
 
 def test_hub_probe_reads_only_the_embedding_shard(hub, tmp_path):
@@ -311,7 +312,7 @@ def test_hub_probe_reads_only_the_embedding_shard(hub, tmp_path):
     hub.upload_folder("alice/finetuned", tmp_path / "finetuned")
     total = sum((tmp_path / "base" / shard).stat().st_size for shard in shards)
     hub.served = []
-    result = embedding_evidence("alice/base", "alice/finetuned", max_rows=256)
+    result = probe("alice/base", "alice/finetuned", max_rows=256)
     assert result["verdict"] == "compatible", result
     embedding_shard = index["weight_map"]["model.embed_tokens.weight"]
     assert result["source"]["file"] == embedding_shard
@@ -325,16 +326,17 @@ def test_hub_probe_offline(hub, tmp_path, monkeypatch):
     tiny_llama(tmp_path / "finetuned", seed=1, from_model=base, noise=0.1)
     hub.upload_folder("alice/base", tmp_path / "base")
     hub.upload_folder("alice/finetuned", tmp_path / "finetuned")
-    embedding_evidence("alice/base", "alice/finetuned", max_rows=256)  # caches configs, not weights
+    probe("alice/base", "alice/finetuned", max_rows=256)  # caches configs, not weights
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    result = embedding_evidence("alice/base", "alice/finetuned", max_rows=256)
+    result = probe("alice/base", "alice/finetuned", max_rows=256)
     assert result["verdict"] == "unknown" and "offline" in result["reason"].lower(), result
-    assert embedding_evidence("alice/base", "alice/never-fetched")["verdict"] == "unknown"
+    with pytest.raises(HubUnreachableError):  # a base never fetched: resolving it fails, before any probe
+        probe("alice/base", "alice/never-fetched")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     for repo in ("alice/base", "alice/finetuned"):
         snapshot_download(repo)  # now the weights are in the cache
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    result = embedding_evidence("alice/base", "alice/finetuned", max_rows=256)
+    result = probe("alice/base", "alice/finetuned", max_rows=256)
     assert result["verdict"] == "compatible" and result["source"]["read_from"] == "disk"
 
 

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
+from helpers import probe
 
-from adapter_convert.compatibility import embedding_evidence
 
 
 def _folder(path, embedding, *, key, tied):
@@ -27,9 +27,9 @@ def test_tied_embedding_under_the_output_name_is_read(tmp_path):
     x = torch.randn(200, 16) * torch.linspace(0.2, 3.0, 16)
     source = _folder(tmp_path / "s", x, key="model.embed_tokens.weight", tied=True)
     tied_only = _folder(tmp_path / "t", x, key="lm_head.weight", tied=True)
-    result = embedding_evidence(source, tied_only)
+    result = probe(source, tied_only)
     assert result["verdict"] == "compatible"
     assert result["target"]["embedding"] == "lm_head.weight"
     # untied, the output matrix is another matrix: never read in place of the input embedding
     untied = _folder(tmp_path / "u", x, key="lm_head.weight", tied=False)
-    assert embedding_evidence(source, untied)["verdict"] == "unknown"
+    assert probe(source, untied)["verdict"] == "unknown"

@@ -21,7 +21,6 @@ from adapter_convert.compatibility import (
     BYTE_LEVEL,
     SENTENCEPIECE,
     Vocab,
-    embedding_evidence,
     read_vocab,
     shared_token_pairs,
     texts_to_ids,
@@ -30,6 +29,7 @@ from adapter_convert.compatibility import (
     vocab_from_tokenizer_json,
     vocab_scheme,
 )
+from helpers import probe
 
 CORPUS = [
     "hello world\nhello there, world.\n",
@@ -221,13 +221,13 @@ def test_probe_pairs_rows_across_schemes(tmp_path, pair):
         if same is not None and token != "<unk>":
             related[t] = x[byte_level.token_to_id(same)]
     source = _folder(tmp_path / "smol", byte_level, x)
-    result = embedding_evidence(source, _folder(tmp_path / "gem", sentencepiece, related))
+    result = probe(source, _folder(tmp_path / "gem", sentencepiece, related))
     expected = len(shared_token_pairs(vocab_of(byte_level), vocab_of(sentencepiece), 10_000, 10_000)[0])
     assert result["shared_tokens"] == expected > 200 and result["sampled_rows"] >= 32
     assert result["token_match"] == "shared text (byte-level vs sentencepiece)"
     assert result["source"]["tokenizer"] == BYTE_LEVEL and result["target"]["tokenizer"] == SENTENCEPIECE
     assert result["verdict"] == "compatible" and result["identity_cosine"] == pytest.approx(1.0), result
-    unrelated = embedding_evidence(source, _folder(tmp_path / "other", sentencepiece, torch.randn(related.shape, generator=g)))
+    unrelated = probe(source, _folder(tmp_path / "other", sentencepiece, torch.randn(related.shape, generator=g)))
     assert unrelated["verdict"] == "incompatible" and abs(unrelated["identity_cosine"]) < 0.2, unrelated
 
 

@@ -180,6 +180,6 @@ def for_prepared(prepared) -> ResourcePrediction | None:
     return predict(plan.source_dims, plan.target_dims, [m.target_role for m in plan.modules],
                    [(t, s[0]) for t, s in plan.layer_map.rows()], method=plan.alignment.method, rank=max(ranks),
                    budget=budget_bytes(request.memory_budget),
-                   model_element=(_dtype_bytes(prepared.source_config, request.dtype), _dtype_bytes(prepared.target_config, request.dtype)),
-                   tied=(bool(getattr(prepared.source_config, "tie_word_embeddings", True)),
-                         bool(getattr(prepared.target_config, "tie_word_embeddings", True))))
+                   model_element=(_dtype_bytes(prepared.source.config, request.dtype), _dtype_bytes(prepared.target.config, request.dtype)),
+                   tied=(bool(getattr(prepared.source.config, "tie_word_embeddings", True)),
+                         bool(getattr(prepared.target.config, "tie_word_embeddings", True))))
