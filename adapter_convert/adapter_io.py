@@ -55,9 +55,31 @@ def read_adapter_config(folder: Path) -> PeftConfig:
         )
     _check_lora_numbers(raw, path)
     try:
-        return PeftConfig.from_pretrained(str(folder))
+        config = PeftConfig.from_pretrained(str(folder))
     except (TypeError, ValueError) as err:
         raise BadAdapterError(f"peft cannot read {str(path)!r}: {err}", "Fix or re-save the adapter config.") from None
+    check_carried_fields(config)
+    return config
+
+
+# Config fields that name modules of the source model in ways we cannot carry over.
+# target_parameters (LoRA on the experts' 3-D weights) is carried over as it is, between equal expert layouts
+_REFUSED_FIELDS = ("layer_replication", "trainable_token_indices")
+
+
+def check_carried_fields(config: PeftConfig) -> None:
+    """Settings of the adapter that name the source model in ways no conversion can carry over."""
+    for name in _REFUSED_FIELDS:
+        if getattr(config, name, None):
+            raise UnsupportedError(
+                f"The adapter config sets {name}={getattr(config, name)!r}, which adapter-convert cannot carry over.",
+                f"Retrain without {name}.",
+            )
+    if getattr(config, "bias", "none") != "none" or getattr(config, "lora_bias", False):
+        raise UnsupportedError(
+            f"The adapter trains biases (bias={config.bias!r}); only bias='none' adapters convert.",
+            "Retrain with bias='none', or convert the bias-free part by editing the adapter.",
+        )
 
 
 def _check_lora_numbers(raw: dict, path: Path) -> None:

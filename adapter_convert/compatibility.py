@@ -46,6 +46,7 @@ config, tokenizer.json and index: 9 MiB in all, against 25 GiB to download both 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -82,6 +83,8 @@ LINEAR_RELATED_MIN = 0.5
 BASIS_CHANGE_MIN_FIT = 0.99
 # Fewer shared tokens than this give no verdict.
 MIN_SHARED_TOKENS = 32
+THRESHOLDS = {"compatible_min_cosine": COMPATIBLE_MIN_COSINE, "incompatible_max_cosine": INCOMPATIBLE_MAX_COSINE,
+              "linear_related_min": LINEAR_RELATED_MIN, "min_shared_tokens": MIN_SHARED_TOKENS}
 
 DEFAULT_MAX_ROWS = 2048
 DEFAULT_MAX_BYTES = 4 << 20  # per model: 512 rows of a 4096-wide bf16 embedding, 2048 of MiniLM's
@@ -419,6 +422,47 @@ def _principal_directions(x: torch.Tensor, k: int) -> torch.Tensor:
     return (x.T @ vectors) / values.clamp_min(values.max() * 1e-12 + 1e-300).sqrt()
 
 
+@dataclass(frozen=True)
+class EmbeddingEvidence:
+    """What the probe measured of two bases, and its verdict for a direct tensor copy."""
+
+    verdict: str  # compatible, incompatible or unknown
+    reason: str
+    identity_cosine: float | None = None  # None across widths
+    linear_fit: float | None = None
+    shared_tokens: int = 0  # all shared: across spelling schemes, the entries standing for the same text
+    sampled_rows: int = 0
+    token_match: str | None = None
+    bytes_read: int = 0  # both models
+    seconds: float = 0.0
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+    source: dict[str, Any] = field(default_factory=dict)  # per model: what was read, and from where
+    target: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False  # read from the cache of an earlier run between the same pinned commits
+
+    @property
+    def decision(self) -> str:
+        """The verdict ``--align auto`` acts on: a measured but ambiguous similarity counts as
+        incompatible (aligning is safe either way; copying is not); only no measurement is unknown."""
+        measured = self.identity_cosine is not None or self.linear_fit is not None
+        return "incompatible" if self.verdict == "unknown" and measured else self.verdict
+
+    @property
+    def basis_change(self) -> bool:
+        """The same space in another basis (a permuted or rotated copy): equal widths, unrelated
+        coordinates, and a linear map explaining nearly everything."""
+        if self.identity_cosine is None or self.linear_fit is None:
+            return False
+        return self.identity_cosine <= INCOMPATIBLE_MAX_COSINE and self.linear_fit >= BASIS_CHANGE_MIN_FIT
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EmbeddingEvidence:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
 def decide(identity: float | None, linear: float | None, *, sampled: int, widths: tuple[int, int]) -> tuple[str, str]:
     """(verdict, reason) for a direct tensor copy, from the scores on ``sampled`` shared tokens; pure."""
     if sampled < MIN_SHARED_TOKENS:
@@ -436,23 +480,6 @@ def decide(identity: float | None, linear: float | None, *, sampled: int, widths
                                     f"({linear:.3f}): the same space in another basis; align instead of copying")
         return "incompatible", f"rows of shared tokens are unrelated (mean cosine {identity:.3f})"
     return "unknown", f"rows of shared tokens are partly similar (mean cosine {identity:.3f}, between {INCOMPATIBLE_MAX_COSINE} and {COMPATIBLE_MIN_COSINE})"
-
-
-def decision_verdict(evidence: dict[str, Any] | None) -> str | None:
-    """The verdict ``--align auto`` acts on: a measured but ambiguous similarity counts as
-    incompatible (aligning is safe either way; copying is not); only no measurement is unknown."""
-    if evidence is None:
-        return None
-    measured = evidence.get("identity_cosine") is not None or evidence.get("linear_fit") is not None
-    return "incompatible" if evidence["verdict"] == "unknown" and measured else evidence["verdict"]
-
-
-def basis_change(evidence: dict[str, Any] | None) -> bool:
-    """The probe found the same space in another basis (a permuted or rotated copy): equal widths,
-    unrelated coordinates, and a linear map explaining nearly everything."""
-    if not evidence or evidence.get("identity_cosine") is None or evidence.get("linear_fit") is None:
-        return False
-    return evidence["identity_cosine"] <= INCOMPATIBLE_MAX_COSINE and evidence["linear_fit"] >= BASIS_CHANGE_MIN_FIT
 
 
 # ---- readers ----------------------------------------------------------------------------------------
@@ -701,56 +728,43 @@ def _open(source: ResolvedSource, token: str | None) -> _Model:
 
 
 def embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token: str | None = None,
-                       max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+                       max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> EmbeddingEvidence:
     """Whether the two base models share a hidden space, from the rows of their shared tokens.
 
     ``source`` and ``target`` are resolved bases (``sources.read_base``): this reads what they
     fetched and byte ranges of their remote weights, and resolves nothing itself. At most
     ``max_rows`` rows, and about ``max_bytes`` bytes per model (never below ``MIN_SAMPLE_ROWS``
-    rows), are read. Returns a dict: ``verdict`` ("compatible", "incompatible" or "unknown", for a
-    direct tensor copy), ``reason``, ``identity_cosine`` (None when widths differ), ``linear_fit``,
-    ``shared_tokens`` (all shared: across spelling schemes, the entries standing for the same text),
-    ``sampled_rows``, ``token_match``, ``bytes_read`` (both models), ``seconds``, ``thresholds``, and
-    per model ``source``/``target`` details (``tokenizer``: its spelling scheme). Unreadable
-    weights (offline and not cached, no safetensors, an unknown dtype) give "unknown" with the
-    reason.
+    rows), are read. Unreadable weights (offline and not cached, no safetensors, an unknown
+    dtype) give the verdict "unknown" with the reason.
     """
     started = time.perf_counter()
-    result: dict[str, Any] = {
-        "verdict": "unknown", "reason": "", "identity_cosine": None, "linear_fit": None, "shared_tokens": 0,
-        "sampled_rows": 0, "token_match": None, "bytes_read": 0, "seconds": 0.0,
-        "thresholds": {"compatible_min_cosine": COMPATIBLE_MIN_COSINE, "incompatible_max_cosine": INCOMPATIBLE_MAX_COSINE,
-                       "linear_related_min": LINEAR_RELATED_MIN, "min_shared_tokens": MIN_SHARED_TOKENS},
-    }
+    scores: dict[str, Any] = {}
     models: list[_Model] = []
     try:
         for resolved in (source, target):
             models.append(_open(resolved, token))
             models[-1].locate()
         src, tgt = models
-        pairs, result["token_match"] = shared_token_pairs(src.vocab, tgt.vocab, src.shape[0], tgt.shape[0])
-        result["shared_tokens"] = len(pairs)
+        pairs, scores["token_match"] = shared_token_pairs(src.vocab, tgt.vocab, src.shape[0], tgt.shape[0])
         budget = min(max_rows, max(MIN_SAMPLE_ROWS, max_bytes // max(src.row_bytes, tgt.row_bytes)))
         sample = select_rows(pairs, max_rows=budget)
-        result["sampled_rows"] = len(sample)
+        scores |= {"shared_tokens": len(pairs), "sampled_rows": len(sample)}
         if len(sample) >= MIN_SHARED_TOKENS:
             a = src.rows([s for s, _ in sample])
             b = tgt.rows([t for _, t in sample])
             if a.shape[1] == b.shape[1]:
-                result["identity_cosine"] = identity_cosine(a, b)
-            result["linear_fit"] = linear_fit(a, b)
-        result["verdict"], result["reason"] = decide(
-            result["identity_cosine"], result["linear_fit"], sampled=len(sample), widths=(src.shape[1], tgt.shape[1]))
+                scores["identity_cosine"] = identity_cosine(a, b)
+            scores["linear_fit"] = linear_fit(a, b)
+        verdict, reason = decide(scores.get("identity_cosine"), scores.get("linear_fit"), sampled=len(sample),
+                                 widths=(src.shape[1], tgt.shape[1]))
     except _Unreadable as err:
-        result["verdict"], result["reason"] = "unknown", str(err)
-    for role, model in zip(("source", "target"), models):
-        result[role] = model.summary()
-    result["bytes_read"] = sum(m.bytes_read for m in models)
-    result["seconds"] = round(time.perf_counter() - started, 4)
-    return result
+        verdict, reason = "unknown", str(err)
+    read = dict(zip(("source", "target"), (m.summary() for m in models)))
+    return EmbeddingEvidence(verdict=verdict, reason=reason, **scores, **read, bytes_read=sum(m.bytes_read for m in models),
+                             seconds=round(time.perf_counter() - started, 4))
 
 
-def cached_embedding_evidence(source, target, *, token: str | None = None) -> dict[str, Any]:
+def cached_embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token: str | None = None) -> EmbeddingEvidence:
     """``embedding_evidence`` for two resolved sources; between Hub revisions pinned to commits
     the result is kept in the Hub cache (``HF_HOME``), so an offline rerun has the same evidence.
     Local folders are measured every time: their files can change."""
@@ -765,15 +779,15 @@ def cached_embedding_evidence(source, target, *, token: str | None = None) -> di
         cache_file = Path(constants.HF_HOME) / "adapter-convert" / "compatibility" / f"{key}.json"
         if cache_file.is_file():
             try:
-                return json.loads(cache_file.read_text()) | {"cached": True}
-            except (OSError, ValueError):
+                return dataclasses.replace(EmbeddingEvidence.from_json(json.loads(cache_file.read_text())), cached=True)
+            except (OSError, ValueError, TypeError):
                 pass  # a damaged entry is measured again
     evidence = embedding_evidence(source, target, token=token)
-    if cache_file is not None and evidence["verdict"] != "unknown":
+    if cache_file is not None and evidence.verdict != "unknown":
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_file.with_suffix(f".{os.getpid()}.partial")
-            partial.write_text(json.dumps(evidence))
+            partial.write_text(json.dumps(evidence.to_json()))
             partial.replace(cache_file)
         except OSError:
             pass  # a read-only cache only costs a new measurement next time

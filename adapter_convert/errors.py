@@ -100,7 +100,7 @@ class CompatibilityUnknownError(AdapterConvertError, RuntimeError):
 
     exit_code = 19
     label = "compatibility could not be measured"
-    evidence: dict | None = None  # the probe's "unknown" evidence, set by pipeline.prepare
+    evidence = None  # the probe's "unknown" compatibility.EmbeddingEvidence, set by pipeline.prepare
 
 
 class FidelityBelowMinimumError(AdapterConvertError, RuntimeError):

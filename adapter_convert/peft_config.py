@@ -5,55 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from peft import PeftConfig
-from peft.utils.other import get_pattern_key
 
 from .architectures import Architecture
-from .errors import BadAdapterError, UnsupportedError
-from .plan import ConversionPlan, ParsedAdapter
+from .errors import UnsupportedError
+from .plan import ConversionPlan
 from .transform import ConvertedAdapter, ConvertedModule, Ia3Module, LoraModule, lora_alpha_for
-
-# Config fields that name modules of the source model in ways we cannot carry over.
-# target_parameters (LoRA on the experts' 3-D weights) is carried over as it is, between equal expert layouts
-_REFUSED_FIELDS = ("layer_replication", "trainable_token_indices")
-
-
-def check_source_config(config: PeftConfig) -> None:
-    for name in _REFUSED_FIELDS:
-        if getattr(config, name, None):
-            raise UnsupportedError(
-                f"The adapter config sets {name}={getattr(config, name)!r}, which adapter-convert cannot carry over.",
-                f"Retrain without {name}.",
-            )
-    if getattr(config, "bias", "none") != "none" or getattr(config, "lora_bias", False):
-        raise UnsupportedError(
-            f"The adapter trains biases (bias={config.bias!r}); only bias='none' adapters convert.",
-            "Retrain with bias='none', or convert the bias-free part by editing the adapter.",
-        )
-
-
-def check_source_ranks(config: PeftConfig, parsed: ParsedAdapter, arch: Architecture) -> None:
-    """Each LoRA's rank must be the one its config gives it (r, or its rank_pattern entry): with
-    another, the scaling alpha / r we would carry over is not the one the adapter was trained with."""
-    if getattr(config, "peft_type", None) != "LORA" and str(getattr(config.peft_type, "value", "")) != "LORA":
-        return
-    for name, part in parsed.stacks.items():  # several layer stacks: each read by its own view
-        check_source_ranks(config, part, arch.stack(name))
-    modules = [(f"{parsed.prefix}{arch.layers}.{layer}.{arch.modules[role]}", params.get("lora_A.weight"))
-               for (layer, role), params in parsed.layers.items()]
-    modules += [(parsed.prefix + arch.embeddings[role], params.get("lora_embedding_A")) for role, params in parsed.embeddings.items()]
-    for name, lora_a in modules:
-        if lora_a is None:
-            continue
-        pattern = next((p for p in (config.rank_pattern or {}) if get_pattern_key([p], name) == p), None)
-        expected = config.rank_pattern[pattern] if pattern else config.r
-        if lora_a.shape[0] != expected:
-            source = f"rank_pattern[{pattern!r}]" if pattern else "r"
-            raise BadAdapterError(
-                f"The adapter config gives {name} rank {expected} ({source}), but its LoRA tensors have rank {lora_a.shape[0]}; "
-                "peft would refuse to load it, and its scaling would be wrong.",
-                "Fix r (or rank_pattern) in adapter_config.json to the rank the adapter was trained with.",
-            )
-
 
 def minimal_suffix(path: str, others: list[str]) -> str | None:
     """The shortest dotted suffix of ``path`` that peft's suffix matching finds in no other module path."""

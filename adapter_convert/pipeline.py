@@ -20,14 +20,14 @@ from safetensors.torch import save_file
 from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, all_finite, read_adapter
 from .card import build_model_card
-from .compatibility import basis_change, cached_embedding_evidence, decision_verdict
+from .compatibility import EmbeddingEvidence, cached_embedding_evidence
 from .calibration import load_texts
 from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMinimumError, SourceNotFoundError, UsageError,
                      VerificationError)
 from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, PICKLE_ADAPTER_FILES
 from .layer_maps import layer_map_for
-from .peft_config import build_target_config, check_source_config, check_source_ranks
-from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, parse_adapter, plan_conversion
+from .peft_config import build_target_config
+from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, check_source_ranks, parse_adapter, plan_conversion
 from .sources import Base, CalibrationSource, ResolvedSource, read_base, resolve, resolve_calibration_data, with_weights
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
@@ -81,7 +81,7 @@ class PreparedConversion:
     parsed: ParsedAdapter
     plan: ConversionPlan
     calibration: CalibrationSource | None = None  # None: the built-in sample
-    compatibility: dict | None = None  # the embedding probe's evidence; None: not measured (--align none)
+    compatibility: EmbeddingEvidence | None = None  # None: not measured (--align none)
 
 
 def check_request(request: ConversionRequest) -> None:
@@ -155,12 +155,12 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     reporter = reporter or Reporter()
     check_request(request)
     if request.out is not None and not request.dry_run:  # fail before any download, not after
-        check_output(request.out, force=request.force, inputs=_local_inputs(request))
+        local = _local_inputs(request)
+        check_output(request.out, force=request.force, inputs=local)
     reporter.stage(f"Reading adapter {request.adapter}")
     adapter_files = ADAPTER_FILES + ADAPTER_CARD_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
     adapter_source = resolve(request.adapter, what="adapter", patterns=adapter_files, required=CONFIG_NAME, token=request.token)
     adapter = read_adapter(adapter_source.path, allow_pickle=request.allow_pickle)
-    check_source_config(adapter.config)
     source_ref = request.source_base or adapter.config.base_model_name_or_path
     if not source_ref:
         raise SourceNotFoundError(
@@ -189,8 +189,8 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
             target_dims=target.dims,
             layer_map=layer_map,
             align=request.align,
-            verdict=decision_verdict(compatibility),
-            basis_change=basis_change(compatibility),
+            verdict=compatibility.decision if compatibility else None,
+            basis_change=bool(compatibility and compatibility.basis_change),
         )
     except CompatibilityUnknownError as err:
         err.evidence = compatibility  # what inspect reports, without probing again

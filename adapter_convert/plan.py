@@ -172,6 +172,32 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
         )
 
 
+def check_source_ranks(config, parsed: ParsedAdapter, arch: Architecture) -> None:
+    """Each LoRA's rank must be the one its config gives it (r, or its rank_pattern entry): with
+    another, the scaling alpha / r we would carry over is not the one the adapter was trained with."""
+    from peft.utils.other import get_pattern_key  # peft loads only when an adapter is read
+
+    if getattr(config, "peft_type", None) != "LORA" and str(getattr(config.peft_type, "value", "")) != "LORA":
+        return
+    for name, part in parsed.stacks.items():  # several layer stacks: each read by its own view
+        check_source_ranks(config, part, arch.stack(name))
+    modules = [(f"{parsed.prefix}{arch.layers}.{layer}.{arch.modules[role]}", params.get("lora_A.weight"))
+               for (layer, role), params in parsed.layers.items()]
+    modules += [(parsed.prefix + arch.embeddings[role], params.get("lora_embedding_A")) for role, params in parsed.embeddings.items()]
+    for name, lora_a in modules:
+        if lora_a is None:
+            continue
+        pattern = next((p for p in (config.rank_pattern or {}) if get_pattern_key([p], name) == p), None)
+        expected = config.rank_pattern[pattern] if pattern else config.r
+        if lora_a.shape[0] != expected:
+            source = f"rank_pattern[{pattern!r}]" if pattern else "r"
+            raise BadAdapterError(
+                f"The adapter config gives {name} rank {expected} ({source}), but its LoRA tensors have rank {lora_a.shape[0]}; "
+                "peft would refuse to load it, and its scaling would be wrong.",
+                "Fix r (or rank_pattern) in adapter_config.json to the rank the adapter was trained with.",
+            )
+
+
 def check_layer_map_covers(parsed: ParsedAdapter, layer_map: LayerMap) -> None:
     """A layer map must take at least one adapted source layer, and an explicit one only adapted
     layers: otherwise the output would hold no adapter where the user asked for one."""

@@ -112,9 +112,10 @@ class CompatibilityEvidence(_Serialized):
     thresholds: dict[str, float] | None = None
 
     @classmethod
-    def of(cls, evidence: dict) -> CompatibilityEvidence:
+    def of(cls, evidence) -> CompatibilityEvidence:
+        """The numbers of the probe's ``compatibility.EmbeddingEvidence``."""
         names = [field.name for field in dataclasses.fields(cls) if field.name != "method"]
-        return cls(**{name: evidence.get(name) for name in names})
+        return cls(**{name: getattr(evidence, name) for name in names})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,10 +124,11 @@ class CompatibilitySummary(_Serialized):
     evidence: CompatibilityEvidence | None
 
     @classmethod
-    def of(cls, evidence: dict | None) -> CompatibilitySummary:
+    def of(cls, evidence) -> CompatibilitySummary:
+        """From the probe's ``compatibility.EmbeddingEvidence``, or None when nothing was measured."""
         if evidence is None:
             return cls(verdict="not measured", evidence=None)
-        return cls(verdict=evidence["verdict"], evidence=CompatibilityEvidence.of(evidence))
+        return cls(verdict=evidence.verdict, evidence=CompatibilityEvidence.of(evidence))
 
 
 # ---- alignment ------------------------------------------------------------------------------------

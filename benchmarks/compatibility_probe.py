@@ -144,9 +144,9 @@ def pair_rows(pairs: list[tuple[str, Path, Path]]) -> list[str]:
     for name, source, target in pairs:
         r = embedding_evidence(source, target)
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        width = r["source"]["shape"][1], r["target"]["shape"][1]
-        rows.append(f"| {name} | {width[0]} / {width[1]} | {r['token_match']} | {r['sampled_rows']} | "
-                    f"{fmt(r['identity_cosine'])} | {fmt(r['linear_fit'])} | {r['verdict']} |")
+        width = r.source["shape"][1], r.target["shape"][1]
+        rows.append(f"| {name} | {width[0]} / {width[1]} | {r.token_match} | {r.sampled_rows} | "
+                    f"{fmt(r.identity_cosine)} | {fmt(r.linear_fit)} | {r.verdict} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -241,18 +241,18 @@ def hub_rows(server: HubServer, *, rows: int, width: int, repeats: int) -> tuple
         downloads.append({"seconds": time.perf_counter() - started, "served": sum(n for _, n in state.served)})
         shutil.rmtree(cache, ignore_errors=True)
     result = probes[-1]["result"]
-    assert result["bytes_read"] == probes[-1]["weights_served"], (result["bytes_read"], probes[-1]["weights_served"])
+    assert result.bytes_read == probes[-1]["weights_served"], (result.bytes_read, probes[-1]["weights_served"])
     probe_s = statistics.median(p["seconds"] for p in probes)
     probe_b = statistics.median(p["served"] for p in probes)
     download_s = statistics.median(d["seconds"] for d in downloads)
     download_b = statistics.median(d["served"] for d in downloads)
-    requests = result["source"]["requests"] + result["target"]["requests"]
+    requests = result.source["requests"] + result.target["requests"]
     mib = lambda n: f"{n / 2**20:,.2f}"  # noqa: E731
     table = [
         "| what | bytes served (MiB) | seconds (median) | range requests on weight files |",
         "|---|---|---|---|",
-        f"| probe, both models: config, tokenizer.json, index.json, one shard header and {result['sampled_rows']} embedding rows each "
-        f"| {mib(probe_b)} (weights: {mib(result['bytes_read'])}) | {probe_s:.2f} | {requests} |",
+        f"| probe, both models: config, tokenizer.json, index.json, one shard header and {result.sampled_rows} embedding rows each "
+        f"| {mib(probe_b)} (weights: {mib(result.bytes_read)}) | {probe_s:.2f} | {requests} |",
         f"| snapshot_download of both repos (all files as laid out here) | {mib(download_b)} | {download_s:.2f} | - |",
         f"| a real Llama-2-7B checkpoint, both models (index total_size x 2) | {mib(2 * LLAMA_2_7B_BYTES)} | - | - |",
     ]
@@ -319,12 +319,12 @@ def main() -> None:
         f"shard 2 the rest. Files as laid out here: {facts['repo_bytes'] / 2**20:,.1f} MiB for both repos. "
         f"Medians of {args.repeats} runs (after one untimed warm-up), each with an empty Hub cache; the server's "
         "per-request ETag hashing is memoized. "
-        f"Verdict: **{result['verdict']}** (identity {result['identity_cosine']:.3f}, linear fit {result['linear_fit']:.3f}, "
-        f"{result['sampled_rows']} rows of {result['shared_tokens']} shared tokens, tokens matched by {result['token_match']}).",
+        f"Verdict: **{result.verdict}** (identity {result.identity_cosine:.3f}, linear fit {result.linear_fit:.3f}, "
+        f"{result.sampled_rows} rows of {result.shared_tokens} shared tokens, tokens matched by {result.token_match}).",
         "",
         *hub_table,
         "",
-        f"The probe's weight bytes are {facts['result']['bytes_read'] / (2 * LLAMA_2_7B_BYTES):.2e} of two real 7B checkpoints. "
+        f"The probe's weight bytes are {facts['result'].bytes_read / (2 * LLAMA_2_7B_BYTES):.2e} of two real 7B checkpoints. "
         "Here the server is on the same machine, so the seconds are the client's work; on the real Hub each request "
         "adds a network round trip (its file URLs redirect to a CDN that serves byte ranges, which is how "
         "huggingface_hub's HfFileSystem reads files), while the bytes stay as counted here.",

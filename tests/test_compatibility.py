@@ -213,17 +213,17 @@ def minilm_pairs(tmp_path_factory) -> dict[str, Path]:
 ])
 def test_minilm_verdicts(minilm_pairs, other, verdict):
     result = probe(minilm_pairs["teacher"], minilm_pairs[other])
-    assert result["verdict"] == verdict, result
-    assert result["token_match"] == "same tokenizer" and result["sampled_rows"] == c.DEFAULT_MAX_ROWS
-    assert result["shared_tokens"] == 30522 - 999  # less [PAD], [UNK], [CLS], [SEP], [MASK] and the [unused] rows
-    assert result["source"]["embedding"] == MINILM_KEY and result["source"]["read_from"] == "disk"
-    assert result["bytes_read"] == 2 * result["sampled_rows"] * result["target"]["shape"][1] * 4 or other == "narrow"
+    assert result.verdict == verdict, result
+    assert result.token_match == "same tokenizer" and result.sampled_rows == c.DEFAULT_MAX_ROWS
+    assert result.shared_tokens == 30522 - 999  # less [PAD], [UNK], [CLS], [SEP], [MASK] and the [unused] rows
+    assert result.source["embedding"] == MINILM_KEY and result.source["read_from"] == "disk"
+    assert result.bytes_read == 2 * result.sampled_rows * result.target["shape"][1] * 4 or other == "narrow"
     if other in ("student", "finetuned"):
-        assert result["identity_cosine"] > 0.99 and result["linear_fit"] > 0.99
+        assert result.identity_cosine > 0.99 and result.linear_fit > 0.99
     if other in ("permuted", "narrow"):  # the same space in another basis: align, do not copy
-        assert result["linear_fit"] > 0.9 and (result["identity_cosine"] is None or abs(result["identity_cosine"]) < 0.05)
+        assert result.linear_fit > 0.9 and (result.identity_cosine is None or abs(result.identity_cosine) < 0.05)
     if other in ("independent", "shuffled"):
-        assert abs(result["identity_cosine"]) < 0.05 and abs(result["linear_fit"]) < 0.05
+        assert abs(result.identity_cosine) < 0.05 and abs(result.linear_fit) < 0.05
 
 
 def test_different_tokenizers_pair_tokens_by_string(tmp_path):
@@ -237,10 +237,10 @@ def test_different_tokenizers_pair_tokens_by_string(tmp_path):
             target[t] = x[int(token[1:])]
     source = embedding_folder(tmp_path / "s", x, tokenizer=source_vocab)
     result = probe(source, embedding_folder(tmp_path / "t", target, model_type="mistral", tokenizer=target_vocab))
-    assert result["token_match"] == "shared strings" and result["shared_tokens"] == 200
-    assert result["verdict"] == "compatible" and result["identity_cosine"] == pytest.approx(1.0)
+    assert result.token_match == "shared strings" and result.shared_tokens == 200
+    assert result.verdict == "compatible" and result.identity_cosine == pytest.approx(1.0)
     unrelated = probe(source, embedding_folder(tmp_path / "u", anisotropic(251, 32, seed=2), tokenizer=target_vocab))
-    assert unrelated["verdict"] == "incompatible"
+    assert unrelated.verdict == "incompatible"
 
 
 def test_unknown_without_weights_or_shared_tokens(tmp_path):
@@ -248,15 +248,15 @@ def test_unknown_without_weights_or_shared_tokens(tmp_path):
     source = embedding_folder(tmp_path / "s", x, tokenizer={f"w{i}": i for i in range(300)})
     few = embedding_folder(tmp_path / "few", x[:20], tokenizer={f"w{i}": i for i in range(20)})
     result = probe(source, few)
-    assert result["verdict"] == "unknown" and "shared tokens" in result["reason"]
+    assert result.verdict == "unknown" and "shared tokens" in result.reason
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text(json.dumps({"model_type": "llama"}))
     result = probe(source, no_weights)
-    assert result["verdict"] == "unknown" and "model.safetensors" in result["reason"]
+    assert result.verdict == "unknown" and "model.safetensors" in result.reason
     (no_weights / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # corrupt
     result = probe(source, no_weights)
-    assert result["verdict"] == "unknown" and "cannot read the weights" in result["reason"]
+    assert result.verdict == "unknown" and "cannot read the weights" in result.reason
 
 
 # ---- the Hub: byte ranges only -----------------------------------------------------------------------
@@ -293,13 +293,13 @@ def test_hub_probe_reads_byte_ranges_of_a_single_file(hub, tmp_path):
     size = (tmp_path / "base" / "model.safetensors").stat().st_size
     hub.served = []
     result = probe("alice/base", "alice/finetuned", max_rows=256)
-    assert result["verdict"] == "compatible" and result["identity_cosine"] > 0.95, result
-    assert result["source"]["read_from"] == "hub" and result["source"]["pinned"] == f"alice/base@{hub.repos[('model', 'alice/base')].refs['main']}"
+    assert result.verdict == "compatible" and result.identity_cosine > 0.95, result
+    assert result.source["read_from"] == "hub" and result.source["pinned"] == f"alice/base@{hub.repos[('model', 'alice/base')].refs['main']}"
     served = weight_bytes_served(hub)
     assert set(served) == {"model.safetensors"}
-    assert result["bytes_read"] == served["model.safetensors"] < 2 * size / 10  # both models, a tenth of one file
+    assert result.bytes_read == served["model.safetensors"] < 2 * size / 10  # both models, a tenth of one file
     assert not [p for m, p in hub.requests if m == "HEAD" and p.endswith(".safetensors")]  # not downloaded, read by range
-    assert probe("alice/base", "alice/other", max_rows=256)["verdict"] == "incompatible"
+    assert probe("alice/base", "alice/other", max_rows=256).verdict == "incompatible"
 
 
 def test_hub_probe_reads_only_the_embedding_shard(hub, tmp_path):
@@ -313,12 +313,12 @@ def test_hub_probe_reads_only_the_embedding_shard(hub, tmp_path):
     total = sum((tmp_path / "base" / shard).stat().st_size for shard in shards)
     hub.served = []
     result = probe("alice/base", "alice/finetuned", max_rows=256)
-    assert result["verdict"] == "compatible", result
+    assert result.verdict == "compatible", result
     embedding_shard = index["weight_map"]["model.embed_tokens.weight"]
-    assert result["source"]["file"] == embedding_shard
+    assert result.source["file"] == embedding_shard
     served = weight_bytes_served(hub)
     assert set(served) == {embedding_shard}  # no other shard touched, not even its header
-    assert result["bytes_read"] == served[embedding_shard] < 2 * total / 10
+    assert result.bytes_read == served[embedding_shard] < 2 * total / 10
 
 
 def test_hub_probe_offline(hub, tmp_path, monkeypatch):
@@ -329,7 +329,7 @@ def test_hub_probe_offline(hub, tmp_path, monkeypatch):
     probe("alice/base", "alice/finetuned", max_rows=256)  # caches configs, not weights
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     result = probe("alice/base", "alice/finetuned", max_rows=256)
-    assert result["verdict"] == "unknown" and "offline" in result["reason"].lower(), result
+    assert result.verdict == "unknown" and "offline" in result.reason.lower(), result
     with pytest.raises(HubUnreachableError):  # a base never fetched: resolving it fails, before any probe
         probe("alice/base", "alice/never-fetched")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -337,7 +337,7 @@ def test_hub_probe_offline(hub, tmp_path, monkeypatch):
         snapshot_download(repo)  # now the weights are in the cache
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     result = probe("alice/base", "alice/finetuned", max_rows=256)
-    assert result["verdict"] == "compatible" and result["source"]["read_from"] == "disk"
+    assert result.verdict == "compatible" and result.source["read_from"] == "disk"
 
 
 def test_benchmark_runs_tiny(tmp_path):

@@ -28,8 +28,8 @@ def test_tied_embedding_under_the_output_name_is_read(tmp_path):
     source = _folder(tmp_path / "s", x, key="model.embed_tokens.weight", tied=True)
     tied_only = _folder(tmp_path / "t", x, key="lm_head.weight", tied=True)
     result = probe(source, tied_only)
-    assert result["verdict"] == "compatible"
-    assert result["target"]["embedding"] == "lm_head.weight"
+    assert result.verdict == "compatible"
+    assert result.target["embedding"] == "lm_head.weight"
     # untied, the output matrix is another matrix: never read in place of the input embedding
     untied = _folder(tmp_path / "u", x, key="lm_head.weight", tied=False)
-    assert probe(source, untied)["verdict"] == "unknown"
+    assert probe(source, untied).verdict == "unknown"

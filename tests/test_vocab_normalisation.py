@@ -223,12 +223,12 @@ def test_probe_pairs_rows_across_schemes(tmp_path, pair):
     source = _folder(tmp_path / "smol", byte_level, x)
     result = probe(source, _folder(tmp_path / "gem", sentencepiece, related))
     expected = len(shared_token_pairs(vocab_of(byte_level), vocab_of(sentencepiece), 10_000, 10_000)[0])
-    assert result["shared_tokens"] == expected > 200 and result["sampled_rows"] >= 32
-    assert result["token_match"] == "shared text (byte-level vs sentencepiece)"
-    assert result["source"]["tokenizer"] == BYTE_LEVEL and result["target"]["tokenizer"] == SENTENCEPIECE
-    assert result["verdict"] == "compatible" and result["identity_cosine"] == pytest.approx(1.0), result
+    assert result.shared_tokens == expected > 200 and result.sampled_rows >= 32
+    assert result.token_match == "shared text (byte-level vs sentencepiece)"
+    assert result.source["tokenizer"] == BYTE_LEVEL and result.target["tokenizer"] == SENTENCEPIECE
+    assert result.verdict == "compatible" and result.identity_cosine == pytest.approx(1.0), result
     unrelated = probe(source, _folder(tmp_path / "other", sentencepiece, torch.randn(related.shape, generator=g)))
-    assert unrelated["verdict"] == "incompatible" and abs(unrelated["identity_cosine"]) < 0.2, unrelated
+    assert unrelated.verdict == "incompatible" and abs(unrelated.identity_cosine) < 0.2, unrelated
 
 
 REAL = Path(os.environ.get("ADAPTER_CONVERT_REAL_MODELS", Path.home() / ".cache" / "adapter-convert" / "real-models"))
