@@ -27,12 +27,13 @@ from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMi
 from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, PICKLE_ADAPTER_FILES
 from .layer_maps import layer_map_for
 from .peft_config import build_target_config
-from .plan import FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, check_source_ranks, parse_adapter, plan_conversion
+from .plan import (FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, check_source_ranks, head_labels, parse_adapter,
+                   plan_conversion)
 from .sources import Base, CalibrationSource, ResolvedSource, read_base, resolve, resolve_calibration_data, with_weights
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
 from .transform import convert_tensors
-from .verify import head_labels, verify_adapter_folder
+from .verify import verify_adapter_folder
 from .reporting import Reporter
 from .writer import check_output, write_folder_atomically
 
@@ -153,9 +154,9 @@ def _local_inputs(request: ConversionRequest) -> dict[str, Path]:
 
 def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
     reporter = reporter or Reporter()
+    local = _local_inputs(request)
     check_request(request)
     if request.out is not None and not request.dry_run:  # fail before any download, not after
-        local = _local_inputs(request)
         check_output(request.out, force=request.force, inputs=local)
     reporter.stage(f"Reading adapter {request.adapter}")
     adapter_files = ADAPTER_FILES + ADAPTER_CARD_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
@@ -283,9 +284,10 @@ def hub_url(source: ResolvedSource) -> str | None:
 
 def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | None:
     """The predicted alignment memory (align/budget.py), or None for a direct mapping."""
-    from .align.budget import for_prepared  # the alignment package loads only when asked
+    from .align.budget import for_plan  # the alignment package loads only when asked
 
-    return for_prepared(prepared)
+    return for_plan(prepared.plan, source_config=prepared.source.config, target_config=prepared.target.config,
+                    adapter_tensors=prepared.adapter.tensors, dtype=prepared.request.dtype, memory_budget=prepared.request.memory_budget)
 
 
 def _method(plan: ConversionPlan) -> str:
@@ -326,20 +328,22 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
     request, plan = prepared.request, prepared.plan
     if request.out is None:
         raise ValueError("execute() needs request.out")
+    inputs = input_paths(prepared)  # --out must not be, hold or lie inside any of them
     session = fitted = None
     if plan.alignment.needs_models:
         from .align.session import AlignmentSession
 
-        session = AlignmentSession(prepared, reporter)
+        session = AlignmentSession(plan, source=prepared.source, target=prepared.target, adapter=prepared.adapter, parsed=prepared.parsed,
+                                   calibration=prepared.calibration, options=request, reporter=reporter)
         if plan.alignment.method == FRESH:  # a new adapter: nothing to calibrate
             fitted = session.fresh()
         elif plan.alignment.method:
             fitted = session.fit()
     total = sum(len(p.layer_map.sources) * len(p.modules) for p in (plan.stacks or (plan,)))
+    aligned_heads = fitted.heads(prepared.parsed.heads) if fitted else None
     with reporter.progress("Converting modules", total) as advance:
         converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance,
-                                    aligned_modules=fitted.modules if fitted else None,
-                                    aligned_heads=fitted.heads(prepared.parsed.heads) if fitted else None)
+                                    aligned_modules=fitted.modules if fitted else None, aligned_heads=aligned_heads)
     config = build_target_config(prepared.adapter.config, plan, converted, target_base=prepared.target.id, target_revision=prepared.target.revision)
     alignment_report = None
     if session is not None:
@@ -371,7 +375,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
         build_model_card(summary).save(folder / "README.md")
 
     reporter.stage(f"Writing {out}")
-    write_folder_atomically(out, fill, force=request.force, inputs=input_paths(prepared))
+    write_folder_atomically(out, fill, force=request.force, inputs=inputs)
     return summary
 
 

@@ -172,6 +172,12 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
         )
 
 
+def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
+    """Number of labels a classification head was trained with (its last weight's rows)."""
+    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"{PEFT_PREFIX}{h}.") and t.ndim == 2]
+    return weights[-1].shape[0] if weights else None
+
+
 def check_source_ranks(config, parsed: ParsedAdapter, arch: Architecture) -> None:
     """Each LoRA's rank must be the one its config gives it (r, or its rank_pattern entry): with
     another, the scaling alpha / r we would carry over is not the one the adapter was trained with."""

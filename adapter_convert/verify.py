@@ -17,17 +17,11 @@ from transformers import PretrainedConfig
 
 from .adapter_io import WEIGHTS_NAME
 from .errors import VerificationError
-from .plan import PEFT_PREFIX
+from .plan import head_labels
 from .tasks import LABELLED, TASKS, model_class
 
 TASK_MODEL_CLASSES = {task: model_class(task) for task in TASKS}  # the classes of tasks.TASKS
 _ADAPTER_KEY_MARKERS = ("lora_", "ia3_", ".modules_to_save.")
-
-
-def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
-    """Number of labels a classification head was trained with (its last weight's rows)."""
-    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"{PEFT_PREFIX}{h}.") and t.ndim == 2]
-    return weights[-1].shape[0] if weights else None
 
 
 def empty_target_model(model_config: PretrainedConfig, *, task_type: str | None, bare: bool, num_labels: int | None):

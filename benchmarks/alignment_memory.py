@@ -53,7 +53,8 @@ request = ConversionRequest(adapter=sys.argv[1], target=sys.argv[2], out=Path(sy
 with PeakRSS() as whole:
     prepared = prepare(request)
     resources = summarize(prepared).resources
-    session = AlignmentSession(prepared, Reporter())
+    session = AlignmentSession(prepared.plan, source=prepared.source, target=prepared.target, adapter=prepared.adapter,
+                               parsed=prepared.parsed, calibration=prepared.calibration, options=prepared.request, reporter=Reporter())
     for model in (session.teacher, session.student):  # page in the weights (safetensors are mmapped lazily)
         for param in model.parameters():
             param.data.sum()

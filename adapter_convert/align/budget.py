@@ -169,17 +169,15 @@ def _dtype_bytes(config, asked: str | None) -> int:
     return 2 if any(half in name for half in ("float16", "bfloat16")) else 8 if "float64" in name else 4
 
 
-def for_prepared(prepared) -> ResourcePrediction | None:
-    """``resources`` for a prepared conversion: None unless its plan aligns."""
-    plan, request = prepared.plan, prepared.request
+def for_plan(plan, *, source_config, target_config, adapter_tensors, dtype: str | None, memory_budget: str | None) -> ResourcePrediction | None:
+    """``resources`` for a conversion plan: None unless it fits maps (a copy or a fresh start runs no calibration pass)."""
     from ..alignment_methods import METHODS
 
-    if plan.alignment.method not in METHODS:  # a copy or a fresh start: no calibration pass
+    if plan.alignment.method not in METHODS:
         return None
-    ranks = [t.shape[0] for key, t in prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2] or [1]
+    ranks = [t.shape[0] for key, t in adapter_tensors.items() if "lora_A" in key and t.ndim == 2] or [1]
     return predict(plan.source_dims, plan.target_dims, [m.target_role for m in plan.modules],
                    [(t, s[0]) for t, s in plan.layer_map.rows()], method=plan.alignment.method, rank=max(ranks),
-                   budget=budget_bytes(request.memory_budget),
-                   model_element=(_dtype_bytes(prepared.source.config, request.dtype), _dtype_bytes(prepared.target.config, request.dtype)),
-                   tied=(bool(getattr(prepared.source.config, "tie_word_embeddings", True)),
-                         bool(getattr(prepared.target.config, "tie_word_embeddings", True))))
+                   budget=budget_bytes(memory_budget),
+                   model_element=(_dtype_bytes(source_config, dtype), _dtype_bytes(target_config, dtype)),
+                   tied=(bool(getattr(source_config, "tie_word_embeddings", True)), bool(getattr(target_config, "tie_word_embeddings", True))))

@@ -19,9 +19,9 @@ from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
-from ..tasks import LABELLED
+from ..plan import head_labels
+from ..tasks import LABELLED, model_class
 from ..transform import AdapterModule, read_module
-from ..verify import TASK_MODEL_CLASSES, head_labels
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
 from .fit import fit_point
@@ -45,17 +45,18 @@ def held_out_tokens(calibration_tokens: int) -> int:
 
 
 class AlignmentSession:
-    def __init__(self, prepared, reporter):
-        from transformers import AutoModel
+    """Alignment's own inputs, named: the plan, the two bases (with their weights), the adapter as
+    read and as parsed, the calibration source, the request's options, and where progress goes."""
 
-        self.prepared, self.reporter = prepared, reporter
-        request, plan = prepared.request, prepared.plan
+    def __init__(self, plan, *, source, target, adapter, parsed, calibration, options, reporter):
+        self.plan, self.source, self.target, self.adapter, self.parsed = plan, source, target, adapter, parsed
+        self.calibration, self.options, self.reporter = calibration, options, reporter
+        request = options
+        self.device = resolve_device(request.device)
         self.method = plan.alignment.method
         self.task_type = plan.task_type
         self.has_head = bool(plan.heads)
-        heads = list(prepared.parsed.heads)
-        self.num_labels = head_labels(prepared.adapter.tensors, heads)
-        calibration = prepared.calibration
+        self.num_labels = head_labels(adapter.tensors, list(parsed.heads))
         # a causal LM is distilled on what the teacher writes: the calibration texts are its prompts
         self.generative = plan.alignment.refine and self.task_type == "CAUSAL_LM"
         texts = load_texts(calibration.file if calibration else None)
@@ -72,8 +73,7 @@ class AlignmentSession:
             reporter.stage("No task prompts given (--calibration-data): the teacher answers the built-in multilingual sample "
                            "instead, which says little about your task")
         reporter.stage("Loading source and target base models" + (" for calibration" if not self.generative else ""))
-        model_class = TASK_MODEL_CLASSES.get(self.task_type or "", AutoModel) if plan.source_prefix or self.generative else AutoModel
-        self.device = resolve_device(request.device)
+        auto_class = model_class(self.task_type) if plan.source_prefix or self.generative else model_class(None)
         # the checkpoint's own dtype unless asked; accelerate's device map places (and offloads) big models
         kwargs = {"dtype": getattr(torch, request.dtype) if request.dtype else "auto",
                   "device_map": "auto" if self.device == "auto" else self.device}
@@ -81,21 +81,21 @@ class AlignmentSession:
             # the base's own head (if any) is replaced by the adapter's, whatever its size
             kwargs |= {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
         loaded = {}
-        for side, source in (("source base", prepared.source.source), ("target base", prepared.target.source)):
+        for side, files in (("source base", source.source), ("target base", target.source)):
             try:
-                if not has_tokenizer_files(source.path):  # transformers would build an empty one
+                if not has_tokenizer_files(files.path):  # transformers would build an empty one
                     raise OSError("no tokenizer files")
-                tokenizer = AutoTokenizer.from_pretrained(source.path)
+                tokenizer = AutoTokenizer.from_pretrained(files.path)
             except (OSError, ValueError, TypeError) as err:
                 raise UnsupportedError(
-                    f"Alignment runs both models on calibration text, but the {side} {source.reference!r} has no usable tokenizer ({type(err).__name__}).",
+                    f"Alignment runs both models on calibration text, but the {side} {files.reference!r} has no usable tokenizer ({type(err).__name__}).",
                     "Save the model's tokenizer into its folder (tokenizer.save_pretrained), or convert between models of equal widths.",
                 ) from None
             try:
-                model = model_class.from_pretrained(source.path, **kwargs).eval()
+                model = auto_class.from_pretrained(files.path, **kwargs).eval()
             except (OSError, ValueError) as err:
                 raise UnsupportedError(
-                    f"Alignment needs the weights of the {side} {source.reference!r}, which could not be loaded ({err}).",
+                    f"Alignment needs the weights of the {side} {files.reference!r}, which could not be loaded ({err}).",
                     "Point it at a complete model folder or Hub repo.",
                 ) from None
             loaded[side] = (tokenizer, model)
@@ -125,7 +125,7 @@ class AlignmentSession:
         both models once for its points; then each point is fitted, folded into the modules that
         read or write it, and its statistics freed. Only the folded modules (r x d) and the head's
         map are kept, never a d x d map."""
-        request, plan = self.prepared.request, self.prepared.plan
+        request, plan = self.options, self.plan
         role_names = [m.target_role for m in plan.modules]
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
         method = self.method
@@ -172,7 +172,7 @@ class AlignmentSession:
                                           input_fit=round(p_in["score"], 4), output_fit=round(p_out["score"], 4), score=p_in["score_name"],
                                           identity_r2=p_in["identity_r2"], linear_r2=round(p_in["linear_r2"], 4)))
         head = fits[(None, LAST_HIDDEN)]
-        calibration = self.prepared.calibration
+        calibration = self.calibration
         return dataclasses.replace(
             self._planned(),
             calibration=CalibrationSummary(source=calibration.pinned if calibration else "built-in multilingual sample", tokens=tokens,
@@ -187,9 +187,9 @@ class AlignmentSession:
     def fresh(self) -> FittedAlignment:
         """A new adapter on the target (align/fresh.py): the source's kind, rank and scaling on each
         mapped module, initialised as peft does. Reads no source tensor and runs no calibration."""
-        plan = self.prepared.plan
+        plan = self.plan
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
-        generator = torch.Generator().manual_seed(self.prepared.request.seed)
+        generator = torch.Generator().manual_seed(self.options.seed)
         sources = self._source_modules([(t, s) for t, sources in plan.layer_map.rows() for s in sources[:1]],
                                        [r for m in plan.modules for r in m.source_roles])
         modules = {}
@@ -203,13 +203,13 @@ class AlignmentSession:
         return FittedAlignment(modules, None, self._planned())
 
     def _rank(self) -> int:
-        ranks = [t.shape[0] for key, t in self.prepared.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
+        ranks = [t.shape[0] for key, t in self.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
         return max(ranks, default=1)
 
     def _source_modules(self, layer_pairs, role_names) -> dict[tuple[int, str], AdapterModule]:
         """The teacher's modules each mapped (target layer, role) starts from (alignment maps one
         source layer per target layer, copying roles: plan._check_alignable)."""
-        plan, parsed, config = self.prepared.plan, self.prepared.parsed, self.prepared.adapter.config
+        plan, parsed, config = self.plan, self.parsed, self.adapter.config
         modules = {}
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
@@ -222,9 +222,9 @@ class AlignmentSession:
         """Agreement on held-out text, and with ``refine`` a short distillation: the final tensors
         and the evaluation (AlignmentSummary's agreement, agreement_before_distill and distill, by name).
         The teacher's adapter comes from memory, never re-read from disk."""
-        request, plan = self.prepared.request, self.prepared.plan
-        teacher = get_peft_model(self.teacher, dataclasses.replace(self.prepared.adapter.config, inference_mode=True))
-        set_peft_model_state_dict(teacher, self.prepared.adapter.tensors)
+        request, plan = self.options, self.plan
+        teacher = get_peft_model(self.teacher, dataclasses.replace(self.adapter.config, inference_mode=True))
+        set_peft_model_state_dict(teacher, self.adapter.tensors)
         teacher.eval()
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
@@ -257,7 +257,7 @@ class AlignmentSession:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
         the student's adapter learns its answers until held-out fidelity stops improving; the
         evaluation (agreement, distill, fidelity, calibration) by name."""
-        request = self.prepared.request
+        request = self.options
         # the teacher answers a training prompt only when distillation reaches it: an early stop leaves the rest unwritten
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
@@ -310,7 +310,7 @@ class AlignmentSession:
                 written = generative.generate(student, tokenizer, held_prompts, **gen, batch_size=GENERATION_BATCH,
                                               on_batch=lambda n: advance(amount=n))
         converted, base = generative.generation_agreement(written, held), generative.generation_agreement(written_base, held)
-        calibration = self.prepared.calibration
+        calibration = self.calibration
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
         fidelity = GenerationFidelity(
             prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
@@ -336,7 +336,7 @@ class AlignmentSession:
         return dataclasses.replace(fitted.report if fitted is not None else self._planned(), **evaluation)
 
     def _planned(self) -> AlignmentSummary:
-        plan = self.prepared.plan
+        plan = self.plan
         return AlignmentSummary(method=self.method or "direct", reason=plan.alignment.reason, device=self.device, dtypes=self.dtypes)
 
 
