@@ -1,14 +1,29 @@
-"""Benchmarks are not tests; this only checks the scripts run on a tiny setting."""
+"""Benchmarks are not tests; this only checks the scripts run on a tiny setting.
+
+The headline real-transfer script runs in every test run. The scripts of the other measurements
+(same-width memory, transfer quality, alignment speed, calibration memory: about a minute
+together) run weekly and on demand (.github/workflows/sweep.yml), and here when asked:
+RUN_BENCHMARK_SMOKE=1 pytest -m bench_smoke tests/test_benchmarks.py."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench_smoke(test):
+    """Opt-in: marked ``bench_smoke`` and skipped unless RUN_BENCHMARK_SMOKE is set."""
+    skip = pytest.mark.skipif(not os.environ.get("RUN_BENCHMARK_SMOKE"), reason="opt-in: RUN_BENCHMARK_SMOKE=1 pytest -m bench_smoke")
+    return pytest.mark.bench_smoke(skip(test))
+
+
+@bench_smoke
 def test_same_width_memory_benchmark_runs(tmp_path):
     results = tmp_path / "results.md"
     subprocess.run(
@@ -19,6 +34,7 @@ def test_same_width_memory_benchmark_runs(tmp_path):
     assert "convert SKIP -> half-depth llama" in text and "copy files" in text
 
 
+@bench_smoke
 def test_transfer_quality_benchmark_runs_tiny(tmp_path):
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "transfer_quality.py"), "--tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
@@ -31,6 +47,7 @@ def test_transfer_quality_benchmark_runs_tiny(tmp_path):
     assert (tmp_path / "out" / "transfer_quality_narrow.png").stat().st_size > 10_000
 
 
+@bench_smoke
 def test_alignment_speed_and_calibration_benchmarks_run_tiny(tmp_path):
     work = tmp_path / "work"
     speed, memory = tmp_path / "speed.md", tmp_path / "memory.md"
