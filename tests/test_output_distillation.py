@@ -240,6 +240,7 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     assert sum(w.answer == ANSWER for w in written) >= 5, [w.answer for w in written]
     card = (out / "README.md").read_text()
     assert "### Output-space distillation" in card and "Bits per byte of the teacher's answers" in card
+    assert "The start was a new adapter, which changes nothing" in card  # a fresh start is no head start, and the card says so
     # the measured fidelity is the card's model-index, as huggingface_hub parses it, and the summary's fidelity
     results = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
     assert results == {"token_f1_vs_source_adapter": fidelity["token_f1"]["converted"],

@@ -35,7 +35,7 @@ from adapter_convert.plan import AUTO_REFINE_BELOW, ModuleMapping, parse_adapter
 from adapter_convert.plan import map_roles as map_roles_
 from adapter_convert.summary import (AdapterSummary, Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, ArchitectureSummary,
                                      BaseModelSummary, CalibrationSummary, CompatibilityEvidence, CompatibilitySummary, ConversionSummary,
-                                     Distillation, ModuleRow, OutputSummary, PushSummary)
+                                     Distillation, GenerationFidelity, ModuleRow, OutputSummary, PushSummary)
 from adapter_convert.transform import ConvertedModule, Ia3Module, LoraModule, average, fuse_parts, fused_rows, relayout
 
 
@@ -511,6 +511,26 @@ def test_model_card_reports_the_alignment_run():
                                   agreement_before_distill=None)
     text = build_model_card(summary(alignment=skipped)).text
     assert "No distillation: the held-out agreement 0.9 is already at least 0.8." in text and "Refined by" not in text
+
+
+@pytest.mark.parametrize("method, start, said", [
+    ("fresh", 1.4, "The start was a new adapter, which changes nothing"),
+    ("lstsq", 2.631, "The start (lstsq maps) was no head start: it took the target further from the teacher's answers than no "
+                     "adapter (2.631 vs 1.427 bits per byte); distillation did the work."),
+    ("lstsq", 0.9, "The start (lstsq maps) was a head start: it brought the target closer to the teacher's answers than no adapter "
+                   "(0.900 vs 1.427 bits per byte) before distillation."),
+])
+def test_model_card_says_whether_the_start_was_a_head_start(method, start, said):
+    fidelity = GenerationFidelity(prompts="prompts.jsonl", train_prompts=8, held_out_prompts=2, max_new_tokens=16, stop=("\n",),
+                                  answer_end="EOS", bits_per_byte={"target base": 1.427, "start": start, "converted": 0.2},
+                                  token_f1={"target base": 0.1, "converted": 0.8}, exact_match={"target base": 0.0, "converted": 0.5},
+                                  held_out_curve=((0, start), (10, 0.2)))
+    alignment = AlignmentSummary(method=method, reason="unrelated bases", fidelity=fidelity,
+                                 agreement=Agreement(metric="token F1", value=0.8, held_out_tokens=20))
+    text = build_model_card(summary(task_type="CAUSAL_LM", heads={}, num_labels=None, alignment=alignment)).text
+    assert " ".join(text.split()).count(said) == 1
+    assert "head start" not in text.replace(said, "") or method == "fresh"
+    assert "**Warning:**" not in text  # it does bring the target closer
 
 
 # ---- hub_error ----------------------------------------------------------------------------------
