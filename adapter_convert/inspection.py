@@ -84,7 +84,7 @@ def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
     """Downloads and peak memory of the conversion as planned (estimates, documented as such)."""
     from .hub import ADAPTER_FILES, WEIGHT_FILES
 
-    needs_weights = prepared.plan.alignment.needs_models
+    needs_weights = prepared.plan.fetches_weights
     files: list[tuple[DownloadFile, bool]] = []  # (file, local)
     wanted = [(prepared.adapter_source, ADAPTER_FILES)]
     base_patterns = BASE_FILES + (WEIGHT_FILES if needs_weights else [])

@@ -202,7 +202,7 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
             f"({_method(plan)}: {plan.alignment.reason}) and measures none.",
             "Drop --min-fidelity for a copy, or pass --align distill to measure the converted adapter against the source.")
     calibration = None
-    if plan.alignment.needs_models and not request.dry_run:  # activations need base weights
+    if plan.fetches_weights and not request.dry_run:  # activations need base weights
         if request.calibration_data:
             calibration = resolve_calibration_data(request.calibration_data, token=request.token)
             load_texts(calibration.file)  # a bad file fails now, before base weights are downloaded

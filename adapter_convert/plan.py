@@ -352,6 +352,12 @@ class ConversionPlan:
     # target head -> its parameters the source head lacks, written as zeros (a bias: the same logits)
     head_zeros: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    @property
+    def fetches_weights(self) -> bool:
+        """Whether the conversion reads the bases' weights (alignment runs both models), beyond what
+        planning read of each (config, tokenizer, shard index, and the probe's embedding rows)."""
+        return self.alignment.needs_models
+
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
         arch, prefix = (self.target_arch, self.target_prefix) if target else (self.source_arch, self.source_prefix)
