@@ -61,6 +61,7 @@ import torch
 
 from .architectures import Architecture, get_architecture, supported_model_types
 from .errors import AdapterConvertError
+from .hub import INDEX_FILE
 
 if TYPE_CHECKING:
     from .sources import ResolvedSource
@@ -104,7 +105,6 @@ _UNUSED_TOKEN = re.compile(r"\[unused\d+\]|<unused\d+>|<\|reserved_special_token
 CACHE_VERSION = 2
 
 SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 
 # ---- which tensor, which rows ----------------------------------------------------------------------

@@ -12,11 +12,11 @@ from transformers import AutoConfig, PretrainedConfig
 
 from .architectures import Architecture, Dims, check_known_model_type, get_architecture
 from .errors import AdapterConvertError, BadModelConfigError, HubFileMissingError, SourceNotFoundError
-from .hub import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, download, parse_hub_reference
+from .hub import CONFIG_FILES, INDEX_FILE, TOKENIZER_FILES, WEIGHT_FILES, download, parse_hub_reference
 
 # what planning reads of a base: its config, its tokenizer (the compatibility probe's vocabulary) and
 # its shard index (where the probe finds the embedding rows); never the weights
-BASE_FILES = CONFIG_FILES + TOKENIZER_FILES + ["model.safetensors.index.json"]
+BASE_FILES = CONFIG_FILES + TOKENIZER_FILES + [INDEX_FILE]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ PROBE_PROMPTS = 16  # the teacher's first answers, read to see how its answers e
 GENERATION_BATCH = 32  # prompts answered at once (left-padded, with the KV cache; 16 took a third longer on 2 CPU cores)
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
-EVAL_EVERY, PATIENCE = 10, 3  # held-out fidelity every 10 steps; end after 3 checks without a gain (32 prompts: noisy)
+EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (generative.distill_on_answers says how)
 GENERATION_AGREEMENT = "token F1 of greedy generations vs the teacher's"
 
 

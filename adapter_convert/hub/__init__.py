@@ -22,9 +22,9 @@ Warnings (a cached snapshot used because the Hub failed or refused) go to the
 from .errors import hub_error
 from .pull import download, read_file_range, repo_file_sizes
 from .push import TOOL_MARKER, PushResult, check_push_options, publishable_files, push_folder
-from .references import (ADAPTER_CARD_FILES, ADAPTER_FILES, ADAPTER_WEIGHT_FILES, CONFIG_FILES, PICKLE_ADAPTER_FILES, PUBLISHED_FILES,
-                         TOKENIZER_FILES, WEIGHT_FILES, HubReference, parse_hub_reference)
+from .references import (ADAPTER_CARD_FILES, ADAPTER_FILES, ADAPTER_WEIGHT_FILES, CONFIG_FILES, INDEX_FILE, PICKLE_ADAPTER_FILES,
+                         PUBLISHED_FILES, TOKENIZER_FILES, WEIGHT_FILES, HubReference, parse_hub_reference)
 
-__all__ = ["ADAPTER_CARD_FILES", "ADAPTER_FILES", "ADAPTER_WEIGHT_FILES", "CONFIG_FILES", "PICKLE_ADAPTER_FILES", "PUBLISHED_FILES",
+__all__ = ["ADAPTER_CARD_FILES", "ADAPTER_FILES", "ADAPTER_WEIGHT_FILES", "CONFIG_FILES", "INDEX_FILE", "PICKLE_ADAPTER_FILES", "PUBLISHED_FILES",
            "TOKENIZER_FILES", "TOOL_MARKER", "WEIGHT_FILES", "HubReference", "PushResult", "check_push_options", "download", "hub_error",
            "parse_hub_reference", "publishable_files", "push_folder", "read_file_range", "repo_file_sizes"]

@@ -15,6 +15,7 @@ CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "*.model"]
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json"]
+INDEX_FILE = "model.safetensors.index.json"  # a sharded checkpoint's tensor -> shard map
 ADAPTER_WEIGHT_FILES = (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME)  # an adapter needs one of these
 PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")  # all that `push` uploads
 
