@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import json
 import re
-import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ import torch
 from .architectures import Architecture, get_architecture, supported_model_types
 from .errors import AdapterConvertError
 from .hub import INDEX_FILE
+from .hub.ranges import RemoteSafetensors, TensorEntry
 
 if TYPE_CHECKING:
     from .sources import ResolvedSource
@@ -93,7 +93,6 @@ MIN_SAMPLE_ROWS = 256  # the byte budget never cuts the sample below this
 BLOCKS = 8  # a long run of shared tokens is sampled as this many contiguous blocks, spread out
 MAX_RANGES = 64  # at most this many separate runs of rows per side
 MERGE_GAP_BYTES = 64 << 10  # rows closer than this are read in one range, gap included
-HEADER_PROBE_BYTES = 16 << 10  # first read of a remote safetensors header; more is read if needed
 
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 # rows no text ever uses: they keep their initialisation and say nothing about training
@@ -511,94 +510,21 @@ def read_local_rows(path: Path, name: str, ids: Sequence[int]) -> tuple[torch.Te
     return rows[[index[i] for i in ids]], offset * row_bytes
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset of the tensor's data in its file
-
-    @property
-    def row_bytes(self) -> int:
-        return self.shape[1] * DTYPES[self.dtype].itemsize
-
-
-def parse_safetensors_header(prefix: bytes) -> tuple[int, dict[str, TensorEntry] | None]:
-    """(header length, tensors) from the first bytes of a safetensors file; tensors is None
-    when ``prefix`` does not hold the whole header yet (read 8 + length bytes, then call again)."""
-    if len(prefix) < 8:
-        raise ValueError("not a safetensors file: shorter than 8 bytes")
-    (length,) = struct.unpack("<Q", prefix[:8])
-    if length > 100 << 20:
-        raise ValueError(f"not a safetensors file: header length {length}")
-    if len(prefix) < 8 + length:
-        return length, None
-    header = json.loads(prefix[8 : 8 + length])
-    tensors = {
-        name: TensorEntry(spec["dtype"], tuple(spec["shape"]), 8 + length + spec["data_offsets"][0])
-        for name, spec in header.items() if name != "__metadata__"
-    }
-    return length, tensors
-
-
-@dataclass
-class HubFile:
-    """One safetensors file of a Hub repo at a pinned commit, read by HTTP range requests through
-    huggingface_hub's own session (its headers, token and retries)."""
-
-    repo_id: str
-    filename: str
-    revision: str
-    token: str | None = None
-    bytes_read: int = 0
-    requests: int = 0
-    _tensors: dict[str, TensorEntry] | None = field(default=None, repr=False)
-    _prefix: bytes = field(default=b"", repr=False)  # the file's first bytes, read for its header
-    _whole: bool = field(default=False, repr=False)  # the prefix is the whole file (it ended within the first read)
-
-    def read(self, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` (fewer at the end of the file). Bytes of the header's read are
-        served from it, never fetched again (in a small file the rows lie inside that first block)."""
-        known = self._prefix
-        if start < len(known):
-            head = known[start:stop]
-            return head if stop <= len(known) or self._whole else head + self._fetch(len(known), stop)
-        return self._fetch(start, stop)
-
-    def _fetch(self, start: int, stop: int) -> bytes:
-        from .hub import read_file_range
-
-        self.requests += 1
-        data = read_file_range(self.repo_id, self.filename, revision=self.revision, start=start, stop=stop, token=self.token)
-        self.bytes_read += len(data)
-        return data
-
-    def tensors(self) -> dict[str, TensorEntry]:
-        if self._tensors is None:
-            self._prefix = self.read(0, HEADER_PROBE_BYTES)
-            self._whole = len(self._prefix) < HEADER_PROBE_BYTES
-            length, tensors = parse_safetensors_header(self._prefix)
-            if tensors is None:
-                self._prefix += self.read(len(self._prefix), 8 + length)
-                length, tensors = parse_safetensors_header(self._prefix)
-                if tensors is None:
-                    raise ValueError(f"{self.filename}: truncated safetensors header")
-            self._tensors = tensors
-        return self._tensors
-
-    def read_rows(self, name: str, ids: Sequence[int]) -> torch.Tensor:
-        """Rows ``ids`` (in that order) of tensor ``name`` as float32: one request per range of rows."""
-        entry = self.tensors()[name]
-        width, row_bytes = entry.shape[1], entry.row_bytes
-        blocks, index, offset = [], {}, 0
-        for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
-            data = self.read(entry.start + start * row_bytes, entry.start + stop * row_bytes)
-            if len(data) != (stop - start) * row_bytes:
-                raise ValueError(f"{self.filename}: got {len(data)} bytes for rows {start}..{stop - 1} of {name}")
-            blocks.append(_to_rows(data, entry.dtype, width))
-            index.update((i, offset + i - start) for i in range(start, stop))
-            offset += stop - start
-        rows = torch.cat(blocks) if blocks else torch.empty(0, width)
-        return rows[[index[i] for i in ids]]
+def read_remote_rows(remote: RemoteSafetensors, name: str, ids: Sequence[int]) -> torch.Tensor:
+    """Rows ``ids`` (in that order) of tensor ``name`` of a Hub file as float32: one range request
+    per run of rows (rows closer than ``MERGE_GAP_BYTES`` share one)."""
+    entry = remote.tensors()[name]
+    width, row_bytes = entry.shape[1], entry.row_bytes
+    blocks, index, offset = [], {}, 0
+    for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
+        data = remote.read(entry.start + start * row_bytes, entry.start + stop * row_bytes)
+        if len(data) != (stop - start) * row_bytes:
+            raise ValueError(f"{remote.filename}: got {len(data)} bytes for rows {start}..{stop - 1} of {name}")
+        blocks.append(_to_rows(data, entry.dtype, width))
+        index.update((i, offset + i - start) for i in range(start, stop))
+        offset += stop - start
+    rows = torch.cat(blocks) if blocks else torch.empty(0, width)
+    return rows[[index[i] for i in ids]]
 
 
 # ---- one side of the comparison ---------------------------------------------------------------------
@@ -619,7 +545,7 @@ class _Model:
     dtype: str | None = None
     shape: tuple[int, ...] = ()
     file: str | None = None
-    remote: HubFile | None = None
+    remote: RemoteSafetensors | None = None
     local_bytes: int = 0
 
     @property
@@ -660,7 +586,7 @@ class _Model:
                 names = list(handle.keys())
             weight_map = dict.fromkeys(names, SINGLE_FILE)
         elif self.repo_id is not None:
-            self.remote = HubFile(self.repo_id, SINGLE_FILE, self.revision, self.token)
+            self.remote = RemoteSafetensors(self.repo_id, SINGLE_FILE, self.revision, self.token)
             names = list(self._remote_tensors())
             weight_map = dict.fromkeys(names, SINGLE_FILE)
         else:
@@ -680,7 +606,7 @@ class _Model:
                 self.dtype, self.shape = part.get_dtype(), tuple(part.get_shape())
         else:
             if self.remote is None or self.remote.filename != self.file:
-                self.remote = HubFile(self.repo_id, self.file, self.revision, self.token)
+                self.remote = RemoteSafetensors(self.repo_id, self.file, self.revision, self.token)
             entry = self._remote_tensors()[self.key]
             self.dtype, self.shape = entry.dtype, entry.shape
         if self.dtype not in DTYPES or len(self.shape) != 2:
@@ -698,7 +624,7 @@ class _Model:
                 rows, nbytes = read_local_rows(self.folder / self.file, self.key, ids)
                 self.local_bytes += nbytes
                 return rows
-            return self.remote.read_rows(self.key, ids)
+            return read_remote_rows(self.remote, self.key, ids)
         except Exception as err:
             where = f"{self.repo_id}@{self.revision}" if self.remote else str(self.folder / self.file)
             raise _Unreadable(f"cannot read rows of {self.key} from {where}: {type(err).__name__}: {err}") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import probe
 from huggingface_hub import constants, snapshot_download
 from safetensors import safe_open
 from safetensors.torch import save, save_file
@@ -25,7 +26,6 @@ from adapter_convert.compatibility import (
     embedding_key,
     identity_cosine,
     linear_fit,
-    parse_safetensors_header,
     read_local_rows,
     row_ranges,
     select_rows,
@@ -33,7 +33,7 @@ from adapter_convert.compatibility import (
     vocab_from_tokenizer_json,
 )
 from adapter_convert.errors import HubUnreachableError
-from helpers import probe
+from adapter_convert.hub.ranges import parse_safetensors_header
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM_KEY = "embeddings.word_embeddings.weight"
@@ -183,8 +183,9 @@ def test_local_reader_reads_only_the_rows_asked_for():
 def minilm_pairs(tmp_path_factory) -> dict[str, Path]:
     """The real teacher (the package's folder, a bare BertModel), a real student cut from its layers
     (demo code, a distilbert), a real permuted copy, and embedding-only folders for the rest."""
-    from adapter_convert.demo.minilm import build_student
     from minilm_students import build_permuted_student
+
+    from adapter_convert.demo.minilm import build_student
 
     root = tmp_path_factory.mktemp("minilm_pairs")
     teacher = minilm()

@@ -659,9 +659,12 @@ def test_a_direct_hub_conversion_fetches_each_file_and_embedding_byte_once(hub, 
     assert sorted(fetched) == sorted(set(fetched)) and {("alice/teacher", "config.json"), ("alice/student", "config.json")} <= set(fetched)
     probe = [(repo, end - start) for repo, path, start, end in hub.ranges if path == "model.safetensors"]
     assert {repo for repo, _ in probe} == {"alice/teacher", "alice/student"}  # byte ranges of both, never the files
-    # each base resolved once (sources.read_base): the probe reads what that fetched and resolves nothing itself
+    # each base's branch resolved to a commit once (sources.read_base); the probe reads at that commit and
+    # resolves no branch itself (huggingface_hub's file system looks the pinned commit up once, for its listing)
     for repo in ("alice/teacher", "alice/student"):
-        assert len([p for m, p in hub.requests if m == "GET" and p.startswith(f"/api/models/{repo}/revision/")]) == 1, hub.requests
+        lookups = [p.rsplit("/", 1)[1] for m, p in hub.requests if m == "GET" and p.startswith(f"/api/models/{repo}/revision/")]
+        assert lookups.count("main") == 1 and all(len(r) == 40 for r in lookups if r != "main"), hub.requests
+        assert len(lookups) <= 2, lookups
 
 
 def test_an_aligned_hub_conversion_fetches_configs_tokenizers_and_weights_once(hub, unrelated_on_hub, tmp_path):

@@ -1,6 +1,6 @@
 """Every Hugging Face Hub call adapter-convert makes: pull with ``snapshot_download``, push with
 ``create_commit``. Each Hub failure becomes one typed error with a next step. One module a job:
-``pull`` (downloads, listings, byte ranges), ``push`` (publishing), ``errors`` (the Hub's failures
+``pull`` (downloads, listings), ``ranges`` (byte ranges of a safetensors file), ``push`` (publishing), ``errors`` (the Hub's failures
 as typed errors), ``retry`` (retries and their count), ``references`` (repo ids, and the files each
 kind of repo holds).
 
@@ -20,11 +20,11 @@ Warnings (a cached snapshot used because the Hub failed or refused) go to the
 """
 
 from .errors import hub_error
-from .pull import download, read_file_range, repo_file_sizes
+from .pull import download, repo_file_sizes
 from .push import TOOL_MARKER, PushResult, check_push_options, publishable_files, push_folder
 from .references import (ADAPTER_CARD_FILES, ADAPTER_FILES, ADAPTER_WEIGHT_FILES, CONFIG_FILES, INDEX_FILE, PICKLE_ADAPTER_FILES,
                          PUBLISHED_FILES, TOKENIZER_FILES, WEIGHT_FILES, HubReference, parse_hub_reference)
 
 __all__ = ["ADAPTER_CARD_FILES", "ADAPTER_FILES", "ADAPTER_WEIGHT_FILES", "CONFIG_FILES", "INDEX_FILE", "PICKLE_ADAPTER_FILES", "PUBLISHED_FILES",
            "TOKENIZER_FILES", "TOOL_MARKER", "WEIGHT_FILES", "HubReference", "PushResult", "check_push_options", "download", "hub_error",
-           "parse_hub_reference", "publishable_files", "push_folder", "read_file_range", "repo_file_sizes"]
+           "parse_hub_reference", "publishable_files", "push_folder", "repo_file_sizes"]

@@ -1,5 +1,5 @@
 """Downloads: a repo's files at one pinned commit through the Hub cache (a cached snapshot when the
-Hub fails for a revision downloaded before), a listing of file sizes, and byte ranges of a file."""
+Hub fails for a revision downloaded before), and a listing of file sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, filter_repo_objects, hf_raise_for_status, http_backoff, validate_repo_id
+from huggingface_hub.utils import (
+    build_hf_headers,
+    filter_repo_objects,
+    hf_raise_for_status,
+    http_backoff,
+    validate_repo_id,
+)
 
 from .errors import hub_error
 from .references import _COMMIT_SHA, HubReference
@@ -125,23 +131,3 @@ def _cached_snapshot(repo_id: str, revision: str, *, patterns: list[str], repo_t
         return Path(snapshot_download(repo_id, revision=sha, allow_patterns=patterns, repo_type=repo_type, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
-
-
-def read_file_range(repo_id: str, filename: str, *, revision: str, start: int, stop: int, token: str | None) -> bytes:
-    """Bytes ``[start, stop)`` of one file at a pinned revision, by an HTTP range request through
-    huggingface_hub's own session (its headers, token and retries); a few MB instead of the file."""
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
-
-    url = hf_hub_url(repo_id, filename, revision=revision)
-    headers = {**build_hf_headers(token=token), "Range": f"bytes={start}-{stop - 1}"}
-    with http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
-        hf_raise_for_status(response)
-        if response.status_code == 206:
-            return response.read()
-        buffer = bytearray()  # the server ignored the range: stop reading once past it
-        for chunk in response.iter_bytes():
-            buffer += chunk
-            if len(buffer) >= stop:
-                break
-        return bytes(buffer[start:stop])
