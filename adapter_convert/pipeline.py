@@ -307,7 +307,7 @@ def reproduce_command(prepared: PreparedConversion) -> str:
         words += ["--align", request.align]
     if prepared.plan.alignment.needs_models:
         if prepared.calibration or request.calibration_data:
-            words += ["--calibration-data", prepared.calibration.pinned if prepared.calibration else str(request.calibration_data)]
+            words += ["--calibration-data", prepared.calibration.argument if prepared.calibration else str(request.calibration_data)]
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]

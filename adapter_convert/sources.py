@@ -4,6 +4,7 @@ folder holding just the files a step needs, and read each base model once into a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,13 +140,26 @@ CALIBRATION_SUFFIXES = (".txt", ".jsonl", ".conll", ".conllu")
 
 @dataclass(frozen=True)
 class CalibrationSource:
-    reference: str
+    reference: str  # as the user gave it
     file: Path
     revision: str | None = None  # the dataset's commit sha, when it came from the Hub
+    sha256: str = ""  # of the local file's bytes: what pins a local file
 
     @property
     def pinned(self) -> str:
-        return f"{self.reference.split('@')[0]}@{self.revision}" if self.revision else self.reference
+        """How summaries and cards name it: a Hub dataset at its commit; a local file by its name
+        and the start of its sha256, never its path (a published card must not show the machine's folders)."""
+        if self.revision:
+            return f"{self.reference.split('@')[0]}@{self.revision}"
+        return f"{self.file.name} (sha256 {self.sha256[:12]})" if self.sha256 else self.file.name
+
+    @property
+    def argument(self) -> str:
+        """What a reproduce command passes: the pinned dataset, or the local path as typed when it is
+        relative (an absolute one is cut to the file's name: run the command beside the file)."""
+        if self.revision:
+            return self.pinned
+        return self.reference if not Path(self.reference).expanduser().is_absolute() else self.file.name
 
     @property
     def hub_dataset(self) -> str | None:
@@ -158,7 +172,7 @@ def resolve_calibration_data(reference: str, *, token: str | None = None) -> Cal
     reference = str(reference)
     path = Path(reference).expanduser()
     if path.is_file():
-        return CalibrationSource(reference, path)
+        return CalibrationSource(reference, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     hub_ref = parse_hub_reference(reference)
     if hub_ref is None:
         raise SourceNotFoundError(

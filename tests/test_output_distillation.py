@@ -4,6 +4,7 @@ another family, width and tokenizer with only its prompts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -250,6 +251,11 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
                                    "value": fidelity["token_f1"]["converted"], "data": summary["fidelity"]["data"], "higher_is_better": True}
     assert summary["fidelity"]["data"].startswith(f"{fidelity['held_out_prompts']} held-out prompts")
     assert "--max-new-tokens 6 --batch-size 4 --stop" in card
+    # the prompts file was given by its absolute path: the card and the summary name it by its name and
+    # content hash, never the machine's folders; the reproduce command passes the name
+    digest = hashlib.sha256((taught / "prompts.jsonl").read_bytes()).hexdigest()[:12]
+    assert fidelity["prompts"] == report["calibration"]["source"] == f"prompts.jsonl (sha256 {digest})"
+    assert str(taught / "prompts.jsonl") not in card and f"prompts.jsonl (sha256 {digest})" in card and "--calibration-data prompts.jsonl" in card
 
 
 def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp_path):
