@@ -54,7 +54,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -63,8 +63,20 @@ from .errors import AdapterConvertError
 from .hub import INDEX_FILE
 from .hub.ranges import RemoteSafetensors, TensorEntry
 
-if TYPE_CHECKING:
-    from .sources import ResolvedSource
+
+class ResolvedFiles(Protocol):
+    """What the probe reads of a resolved base (``sources.ResolvedSource``): its local folder and,
+    from the Hub, the repo and the commit it is pinned to. A protocol, so this module needs nothing
+    from the stage that resolves."""
+
+    reference: str
+    path: Path
+    repo_id: str | None
+    revision: str | None
+
+    @property
+    def pinned(self) -> str: ...
+
 
 # ---- thresholds, from the measurements in the module docstring ---------------------------------
 # Related pairs measured 0.707 and above (1.000 for students, 0.88 for the issue's real MiniLM
@@ -645,7 +657,7 @@ class _Model:
         }
 
 
-def _open(source: ResolvedSource, token: str | None) -> _Model:
+def _open(source: ResolvedFiles, token: str | None) -> _Model:
     """A resolved base (sources.read_base fetched its config, tokenizer and shard index): its
     vocabulary read; its weights are then read by range, or from disk when they are there."""
     model = _Model(source.reference, source.path, source.repo_id, source.revision, token)
@@ -653,7 +665,7 @@ def _open(source: ResolvedSource, token: str | None) -> _Model:
     return model
 
 
-def embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token: str | None = None,
+def embedding_evidence(source: ResolvedFiles, target: ResolvedFiles, *, token: str | None = None,
                        max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> EmbeddingEvidence:
     """Whether the two base models share a hidden space, from the rows of their shared tokens.
 
@@ -690,7 +702,7 @@ def embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token:
                              seconds=round(time.perf_counter() - started, 4))
 
 
-def cached_embedding_evidence(source: ResolvedSource, target: ResolvedSource, *, token: str | None = None) -> EmbeddingEvidence:
+def cached_embedding_evidence(source: ResolvedFiles, target: ResolvedFiles, *, token: str | None = None) -> EmbeddingEvidence:
     """``embedding_evidence`` for two resolved sources; between Hub revisions pinned to commits
     the result is kept in the Hub cache (``HF_HOME``), so an offline rerun has the same evidence.
     Local folders are measured every time: their files can change."""

@@ -285,9 +285,13 @@ def hub_url(source: ResolvedSource) -> str | None:
 def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | None:
     """The predicted alignment memory (align/budget.py), or None for a direct mapping."""
     from .align.budget import for_plan  # the alignment package loads only when asked
+    from .align.placement import resolve_device
 
+    request = prepared.request
+    # on the CPU the bases load in float32 where it fits (align/placement.py): predicted as float32
+    dtype = request.dtype or ("float32" if resolve_device(request.device) == "cpu" else None)
     return for_plan(prepared.plan, source_config=prepared.source.config, target_config=prepared.target.config,
-                    adapter_tensors=prepared.adapter.tensors, dtype=prepared.request.dtype, memory_budget=prepared.request.memory_budget)
+                    adapter_tensors=prepared.adapter.tensors, dtype=dtype, memory_budget=request.memory_budget)
 
 
 def _method(plan: ConversionPlan) -> str:

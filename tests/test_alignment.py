@@ -3,6 +3,7 @@ key/value heads, and different tokenizers (llama with WordPiece -> qwen2 with a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -140,7 +141,8 @@ def test_calibration_data_files(decoders, tmp_path):
     result = convert(decoders, "CAUSAL_LM", tmp_path / "out", "--align", "lstsq", "--calibration-data", str(data), "--calibration-tokens", "60")
     assert result.exit_code == 0, result.output
     calibration = json.loads(result.stdout)["alignment"]["calibration"]
-    assert calibration["source"] == str(data) and 40 <= calibration["tokens"] <= 60
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:12]  # named by its name and content, not its path
+    assert calibration["source"] == f"calibration.jsonl (sha256 {digest})" and 40 <= calibration["tokens"] <= 60
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"txt": 1}\n')
     result = convert(decoders, "CAUSAL_LM", tmp_path / "out2", "--calibration-data", str(bad))
@@ -187,15 +189,22 @@ def _bf16_student(decoders, task, tmp_path) -> Path:
 
 @pytest.mark.parametrize("task", ["CAUSAL_LM", "TOKEN_CLS"])
 def test_mixed_dtypes_align_and_distill(decoders, tmp_path, task):
-    """A float32 teacher and a bfloat16 student (the distillation used to crash on the mix)."""
+    """A float32 teacher and a bfloat16 student (the distillation used to crash on the mix). Each
+    loads in its own dtype where the device map places them (--device auto); on the CPU by default
+    both load in float32, where half precision runs slower."""
     student = _bf16_student(decoders, task, tmp_path)
     result = CliRunner().invoke(app, ["convert", str(decoders / task / "adapter"), "--target", str(student), "--out", str(tmp_path / "out"),
-                                      "--json", "--align", "distill", "--distill-steps", "3", "--calibration-tokens", "256"])
+                                      "--json", "--align", "distill", "--distill-steps", "3", "--calibration-tokens", "256", "--device", "auto"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)["alignment"]
     assert report["dtypes"] == {"source": "float32", "target": "bfloat16"}
-    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert report["distill"]["steps"] == 3 and math.isfinite(report["distill"]["final_loss"])
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(app, ["convert", str(decoders / task / "adapter"), "--target", str(student), "--out",
+                                          str(tmp_path / "cpu"), "--json", "--align", "distill", "--distill-steps", "3", "--calibration-tokens", "256"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)["alignment"]
+        assert report["device"] == "cpu" and report["dtypes"] == {"source": "float32", "target": "float32"}
     # --dtype loads both in one dtype, and is part of the reproduce command
     result = CliRunner().invoke(app, ["convert", str(decoders / task / "adapter"), "--target", str(student), "--out", str(tmp_path / "out32"),
                                       "--json", "--align", "lstsq", "--calibration-tokens", "256", "--dtype", "float32", "--device", "auto"])

@@ -344,3 +344,28 @@ def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):
     assert [step for step, _ in fidelity["unseen_curve"]] == [10]
     assert [step for step, _ in fidelity["held_out_curve"]] == [0, 20]
     assert fidelity["held_out_curve"][1][1] == fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["start"]
+
+
+def test_bfloat16_autocast_steps_learn_the_answers_and_keep_float32_weights(taught):
+    """Steps computed under bfloat16 autocast (the default where the device is fast at it) learn the
+    teacher's answers as float32 steps do; the adapter's parameters and the checks stay float32."""
+    from transformers import AutoTokenizer
+
+    from adapter_convert.align.generative import TeacherAnswers, distill_on_answers
+
+    tokenizer = AutoTokenizer.from_pretrained(taught / "student")
+    held = [Example(p, ANSWER) for p in prompts(4, offset=60)]
+    results = {}
+    for autocast in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        student = get_peft_model(AutoModelForCausalLM.from_pretrained(taught / "student"),
+                                 LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+        train = TeacherAnswers(prompts(32), lambda ps: [Example(p, ANSWER) for p in ps], seed=0, chunk=8)
+        run = distill_on_answers(student, tokenizer, train, held, steps=20, lr=2e-2, seed=0, batch_size=4, max_length=64,
+                                 eval_every=10, patience=3, autocast=autocast)
+        assert all(p.dtype == torch.float32 for p in student.parameters() if p.requires_grad)
+        results[autocast] = [v for _, v in run.held_out_bpb]
+    for curve in results.values():
+        assert curve[-1] < 0.95 * curve[0], results  # both learnt
+    assert results[None][0] == results[torch.bfloat16][0]  # the first check, before any step: float32 both times
+    assert abs(results[torch.bfloat16][-1] - results[None][-1]) < 0.01 * results[None][-1], results  # and alike

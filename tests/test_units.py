@@ -649,3 +649,26 @@ def test_all_finite_when_inf_and_minus_inf_cancel_and_when_the_sum_overflows():
     overflowing = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values, a sum beyond float16
     assert not torch.isfinite(overflowing.sum()) and all_finite(overflowing)
     assert all_finite(torch.empty(0, 4))
+
+
+def test_bases_load_in_float32_on_the_cpu_where_it_fits(tmp_path):
+    """--dtype wins; a GPU keeps each checkpoint's own; the CPU upcasts half-precision checkpoints
+    unless float32 copies of both would take more than half the available memory."""
+    import torch
+    from transformers import LlamaConfig
+
+    from adapter_convert.align.placement import load_dtype
+
+    half, full = LlamaConfig(dtype="bfloat16"), LlamaConfig(dtype="float32")
+    for name, size in (("a", 100), ("b", 300)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"\0" * size)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    assert load_dtype("bfloat16", "cpu", folders, [full, full], available=None)[0] == torch.bfloat16
+    assert load_dtype(None, "cuda", folders, [half, half], available=None)[0] == "auto"
+    assert load_dtype(None, "cpu", folders, [full, full], available=None)[0] == "auto"  # nothing to upcast
+    # bfloat16 checkpoints of 100 and 300 bytes take 800 bytes in float32: they fit in 1600 available, not in 1599
+    assert load_dtype(None, "cpu", folders, [half, half], available=1600)[0] == torch.float32
+    dtype, why = load_dtype(None, "cpu", folders, [half, half], available=1599)
+    assert dtype == "auto" and "available" in why
+    assert load_dtype(None, "cpu", folders, [full, half], available=None)[0] == torch.float32  # 100 + 600 bytes, memory unknown

@@ -334,7 +334,7 @@ def no_window_gain(values: Sequence[float], patience: int) -> bool:
 
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
-                       batch_size: int, max_length: int, eval_every: int, patience: int,
+                       batch_size: int, max_length: int, eval_every: int, patience: int, autocast: torch.dtype | None = None,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
     masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap.
@@ -348,7 +348,8 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     without an improvement of more than ``MIN_GAIN``. A stalled run ends ``eval_every`` steps
     later, its rate falling to zero over those steps. The held-out prompts
     are measured at the start and the end (and at each check that runs them); the adapter kept is
-    the best of those measurements, the start included. ``train`` serves the batches."""
+    the best of those measurements, the start included. ``train`` serves the batches. ``autocast``:
+    the dtype the training steps compute in (placement.training_autocast); checks never autocast."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
@@ -363,7 +364,8 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         student.train()
         while step < end:
             chunk = train.batch(batch_size)
-            nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
+            with torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
+                nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
             if train.last_unseen:
                 window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
             loss = nats / max(tokens, 1)

@@ -28,6 +28,7 @@ from .fit import fit_point
 from .fold import fold_head, fold_input, fold_output
 from . import generative
 from .fresh import fresh_module
+from .placement import available_memory, load_dtype, resolve_device, training_autocast
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
@@ -38,6 +39,7 @@ MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one he
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
 EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (generative.distill_on_answers says how)
 GENERATION_AGREEMENT = "token F1 of greedy generations vs the teacher's"
+MIXED_PRECISION = True  # output distillation's steps autocast where the device is fast at it (placement.training_autocast)
 
 
 def held_out_tokens(calibration_tokens: int) -> int:
@@ -72,11 +74,14 @@ class AlignmentSession:
         if self.generative and calibration is None:
             reporter.stage("No task prompts given (--calibration-data): the teacher answers the built-in multilingual sample "
                            "instead, which says little about your task")
-        reporter.stage("Loading source and target base models" + (" for calibration" if not self.generative else ""))
         auto_class = model_class(self.task_type) if plan.source_prefix or self.generative else model_class(None)
-        # the checkpoint's own dtype unless asked; accelerate's device map places (and offloads) big models
-        kwargs = {"dtype": getattr(torch, request.dtype) if request.dtype else "auto",
-                  "device_map": "auto" if self.device == "auto" else self.device}
+        # as asked, else float32 on the CPU where it fits, else the checkpoint's own dtype (load_dtype says why);
+        # accelerate's device map places (and offloads) big models
+        dtype, self.dtype_reason = load_dtype(request.dtype, self.device, [source.source.path, target.source.path],
+                                              [source.config, target.config], available=available_memory())
+        kwargs = {"dtype": dtype, "device_map": "auto" if self.device == "auto" else self.device}
+        reporter.stage("Loading source and target base models" + (" for calibration" if not self.generative else "")
+                       + f" ({self.dtype_reason})")
         if self.num_labels and self.task_type in LABELLED:
             # the base's own head (if any) is replaced by the adapter's, whatever its size
             kwargs |= {"num_labels": self.num_labels, "ignore_mismatched_sizes": True}
@@ -291,10 +296,12 @@ class AlignmentSession:
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
         run = None
         if request.distill_steps > 0:
-            with self.reporter.progress("Distilling on the teacher's answers", request.distill_steps) as advance:
+            autocast = training_autocast(student) if MIXED_PRECISION else None
+            label = "Distilling on the teacher's answers" + (f" ({str(autocast).removeprefix('torch.')} autocast)" if autocast else "")
+            with self.reporter.progress(label, request.distill_steps) as advance:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
-                    batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE,
+                    batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
                     on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
         start_bpb = run.held_out_bpb[0][1] if run else generative.bits_per_byte(student, tokenizer, held, max_length=length)
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
@@ -398,13 +405,6 @@ def has_tokenizer_files(folder) -> bool:
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
     return any((folder / name).is_file() for name in names) or any(folder.glob("*.model"))
 
-
-
-def resolve_device(device: str | None) -> str:
-    """The device alignment runs on: as asked, else cuda when torch sees one, else cpu."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def max_positions(config) -> int | None:
