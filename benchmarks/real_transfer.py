@@ -48,6 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_models import GEMMA3, SMOLLM2, model_source  # noqa: E402
 
+from adapter_convert.align import session  # noqa: E402
 from adapter_convert.align.generative import generate  # noqa: E402
 from adapter_convert.demo.ner import read_conll  # noqa: E402
 from adapter_convert.pipeline import ConversionRequest, execute, prepare  # noqa: E402
@@ -76,12 +77,18 @@ class StageTimer(Reporter):
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikineural-en"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# conversions: name -> (plan override (None: what --align auto plans), --distill-steps (None: the run's --distill-steps))
+# conversions: name -> (plan override (None: what --align auto plans), --distill-steps (None: the run's --distill-steps),
+# --dtype (None: the checkpoint's own, float32 here), whether distillation steps may autocast (the tool's default: yes))
 CONVERSIONS = {
-    "auto (fresh start + output distillation)": (None, None),
-    "lstsq start + output distillation": (AlignmentPlan("lstsq", True, "benchmark: least-squares maps as the start of output distillation"), None),
-    "auto, --distill-steps 50": (None, 50),  # the cost/quality trade: half the default cap
+    "auto (fresh start + output distillation)": (None, None, None, True),
+    "lstsq start + output distillation": (AlignmentPlan("lstsq", True, "benchmark: least-squares maps as the start of output distillation"),
+                                          None, None, True),
+    "auto, --distill-steps 50": (None, 50, None, True),  # the cost/quality trade: half the default cap
+    # what a user of the Hub's checkpoints got before the CPU loaded them in float32: they are stored in bfloat16
+    "auto, --dtype bfloat16": (None, None, "bfloat16", True),
+    "auto, float32 steps (no autocast)": (None, None, None, False),  # the default before steps autocast
 }
+SCRATCH_DTYPES = {"float32": "target LoRA from scratch", "bfloat16": "target LoRA from scratch in bfloat16"}  # dtype -> row name
 
 
 @dataclasses.dataclass
@@ -178,9 +185,11 @@ def generation_f1(task: str, model, tokenizer, examples: list[Example]) -> float
     return micro_f1(task, [w.answer for w in written], [e.answer for e in examples])
 
 
-def new_lora(base: str, seed: int):
+def new_lora(base: str, seed: int, dtype: str = "float32"):
+    """A fresh LoRA (r 8, all seven projections) on ``base`` loaded in ``dtype``; peft keeps the
+    adapter's own weights in float32 either way."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGET_MODULES, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -266,7 +275,7 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
     measure("teacher", load(teacher_base, adapter), teacher_tokenizer)
     measure("target base (no adapter)", load(target), target_tokenizer)
 
-    for name, (override, steps) in CONVERSIONS.items():
+    for name, (override, steps, dtype, autocast) in CONVERSIONS.items():
         if name not in args.conversions.split(";"):
             continue
         out = converted_folder(work, name)
@@ -274,7 +283,8 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
         if key not in bpb:
             request = ConversionRequest(adapter=str(adapter), target=target, out=out, force=True, calibration_data=str(prompts),
                                         calibration_tokens=args.calibration_tokens, seed=args.seed,
-                                        distill_steps=steps or args.distill_steps)
+                                        distill_steps=steps or args.distill_steps, dtype=dtype)
+            session.MIXED_PRECISION = autocast
             started, timer = time.perf_counter(), StageTimer()
             prepared = prepare(request, timer)
             if override is not None:
@@ -286,11 +296,14 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
             print(f"[{task}] converted {name} in {seconds[f'convert: {name}']} s", flush=True)
             measure(key, load(target, out), target_tokenizer)
 
-    scratch_keys = {b: f"target LoRA from scratch, {b} labelled steps" for b in args.budgets}
-    if not all(k in bpb for k in scratch_keys.values()):
-        scratch = new_lora(target, args.seed)
+    for dtype in args.scratch_dtypes.split(","):
+        row = SCRATCH_DTYPES[dtype]
+        scratch_keys = {b: f"{row}, {b} labelled steps" for b in args.budgets}
+        if all(k in bpb for k in scratch_keys.values()):
+            continue
+        scratch = new_lora(target, args.seed, dtype)
         evaluate_at = {b: (lambda b=b: measure(scratch_keys[b], scratch, target_tokenizer)) for b in args.budgets}
-        seconds[f"train target LoRA from scratch, {max(args.budgets)} steps"] = round(
+        seconds[f"train {row}, {max(args.budgets)} steps"] = round(
             train(scratch, target_tokenizer, train_set, steps=max(args.budgets), seed=args.seed, lr=args.lr,
                   batch_size=args.batch_size, evaluate_at=evaluate_at), 1)
         del scratch
@@ -322,6 +335,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distill-steps", type=int, default=100, help="the tool's default cap")
     parser.add_argument("--conversions", default=";".join(CONVERSIONS), help="names as in CONVERSIONS, ';'-separated")
+    parser.add_argument("--scratch-dtypes", default=",".join(SCRATCH_DTYPES), help="dtypes the scratch LoRA trains in, ','-separated")
     parser.add_argument("--finetune", default="auto (fresh start + output distillation)", help="conversions then trained on the budgets")
     parser.add_argument("--resume", action="store_true", help="keep the results in --out and run only what they lack")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "real_transfer")
@@ -389,7 +403,7 @@ def write_report(results: dict, out: Path) -> None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for axis, (task, r) in zip(axes[0], tasks):
         bpb = r["bpb"]
-        steps = sorted(int(k.split(", ")[1].split(" ")[0]) for k in bpb if k.startswith("target LoRA"))
+        steps = sorted(int(k.split(", ")[1].split(" ")[0]) for k in bpb if k.startswith("target LoRA from scratch, "))
         axis.plot([0] + steps, [bpb.get("target base (no adapter)", float("nan"))] + [bpb[f"target LoRA from scratch, {s} labelled steps"] for s in steps],
                   "o-", label="gemma LoRA from scratch (labelled)")
         for name in r["conversions"]:

@@ -87,6 +87,7 @@ def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
         assert f"## {task}" in report
     for row in ("teacher", "target base (no adapter)", "converted: auto (fresh start + output distillation)",
                 "converted: lstsq start + output distillation", "target LoRA from scratch, 2 labelled steps",
+                "target LoRA from scratch in bfloat16, 2 labelled steps",
                 "converted: auto (fresh start + output distillation), then 2 labelled steps"):
         assert f"| {row} |" in report
     results = json.loads((tmp_path / "out" / "real_transfer.json").read_text())
