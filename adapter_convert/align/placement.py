@@ -3,6 +3,7 @@ checkpoints' configs and sizes, and the machine (a GPU seen, the memory availabl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,8 +15,9 @@ def load_dtype(asked: str | None, device: str, folders, configs, *, available: i
     """The dtype the bases load in, and why. As asked (``--dtype``); on the CPU, float32 for
     half-precision checkpoints when both bases in float32 fit in half the available memory;
     else each checkpoint's own ("auto"). Measured on this project's CPU (docs/benchmarks.md
-    section 7): bfloat16 gemma-3-270m generated 3-4x slower than float32, and the whole
-    conversion took 2.6x as long; a GPU runs half precision fast, so there the checkpoint's own stays."""
+    section 7): a bfloat16 SmolLM2 -> gemma-3-270m conversion took 2.5x (ner) and 4.7x (types) as
+    long as in float32, most of it the CPU copying gemma's 262k-row output weight on each bfloat16
+    logits call; a GPU runs half precision fast, so there the checkpoint's own stays."""
     if asked:
         return getattr(torch, asked), f"--dtype {asked}"
     half = [c for c in configs if _config_dtype(c) in (torch.float16, torch.bfloat16)]
@@ -36,14 +38,18 @@ def _config_dtype(config) -> torch.dtype | None:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where unknown."""
+    """Bytes of memory available to a new allocation: Linux's MemAvailable, else the machine's
+    physical memory (macOS); None where neither is known."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def resolve_device(device: str | None) -> str:
