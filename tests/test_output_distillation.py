@@ -369,3 +369,24 @@ def test_bfloat16_autocast_steps_learn_the_answers_and_keep_float32_weights(taug
         assert curve[-1] < 0.95 * curve[0], results  # both learnt
     assert results[None][0] == results[torch.bfloat16][0]  # the first check, before any step: float32 both times
     assert abs(results[torch.bfloat16][-1] - results[None][-1]) < 0.01 * results[None][-1], results  # and alike
+
+
+def test_an_answer_ends_at_any_eos_of_the_generation_config(taught):
+    """An instruct model ends its turn with a token that is not its tokenizer's EOS (gemma's
+    <end_of_turn>): listed in its generation config, it ends the answer there, as EOS does."""
+    from transformers import AutoTokenizer
+
+    from adapter_convert.align.generative import end_ids
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
+    asked = dict(max_new_tokens=6, stops=(), max_length=64)
+    plain = generate(model, tokenizer, prompts(4, offset=5), **asked)
+    assert all(a.answer.startswith(ANSWER) and not a.ended for a in plain), [a.answer for a in plain]
+    # the token after " blue" ends a turn in this model's generation config
+    turn_end = tokenizer(ANSWER, add_special_tokens=False)["input_ids"][1]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, turn_end]
+    assert end_ids(model, tokenizer) == [tokenizer.eos_token_id, turn_end]
+    ended = generate(model, tokenizer, prompts(4, offset=5), **asked)
+    prefix = tokenizer.decode(tokenizer(ANSWER, add_special_tokens=False)["input_ids"][:1])
+    assert all(a.answer == prefix and a.ended and a.finished for a in ended), [a.answer for a in ended]

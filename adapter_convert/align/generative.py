@@ -165,7 +165,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Example] = {}
     ends = list(stops) + list(restarts)
-    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    eos = end_ids(model, tokenizer)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=eos or None)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         rows = [tokenizer(prompts[i], truncation=True, max_length=max(1, max_length - max_new_tokens))["input_ids"] for i in chunk]
@@ -177,13 +178,23 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
             out = model.generate(**inputs, **options)
         for row, index in enumerate(chunk):
             new = out[row, ids.shape[1]:].tolist()
-            ended = tokenizer.eos_token_id is not None and tokenizer.eos_token_id in new
+            first_end = next((i for i, token in enumerate(new) if token in eos), None)
+            ended = first_end is not None
             if ended:
-                new = new[: new.index(tokenizer.eos_token_id)]
+                new = new[:first_end]
             text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), ends)
             results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped)
         on_batch(len(chunk))
     return [results[i] for i in range(len(prompts))]
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and every EOS of the model's generation
+    config (an instruct model ends its turn with another token than its EOS: gemma's
+    ``<end_of_turn>``, llama-3's ``<|eot_id|>``), so an answer never runs on past its turn."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
 
 
 @contextmanager
