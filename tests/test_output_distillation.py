@@ -390,3 +390,18 @@ def test_an_answer_ends_at_any_eos_of_the_generation_config(taught):
     ended = generate(model, tokenizer, prompts(4, offset=5), **asked)
     prefix = tokenizer.decode(tokenizer(ANSWER, add_special_tokens=False)["input_ids"][:1])
     assert all(a.answer == prefix and a.ended and a.finished for a in ended), [a.answer for a in ended]
+
+
+def test_steps_autocast_where_fast_unless_a_dtype_is_given(taught, tmp_path):
+    """Without --dtype the steps autocast to bfloat16 where the device is fast at it (the progress
+    line says so); a --dtype given is what they compute in, the same on every machine."""
+    from adapter_convert.align.placement import training_autocast
+
+    fast = training_autocast(AutoModelForCausalLM.from_pretrained(taught / "student")) is not None
+    base = ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--calibration-data", str(taught / "prompts.jsonl"),
+            "--max-new-tokens", "6", "--distill-steps", "2"]
+    default = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")])
+    asked = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--dtype", "float32"])
+    assert default.exit_code == 0 and asked.exit_code == 0, default.output + asked.output
+    assert ("Distilling on the teacher's answers (bfloat16 autocast)" in default.output) == fast
+    assert "Distilling on the teacher's answers" in asked.output and "autocast)" not in asked.output

@@ -296,7 +296,8 @@ class AlignmentSession:
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
         run = None
         if request.distill_steps > 0:
-            autocast = training_autocast(student) if MIXED_PRECISION else None
+            # a --dtype given is what the steps compute in too: no autocast (the same numbers on every machine)
+            autocast = training_autocast(student) if MIXED_PRECISION and not request.dtype else None
             label = "Distilling on the teacher's answers" + (f" ({str(autocast).removeprefix('torch.')} autocast)" if autocast else "")
             with self.reporter.progress(label, request.distill_steps) as advance:
                 run = generative.distill_on_answers(
