@@ -504,6 +504,18 @@ def _gap_rows(row_bytes: int) -> int:
     return MERGE_GAP_BYTES // max(1, row_bytes)
 
 
+def _gather_rows(ids: Sequence[int], row_bytes: int, width: int, read_block) -> tuple[torch.Tensor, int]:
+    """Rows ``ids`` (in that order) as float32, read as few runs of rows (rows closer than
+    ``MERGE_GAP_BYTES`` share a run) by ``read_block(start, stop)``; and how many rows were read."""
+    blocks, index, offset = [], {}, 0
+    for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
+        blocks.append(read_block(start, stop))
+        index.update((i, offset + i - start) for i in range(start, stop))
+        offset += stop - start
+    rows = torch.cat(blocks) if blocks else torch.empty(0, width)
+    return rows[[index[i] for i in ids]], offset
+
+
 def read_local_rows(path: Path, name: str, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
     """Rows ``ids`` (in that order) of tensor ``name`` in a local safetensors file, as float32,
     and the bytes read: only the ranges that cover them, through ``safe_open(...).get_slice``."""
@@ -513,30 +525,23 @@ def read_local_rows(path: Path, name: str, ids: Sequence[int]) -> tuple[torch.Te
         part = handle.get_slice(name)
         shape, dtype = part.get_shape(), part.get_dtype()
         row_bytes = shape[1] * DTYPES[dtype].itemsize if dtype in DTYPES else 0
-        blocks, index, offset = [], {}, 0
-        for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
-            blocks.append(part[start:stop].float())
-            index.update((i, offset + i - start) for i in range(start, stop))
-            offset += stop - start
-    rows = torch.cat(blocks) if blocks else torch.empty(0, shape[1])
-    return rows[[index[i] for i in ids]], offset * row_bytes
+        rows, read = _gather_rows(ids, row_bytes, shape[1], lambda start, stop: part[start:stop].float())
+    return rows, read * row_bytes
 
 
 def read_remote_rows(remote: RemoteSafetensors, name: str, ids: Sequence[int]) -> torch.Tensor:
     """Rows ``ids`` (in that order) of tensor ``name`` of a Hub file as float32: one range request
-    per run of rows (rows closer than ``MERGE_GAP_BYTES`` share one)."""
+    per run of rows."""
     entry = remote.tensors()[name]
     width, row_bytes = entry.shape[1], entry.row_bytes
-    blocks, index, offset = [], {}, 0
-    for start, stop in row_ranges(ids, max_gap=_gap_rows(row_bytes)):
+
+    def read_block(start: int, stop: int) -> torch.Tensor:
         data = remote.read(entry.start + start * row_bytes, entry.start + stop * row_bytes)
         if len(data) != (stop - start) * row_bytes:
             raise ValueError(f"{remote.filename}: got {len(data)} bytes for rows {start}..{stop - 1} of {name}")
-        blocks.append(_to_rows(data, entry.dtype, width))
-        index.update((i, offset + i - start) for i in range(start, stop))
-        offset += stop - start
-    rows = torch.cat(blocks) if blocks else torch.empty(0, width)
-    return rows[[index[i] for i in ids]]
+        return _to_rows(data, entry.dtype, width)
+
+    return _gather_rows(ids, row_bytes, width, read_block)[0]
 
 
 # ---- one side of the comparison ---------------------------------------------------------------------

@@ -20,7 +20,6 @@ from .errors import VerificationError
 from .plan import head_labels
 from .tasks import LABELLED, TASKS, model_class
 
-TASK_MODEL_CLASSES = {task: model_class(task) for task in TASKS}  # the classes of tasks.TASKS
 _ADAPTER_KEY_MARKERS = ("lora_", "ia3_", ".modules_to_save.")
 
 
