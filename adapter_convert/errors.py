@@ -100,7 +100,6 @@ class CompatibilityUnknownError(AdapterConvertError, RuntimeError):
 
     exit_code = 19
     label = "compatibility could not be measured"
-    evidence = None  # the probe's "unknown" compatibility.EmbeddingEvidence, set by pipeline.prepare
 
 
 class FidelityBelowMinimumError(AdapterConvertError, RuntimeError):

@@ -12,8 +12,7 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from .errors import AdapterConvertError, CompatibilityUnknownError, UnsupportedError
-from .pipeline import ConversionRequest, PreparedConversion, Reporter, alignment_resources, prepare, reproduce_command, summarize
+from .pipeline import ConversionRequest, PreparedConversion, Reporter, prepare, summarize
 from .plan import width_mismatch
 from .sources import BASE_FILES, ResolvedSource
 from .summary import Costs, DownloadFile, Downloads, InspectionReport, Recommendation
@@ -29,55 +28,31 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
 
     ``file_sizes(source, patterns) -> {file: bytes}`` lists a Hub source's files (None: local only).
     """
-    request = dataclasses.replace(request, dry_run=True, out=None)
-    unknown: CompatibilityUnknownError | None = None
-    try:
-        prepared = prepare(request, reporter)
-    except CompatibilityUnknownError as err:  # not a blocker: any alignment method still works
-        unknown = err
-        try:
-            prepared = prepare(dataclasses.replace(request, align="distill"), reporter)
-        except UnsupportedError:  # no alignment for this pair (an encoder-decoder): a copy is the one conversion left
-            prepared = prepare(dataclasses.replace(request, align="none"), reporter)
-            # --align none measures nothing: keep the evidence that said "unknown", from the first try
-            prepared = dataclasses.replace(prepared, compatibility=unknown.evidence)
-        prepared = dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=request.align))
+    prepared = prepare(dataclasses.replace(request, dry_run=True, out=None), reporter, plan_undecided=True)
+    costs = predict_costs(prepared, file_sizes=file_sizes)
     plan = prepared.plan
-    recommended = _recommended_align(prepared)
-    command_request = dataclasses.replace(prepared.request, align=recommended)
-    command = reproduce_command(dataclasses.replace(prepared, request=command_request))
-    if "--align" not in shlex.split(command):
-        command += f" --align {recommended}"
-    summary = summarize(prepared)
-    as_json = summary.to_json()  # the plan's part of convert's --json, in the same serialization
+    # none (the fast path, nothing more to read) between bases measured compatible with equal shapes, or where
+    # a copy is the only conversion; otherwise distill: the best alignment refined by a short distillation
+    recommended = "none" if plan.alignment.method is None and not plan.alignment.refine else "distill"
+    why = plan.alignment.reason
+    if prepared.undecided and recommended == "none":
+        why = (f"{prepared.undecided} No alignment is defined for this pair, so a copy is the only conversion: "
+               "check the converted adapter on your task before you use it.")
+    elif prepared.undecided:
+        why = prepared.undecided
+    # the plan's summary (the part of convert's --json that inspect shows), its command with the recommended --align
+    summary = summarize(dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=recommended)))
+    command = summary.command_line + ("" if "--align" in shlex.split(summary.command_line) else f" --align {recommended}")
+    as_json = summary.to_json()
     return InspectionReport(
         supported=True,
         plan={key: as_json[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
                                              "layer_map", "modules", "heads", "dropped", "alignment")}
         | {"width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
         compatibility=summary.compatibility,
-        recommended=Recommendation(align=recommended, command=command, why=_why(recommended, unknown, plan.alignment.reason)),
-        costs=predict_costs(prepared, file_sizes=file_sizes),
+        recommended=Recommendation(align=recommended, command=command, why=why),
+        costs=costs,
     )
-
-
-def _recommended_align(prepared: PreparedConversion) -> str:
-    """``none`` (the fast path, nothing more to read) between bases measured compatible with equal
-    shapes, or where a copy is the only conversion (compatibility unknown and no alignment defined
-    for the pair); otherwise ``distill``: the best alignment refined by a short distillation."""
-    alignment = prepared.plan.alignment
-    if alignment.method is None and not alignment.refine:
-        return "none"
-    return "distill"
-
-
-def _why(recommended: str, unknown: AdapterConvertError | None, reason: str) -> str:
-    if unknown is None:
-        return reason
-    if recommended == "none":
-        return (f"{unknown.problem} No alignment is defined for this pair, so a copy is the only conversion: "
-                "check the converted adapter on your task before you use it.")
-    return unknown.problem
 
 
 def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
@@ -99,7 +74,7 @@ def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
     adapter_bytes = prepared.adapter.nbytes
     # direct: the adapter read, its converted copy, and a verification load of that copy;
     # aligned: align/budget.py's prediction (both models, activations, the statistics of one pass)
-    resources = alignment_resources(prepared)
+    resources = prepared.plan.resources
     peak = LIBRARY_BYTES + 3 * adapter_bytes + (resources.peak_bytes if resources else weight_bytes if needs_weights else 0)
     remote = tuple(file for file, local in files if not local)
     return Costs(

@@ -7,7 +7,6 @@ import dataclasses
 from peft import PeftConfig
 
 from .architectures import Architecture
-from .errors import UnsupportedError
 from .plan import ConversionPlan
 from .transform import ConvertedAdapter, ConvertedModule, Ia3Module, LoraModule, lora_alpha_for
 

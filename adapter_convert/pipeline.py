@@ -21,15 +21,11 @@ from . import __version__
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, AdapterCheckpoint, all_finite, read_adapter
 from .card import build_model_card
 from .compatibility import EmbeddingEvidence, cached_embedding_evidence
-from .calibration import load_texts
-from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMinimumError, SourceNotFoundError, UsageError,
-                     VerificationError)
-from .hub import ADAPTER_CARD_FILES, ADAPTER_FILES, PICKLE_ADAPTER_FILES
-from .layer_maps import layer_map_for
+from .errors import (BadAdapterError, CompatibilityUnknownError, FidelityBelowMinimumError, SourceNotFoundError, UnsupportedError,
+                     UsageError, VerificationError)
 from .peft_config import build_target_config
-from .plan import (FRESH, ConversionPlan, ParsedAdapter, check_layer_map_covers, check_source_ranks, head_labels, parse_adapter,
-                   plan_conversion)
-from .sources import Base, CalibrationSource, ResolvedSource, read_base, resolve, resolve_calibration_data, with_weights
+from .plan import FRESH, ConversionPlan, ParsedAdapter, check_source_ranks, choose_layer_map, parse_adapter, plan_conversion
+from .sources import Base, CalibrationSource, ResolvedSource, read_adapter_source, read_base, read_calibration_data, with_weights
 from .summary import (AdapterSummary, AlignmentSummary, ArchitectureSummary, BaseModelSummary, CompatibilitySummary,
                       ConversionSummary, ModuleRow, OutputSummary, ResourcePrediction)
 from .transform import convert_tensors
@@ -83,6 +79,7 @@ class PreparedConversion:
     plan: ConversionPlan
     calibration: CalibrationSource | None = None  # None: the built-in sample
     compatibility: EmbeddingEvidence | None = None  # None: not measured (--align none)
+    undecided: str | None = None  # why --align auto could not decide, where prepare(plan_undecided=True) planned anyway
 
 
 def check_request(request: ConversionRequest) -> None:
@@ -152,16 +149,18 @@ def _local_inputs(request: ConversionRequest) -> dict[str, Path]:
     return {what: Path(ref).expanduser() for what, ref in named.items() if ref and Path(ref).expanduser().exists()}
 
 
-def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> PreparedConversion:
+def prepare(request: ConversionRequest, reporter: Reporter | None = None, *, plan_undecided: bool = False) -> PreparedConversion:
+    """Check the request, read the adapter and both bases once, measure their compatibility and plan.
+    ``plan_undecided`` (inspect): where ``--align auto`` cannot decide (compatibility not measured),
+    plan distillation (or a copy where no alignment is defined) and say why in ``undecided``,
+    instead of raising CompatibilityUnknownError."""
     reporter = reporter or Reporter()
     local = _local_inputs(request)
     check_request(request)
     if request.out is not None and not request.dry_run:  # fail before any download, not after
         check_output(request.out, force=request.force, inputs=local)
     reporter.stage(f"Reading adapter {request.adapter}")
-    adapter_files = ADAPTER_FILES + ADAPTER_CARD_FILES + (PICKLE_ADAPTER_FILES if request.allow_pickle else [])
-    adapter_source = resolve(request.adapter, what="adapter", patterns=adapter_files, required=CONFIG_NAME, token=request.token)
-    adapter = read_adapter(adapter_source.path, allow_pickle=request.allow_pickle)
+    adapter_source, adapter = read_adapter_source(request.adapter, allow_pickle=request.allow_pickle, token=request.token)
     source_ref = request.source_base or adapter.config.base_model_name_or_path
     if not source_ref:
         raise SourceNotFoundError(
@@ -173,29 +172,31 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     target = read_base(request.target, what="target base", token=request.token)
     parsed = parse_adapter(adapter.tensors, arch=source.arch, dims=source.dims, modules_to_save=adapter.config.modules_to_save)
     check_source_ranks(adapter.config, parsed, source.arch)
-    layer_map = layer_map_for(request.layer_map, source.dims, target.dims)  # layer types compared where both name them
-    check_layer_map_covers(parsed, layer_map)
+    layer_map = choose_layer_map(parsed, request.layer_map, source.dims, target.dims)
     compatibility = None
     if request.align != "none":  # a few MB of embedding rows, never the checkpoint
         reporter.stage("Measuring compatibility: token embeddings of both bases")
         compatibility = cached_embedding_evidence(source.source, target.source, token=request.token)
+
+    def plan_for(align: str) -> ConversionPlan:
+        return plan_conversion(parsed, peft_type=_enum_value(adapter.config.peft_type), task_type=_enum_value(adapter.config.task_type),
+                               source_arch=source.arch, target_arch=target.arch, source_dims=source.dims, target_dims=target.dims,
+                               layer_map=layer_map, align=align, verdict=compatibility.decision if compatibility else None,
+                               basis_change=bool(compatibility and compatibility.basis_change))
+
+    undecided = None
     try:
-        plan = plan_conversion(
-            parsed,
-            peft_type=_enum_value(adapter.config.peft_type),
-            task_type=_enum_value(adapter.config.task_type),
-            source_arch=source.arch,
-            target_arch=target.arch,
-            source_dims=source.dims,
-            target_dims=target.dims,
-            layer_map=layer_map,
-            align=request.align,
-            verdict=compatibility.decision if compatibility else None,
-            basis_change=bool(compatibility and compatibility.basis_change),
-        )
+        plan = plan_for(request.align)
     except CompatibilityUnknownError as err:
-        err.evidence = compatibility  # what inspect reports, without probing again
-        raise
+        if not plan_undecided:
+            raise
+        # inspect: any alignment still works (distill, the best of them), else a copy is the one conversion left
+        undecided = err.problem
+        try:
+            plan = plan_for("distill")
+        except UnsupportedError:
+            plan = plan_for("none")
+    plan = dataclasses.replace(plan, resources=alignment_resources(plan, request, source, target, adapter))
     if request.min_fidelity is not None and not plan.alignment.needs_models:  # gate before any work, in a dry run too
         raise FidelityBelowMinimumError(
             f"--min-fidelity {request.min_fidelity} needs a measured fidelity, but this conversion copies tensors "
@@ -204,10 +205,9 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None) -> Pre
     calibration = None
     if plan.fetches_weights and not request.dry_run:  # activations need base weights
         if request.calibration_data:
-            calibration = resolve_calibration_data(request.calibration_data, token=request.token)
-            load_texts(calibration.file)  # a bad file fails now, before base weights are downloaded
+            calibration = read_calibration_data(request.calibration_data, token=request.token)  # a bad file fails before the weights download
         source, target = with_weights(source, token=request.token), with_weights(target, token=request.token)
-    prepared = PreparedConversion(request, adapter_source, adapter, source, target, parsed, plan, calibration, compatibility)
+    prepared = PreparedConversion(request, adapter_source, adapter, source, target, parsed, plan, calibration, compatibility, undecided)
     if request.out is not None and not request.dry_run:
         check_output(request.out, force=request.force, inputs=input_paths(prepared))
     return prepared
@@ -226,8 +226,9 @@ def _enum_value(value) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 
 
-def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = None) -> ConversionSummary:
-    """The account of a conversion as planned (``written`` None) or written: printed by --json, rendered into the card."""
+def summarize(prepared: PreparedConversion) -> ConversionSummary:
+    """The account of a conversion as planned, printed by --dry-run and --json; ``execute`` completes
+    it with what was written and measured, and renders it into the card."""
     plan = prepared.plan
 
     def base(model: Base) -> BaseModelSummary:
@@ -265,11 +266,10 @@ def summarize(prepared: PreparedConversion, *, written: OutputSummary | None = N
         modules=tuple(modules),
         heads=dict(plan.heads),
         dropped=tuple(plan.dropped),
-        num_labels=head_labels(prepared.adapter.tensors, list(plan.heads)),
-        output=written,
+        num_labels=prepared.parsed.num_labels,
         alignment=AlignmentSummary(method=plan.alignment.method or "direct", reason=plan.alignment.reason),
         compatibility=CompatibilitySummary.of(prepared.compatibility),
-        resources=alignment_resources(prepared),  # None unless it aligns
+        resources=plan.resources,  # None unless it aligns
     )
 
 
@@ -282,16 +282,16 @@ def hub_url(source: ResolvedSource) -> str | None:
     return f"{constants.ENDPOINT.rstrip('/')}/{source.repo_id}/tree/{source.revision}"
 
 
-def alignment_resources(prepared: PreparedConversion) -> ResourcePrediction | None:
+def alignment_resources(plan: ConversionPlan, request: ConversionRequest, source: Base, target: Base,
+                        adapter: AdapterCheckpoint) -> ResourcePrediction | None:
     """The predicted alignment memory (align/budget.py), or None for a direct mapping."""
     from .align.budget import for_plan  # the alignment package loads only when asked
     from .align.placement import resolve_device
 
-    request = prepared.request
     # on the CPU the bases load in float32 where it fits (align/placement.py): predicted as float32
     dtype = request.dtype or ("float32" if resolve_device(request.device) == "cpu" else None)
-    return for_plan(prepared.plan, source_config=prepared.source.config, target_config=prepared.target.config,
-                    adapter_tensors=prepared.adapter.tensors, dtype=dtype, memory_budget=request.memory_budget)
+    return for_plan(plan, source_config=source.config, target_config=target.config, adapter_tensors=adapter.tensors, dtype=dtype,
+                    memory_budget=request.memory_budget)
 
 
 def _method(plan: ConversionPlan) -> str:
@@ -333,6 +333,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
     if request.out is None:
         raise ValueError("execute() needs request.out")
     inputs = input_paths(prepared)  # --out must not be, hold or lie inside any of them
+    planned = planned if planned is not None else summarize(prepared)
     session = fitted = None
     if plan.alignment.needs_models:
         from .align.session import AlignmentSession
@@ -344,7 +345,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
         elif plan.alignment.method:
             fitted = session.fit()
     total = sum(len(p.layer_map.sources) * len(p.modules) for p in (plan.stacks or (plan,)))
-    aligned_heads = fitted.heads(prepared.parsed.heads) if fitted else None
+    aligned_heads = fitted.heads if fitted else None
     with reporter.progress("Converting modules", total) as advance:
         converted = convert_tensors(plan, prepared.parsed, prepared.adapter.config, on_module=advance,
                                     aligned_modules=fitted.modules if fitted else None, aligned_heads=aligned_heads)
@@ -364,7 +365,7 @@ def execute(prepared: PreparedConversion, reporter: Reporter | None = None, *, p
     out = Path(request.out)
     written = OutputSummary(path=str(out), files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"), tensors=len(converted.tensors),
                             bytes=sum(t.numel() * t.element_size() for t in converted.tensors.values()))
-    summary = dataclasses.replace(planned, output=written) if planned is not None else summarize(prepared, written=written)
+    summary = dataclasses.replace(planned, output=written)
     if alignment_report is not None:
         summary = dataclasses.replace(summary, alignment=alignment_report)
 

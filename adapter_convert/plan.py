@@ -15,7 +15,8 @@ import torch
 from .alignment_methods import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
-from .layer_maps import LayerMap
+from .layer_maps import LayerMap, layer_map_for
+from .summary import ResourcePrediction
 
 PEFT_PREFIX = "base_model.model."
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
@@ -43,6 +44,12 @@ class ParsedAdapter:
     def roles(self) -> list[str]:
         seen = {role for _, role in self.layers}
         return [r for r in (*roles().plain, *roles().fused) if r in seen]
+
+    @property
+    def num_labels(self) -> int | None:
+        """Number of labels its classification head was trained with (the head's last weight's rows)."""
+        weights = [t for params in self.heads.values() for t in params.values() if t.ndim == 2]
+        return weights[-1].shape[0] if weights else None
 
 
 def _key_mismatch(key: str, arch: Architecture, why: str) -> BadAdapterError:
@@ -204,6 +211,14 @@ def check_source_ranks(config, parsed: ParsedAdapter, arch: Architecture) -> Non
             )
 
 
+def choose_layer_map(parsed: ParsedAdapter, spec: str, source_dims: Dims, target_dims: Dims) -> LayerMap:
+    """The layer map ``spec`` names for these sizes (layer types compared where both bases name
+    them), checked to take the adapter's adapted layers."""
+    layer_map = layer_map_for(spec, source_dims, target_dims)
+    check_layer_map_covers(parsed, layer_map)
+    return layer_map
+
+
 def check_layer_map_covers(parsed: ParsedAdapter, layer_map: LayerMap) -> None:
     """A layer map must take at least one adapted source layer, and an explicit one only adapted
     layers: otherwise the output would hold no adapter where the user asked for one."""
@@ -351,6 +366,8 @@ class ConversionPlan:
     stack: str = ""
     # target head -> its parameters the source head lacks, written as zeros (a bias: the same logits)
     head_zeros: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # what the alignment is predicted to need (align/budget.py), set by the pipeline; None for a direct mapping
+    resources: ResourcePrediction | None = None
 
     @property
     def fetches_weights(self) -> bool:

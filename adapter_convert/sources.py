@@ -11,9 +11,12 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .adapter_io import CONFIG_NAME, AdapterCheckpoint, read_adapter
 from .architectures import Architecture, Dims, check_known_model_type, get_architecture
+from .calibration import load_texts
 from .errors import AdapterConvertError, BadModelConfigError, HubFileMissingError, SourceNotFoundError
-from .hub import CONFIG_FILES, INDEX_FILE, TOKENIZER_FILES, WEIGHT_FILES, download, parse_hub_reference
+from .hub import (ADAPTER_CARD_FILES, ADAPTER_FILES, CONFIG_FILES, INDEX_FILE, PICKLE_ADAPTER_FILES, TOKENIZER_FILES, WEIGHT_FILES,
+                  download, parse_hub_reference)
 
 # what planning reads of a base: its config, its tokenizer (the compatibility probe's vocabulary) and
 # its shard index (where the probe finds the embedding rows); never the weights
@@ -65,6 +68,13 @@ def resolve(reference: str, *, what: str, patterns: list[str], required: str, to
             "Check the repo id and revision (the weights may be on another branch), or upload the adapter's weights.",
         )
     return ResolvedSource(reference=reference, path=folder, repo_id=hub_ref.repo_id, revision=folder.name)
+
+
+def read_adapter_source(reference: str, *, allow_pickle: bool = False, token: str | None = None) -> tuple[ResolvedSource, AdapterCheckpoint]:
+    """The adapter resolved (its config, weights and card; a pickle only when allowed) and read once."""
+    patterns = ADAPTER_FILES + ADAPTER_CARD_FILES + (PICKLE_ADAPTER_FILES if allow_pickle else [])
+    source = resolve(reference, what="adapter", patterns=patterns, required=CONFIG_NAME, token=token)
+    return source, read_adapter(source.path, allow_pickle=allow_pickle)
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ class CalibrationSource:
     file: Path
     revision: str | None = None  # the dataset's commit sha, when it came from the Hub
     sha256: str = ""  # of the local file's bytes: what pins a local file
+    texts: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # what it holds, read once (calibration.load_texts)
 
     @property
     def pinned(self) -> str:
@@ -167,12 +178,13 @@ class CalibrationSource:
         return self.reference.split("@")[0] if self.revision else None
 
 
-def resolve_calibration_data(reference: str, *, token: str | None = None) -> CalibrationSource:
-    """A local text file, or a Hub dataset repo holding one (the first .txt/.jsonl/.conll/.conllu file)."""
+def read_calibration_data(reference: str, *, token: str | None = None) -> CalibrationSource:
+    """A local text file, or a Hub dataset repo holding one (the first .txt/.jsonl/.conll/.conllu
+    file), and its texts: a bad file fails here, before any base weights are downloaded."""
     reference = str(reference)
     path = Path(reference).expanduser()
     if path.is_file():
-        return CalibrationSource(reference, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        return CalibrationSource(reference, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), texts=tuple(load_texts(path)))
     hub_ref = parse_hub_reference(reference)
     if hub_ref is None:
         raise SourceNotFoundError(
@@ -186,4 +198,4 @@ def resolve_calibration_data(reference: str, *, token: str | None = None) -> Cal
             f"The dataset {hub_ref.repo_id}@{folder.name} has no .txt, .jsonl, .conll or .conllu file.",
             "Point --calibration-data at a dataset with plain-text files, or at a local file.",
         )
-    return CalibrationSource(reference, files[0], revision=folder.name)
+    return CalibrationSource(reference, files[0], revision=folder.name, texts=tuple(load_texts(files[0])))

@@ -19,7 +19,6 @@ from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
-from ..plan import head_labels
 from ..tasks import LABELLED, model_class
 from ..transform import AdapterModule, read_module
 from .budget import budget_bytes, point_shapes, schedule
@@ -55,13 +54,17 @@ class AlignmentSession:
         self.calibration, self.options, self.reporter = calibration, options, reporter
         request = options
         self.device = resolve_device(request.device)
+        # as asked, else float32 on the CPU where it fits, else the checkpoint's own dtype (load_dtype says why);
+        # accelerate's device map places (and offloads) big models
+        dtype, self.dtype_reason = load_dtype(request.dtype, self.device, [source.source.path, target.source.path],
+                                              [source.config, target.config], available=available_memory())
         self.method = plan.alignment.method
         self.task_type = plan.task_type
         self.has_head = bool(plan.heads)
-        self.num_labels = head_labels(adapter.tensors, list(parsed.heads))
+        self.num_labels = parsed.num_labels
         # a causal LM is distilled on what the teacher writes: the calibration texts are its prompts
         self.generative = plan.alignment.refine and self.task_type == "CAUSAL_LM"
-        texts = load_texts(calibration.file if calibration else None)
+        texts = list(calibration.texts) if calibration else load_texts()  # a file's texts were read in prepare
         if self.generative and len(texts) < MIN_PROMPTS:
             raise CalibrationDataError(
                 f"Output-space distillation needs at least {MIN_PROMPTS} prompts (one held out to measure fidelity), and the "
@@ -75,10 +78,6 @@ class AlignmentSession:
             reporter.stage("No task prompts given (--calibration-data): the teacher answers the built-in multilingual sample "
                            "instead, which says little about your task")
         auto_class = model_class(self.task_type) if plan.source_prefix or self.generative else model_class(None)
-        # as asked, else float32 on the CPU where it fits, else the checkpoint's own dtype (load_dtype says why);
-        # accelerate's device map places (and offloads) big models
-        dtype, self.dtype_reason = load_dtype(request.dtype, self.device, [source.source.path, target.source.path],
-                                              [source.config, target.config], available=available_memory())
         kwargs = {"dtype": dtype, "device_map": "auto" if self.device == "auto" else self.device}
         reporter.stage("Loading source and target base models" + (" for calibration" if not self.generative else "")
                        + f" ({self.dtype_reason})")
@@ -166,7 +165,8 @@ class AlignmentSession:
                         folded = fold_point(folded, shape, fits[key].pop("map"), role_names)
                 del stats
         head_map = fits[(None, LAST_HIDDEN)].pop("map").cpu() if (None, LAST_HIDDEN) in fits else None
-        return FittedAlignment(folded, head_map, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
+        heads = self.parsed.heads if head_map is None else {name: fold_head(params, head_map) for name, params in self.parsed.heads.items()}
+        return FittedAlignment(folded, head_map, heads, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
 
     def _fit_report(self, fits, layer_pairs, role_names, tokens, planned) -> AlignmentSummary:
         rows = []
@@ -205,7 +205,7 @@ class AlignmentSession:
                     continue
                 target = self.student.get_submodule(plan.module_path(mapping.target_role, target_layer, target=True))
                 modules[(target_layer, mapping.target_role)] = fresh_module(like, target, generator=generator)
-        return FittedAlignment(modules, None, self._planned())
+        return FittedAlignment(modules, None, self.parsed.heads, self._planned())
 
     def _rank(self) -> int:
         ranks = [t.shape[0] for key, t in self.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
@@ -373,11 +373,8 @@ class FittedAlignment:
 
     modules: dict[tuple[int, str], AdapterModule]
     head_map: torch.Tensor | None
+    heads: dict[str, dict[str, torch.Tensor]]  # the adapter's task heads read through the head map (as they are without one)
     report: AlignmentSummary  # the plan, where it ran, and the fits; no evaluation yet
-
-    def heads(self, heads: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-        """The adapter's task heads read through the head map (unchanged without one)."""
-        return heads if self.head_map is None else {name: fold_head(params, self.head_map) for name, params in heads.items()}
 
 
 def fold_point(folded: dict[tuple[int, str], AdapterModule], shape, fitted, role_names) -> dict[tuple[int, str], AdapterModule]:
