@@ -274,7 +274,8 @@ def convert(
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
     distill_steps: Annotated[int, typer.Option(help="Most distillation steps (--align distill, fresh, and auto when it aligns); "
                                                "a causal LM stops earlier when held-out fidelity stops improving.", rich_help_panel="Alignment", min=0)] = 100,
-    max_new_tokens: Annotated[int, typer.Option(help="Causal LM: the most tokens the source with its adapter writes per prompt.",
+    max_new_tokens: Annotated[int, typer.Option(help="Causal LM: the most tokens the source with its adapter writes per prompt "
+                                                "(prompt and answer fit 1024 tokens: a longer prompt loses its beginning, never its end).",
                                                 rich_help_panel="Alignment", min=1)] = 64,
     stop: Annotated[list[str] | None, typer.Option(help="Causal LM: a string that ends an answer (kept in it), beside EOS; "
                                                    "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "

@@ -15,7 +15,7 @@ from pathlib import Path
 from .pipeline import ConversionRequest, PreparedConversion, Reporter, prepare, summarize
 from .plan import width_mismatch
 from .sources import BASE_FILES, ResolvedSource
-from .summary import Costs, DownloadFile, Downloads, InspectionReport, Recommendation
+from .summary import Costs, DownloadFile, Downloads, InspectionReport, Recommendation, ResourcePrediction
 
 # Memory a conversion needs beyond its tensors: the Python process with torch, transformers and
 # peft imported (measured at about 0.55 GB RSS on this project's CPU machine, benchmarks/).
@@ -29,7 +29,6 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
     ``file_sizes(source, patterns) -> {file: bytes}`` lists a Hub source's files (None: local only).
     """
     prepared = prepare(dataclasses.replace(request, dry_run=True, out=None), reporter, plan_undecided=True)
-    costs = predict_costs(prepared, file_sizes=file_sizes)
     plan = prepared.plan
     # none (the fast path, nothing more to read) between bases measured compatible with equal shapes, or where
     # a copy is the only conversion; otherwise distill: the best alignment refined by a short distillation
@@ -44,6 +43,7 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
     summary = summarize(dataclasses.replace(prepared, request=dataclasses.replace(prepared.request, align=recommended)))
     command = summary.command_line + ("" if "--align" in shlex.split(summary.command_line) else f" --align {recommended}")
     as_json = summary.to_json()
+    costs = predict_costs(prepared, summary.resources, file_sizes=file_sizes)
     return InspectionReport(
         supported=True,
         plan={key: as_json[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
@@ -55,8 +55,9 @@ def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = N
     )
 
 
-def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
-    """Downloads and peak memory of the conversion as planned (estimates, documented as such)."""
+def predict_costs(prepared: PreparedConversion, resources: ResourcePrediction | None, *, file_sizes=None) -> Costs:
+    """Downloads and peak memory of the conversion as planned (estimates, documented as such);
+    ``resources``: the alignment's predicted memory (the summary's), None for a direct mapping."""
     from .hub import ADAPTER_FILES, WEIGHT_FILES
 
     needs_weights = prepared.plan.fetches_weights
@@ -74,7 +75,6 @@ def predict_costs(prepared: PreparedConversion, *, file_sizes=None) -> Costs:
     adapter_bytes = prepared.adapter.nbytes
     # direct: the adapter read, its converted copy, and a verification load of that copy;
     # aligned: align/budget.py's prediction (both models, activations, the statistics of one pass)
-    resources = prepared.plan.resources
     peak = LIBRARY_BYTES + 3 * adapter_bytes + (resources.peak_bytes if resources else weight_bytes if needs_weights else 0)
     remote = tuple(file for file, local in files if not local)
     return Costs(

@@ -196,7 +196,6 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None, *, pla
             plan = plan_for("distill")
         except UnsupportedError:
             plan = plan_for("none")
-    plan = dataclasses.replace(plan, resources=alignment_resources(plan, request, source, target, adapter))
     if request.min_fidelity is not None and not plan.alignment.needs_models:  # gate before any work, in a dry run too
         raise FidelityBelowMinimumError(
             f"--min-fidelity {request.min_fidelity} needs a measured fidelity, but this conversion copies tensors "
@@ -269,7 +268,7 @@ def summarize(prepared: PreparedConversion) -> ConversionSummary:
         num_labels=prepared.parsed.num_labels,
         alignment=AlignmentSummary(method=plan.alignment.method or "direct", reason=plan.alignment.reason),
         compatibility=CompatibilitySummary.of(prepared.compatibility),
-        resources=plan.resources,  # None unless it aligns
+        resources=alignment_resources(plan, prepared.request, prepared.source, prepared.target, prepared.adapter),  # None unless it aligns
     )
 
 

@@ -16,7 +16,6 @@ from .alignment_methods import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap, layer_map_for
-from .summary import ResourcePrediction
 
 PEFT_PREFIX = "base_model.model."
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
@@ -366,8 +365,6 @@ class ConversionPlan:
     stack: str = ""
     # target head -> its parameters the source head lacks, written as zeros (a bias: the same logits)
     head_zeros: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # what the alignment is predicted to need (align/budget.py), set by the pipeline; None for a direct mapping
-    resources: ResourcePrediction | None = None
 
     @property
     def fetches_weights(self) -> bool:

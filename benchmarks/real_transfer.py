@@ -120,6 +120,11 @@ def types_example(words: list[str], tags: list[str]) -> Example:
     return Example(f"Sentence: {' '.join(words)}\nEntity types:", f" {', '.join(kinds) or 'none'}\n")
 
 
+def people_example(words: list[str], tags: list[str]) -> Example:
+    people = [span for kind, span in entities(words, tags) if kind == "PER"]
+    return Example(f"Text: {' '.join(words)}\nPeople:", f" {'; '.join(people) or 'none'}\n")
+
+
 def parse_ner(answer: str) -> set[tuple[str, str]]:
     items = set()
     for part in answer.strip().split("\n")[0].split(";"):
@@ -134,13 +139,24 @@ def parse_types(answer: str) -> set[str]:
     return {t.strip() for t in line.split(",") if t.strip() and t.strip() != "none"}
 
 
-TASKS = {"ner": (ner_example, parse_ner), "types": (types_example, parse_types)}
+def parse_people(answer: str) -> set[str]:
+    line = answer.strip().split("\n")[0]
+    return {p.strip() for p in line.split(";") if p.strip() and p.strip() != "none"}
+
+
+# task -> (example from words and tags, parser of an answer, sentences per example)
+TASKS = {"ner": (ner_example, parse_ner, 1), "types": (types_example, parse_types, 1),
+         # long prompts (four sentences, about 150 tokens): a window that cut a prompt's end would lose the cue "People:"
+         "people": (people_example, parse_people, 4)}
 
 
 def load_examples(task: str, path: Path, limit: int, max_words: int = 30) -> list[Example]:
-    """The first ``limit`` sentences of at most ``max_words`` words (short inputs keep a CPU run short)."""
-    sentences = [s for s in read_conll(path) if len(s.words) <= max_words][:limit]
-    return [TASKS[task][0](s.words, s.tags) for s in sentences]
+    """The first ``limit`` examples, each of the task's number of consecutive sentences of at most
+    ``max_words`` words (short inputs keep a CPU run short)."""
+    build, _, per = TASKS[task]
+    sentences = [s for s in read_conll(path) if len(s.words) <= max_words][: limit * per]
+    groups = [sentences[i : i + per] for i in range(0, len(sentences) - per + 1, per)]
+    return [build([w for s in g for w in s.words], [t for s in g for t in s.tags]) for g in groups]
 
 
 def micro_f1(task: str, predicted: list[str], gold: list[str]) -> float:
@@ -152,7 +168,7 @@ def micro_f1(task: str, predicted: list[str], gold: list[str]) -> float:
     return 2 * tp / max(1, 2 * tp + fp + fn)
 
 
-def encode(tokenizer, examples: list[Example], max_length: int = 160) -> dict[str, torch.Tensor]:
+def encode(tokenizer, examples: list[Example], max_length: int = 512) -> dict[str, torch.Tensor]:
     """Prompt + answer; labels only on the answer's tokens (those that start inside it)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -181,7 +197,7 @@ def bits_per_byte(model, tokenizer, examples: list[Example], batch_size: int = 8
 
 def generation_f1(task: str, model, tokenizer, examples: list[Example]) -> float:
     """F1 of the model's greedy answers (first line, parsed) against the gold answers."""
-    written = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=48, stops=("\n",), max_length=256)
+    written = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=48, stops=("\n",), max_length=512)
     return micro_f1(task, [w.answer for w in written], [e.answer for e in examples])
 
 
@@ -327,8 +343,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="ner,types")
     parser.add_argument("--teacher-steps", type=int, default=100)
     parser.add_argument("--budgets", default="25,50", help="labelled steps for the scratch LoRA and the converted one")
-    parser.add_argument("--train", type=int, default=2000, help="training sentences (val.conllu): labelled, or prompts only")
-    parser.add_argument("--eval", type=int, default=100, help="test sentences (test.conllu)")
+    parser.add_argument("--train", type=int, default=2000, help="training examples (val.conllu): labelled, or prompts only")
+    parser.add_argument("--eval", type=int, default=100, help="test examples (test.conllu)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="paired tokens for the least-squares start")

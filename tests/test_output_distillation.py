@@ -405,3 +405,35 @@ def test_steps_autocast_where_fast_unless_a_dtype_is_given(taught, tmp_path):
     assert default.exit_code == 0 and asked.exit_code == 0, default.output + asked.output
     assert ("Distilling on the teacher's answers (bfloat16 autocast)" in default.output) == fast
     assert "Distilling on the teacher's answers" in asked.output and "autocast)" not in asked.output
+
+
+def test_a_long_prompt_loses_its_beginning_never_its_end():
+    """keep_last keeps a text's last tokens (after its BOS); encode_examples cuts a long row the
+    same way, so the answer and the prompt's end right before it stay, labelled as before."""
+    from adapter_convert.align.generative import keep_last
+
+    assert keep_last([1, 2, 3, 4, 5], 3, bos=None) == [3, 4, 5]
+    assert keep_last([9, 2, 3, 4, 5], 3, bos=9) == [9, 4, 5]  # the BOS stays first
+    assert keep_last([2, 3], 3, bos=9) == [2, 3] and keep_last([9, 2, 3], 1, bos=9) == [3]
+    tokenizer = byte_bpe(300)
+    short = Example("Text: red cat\nAnswer:", ANSWER, ended=True)
+    long = Example(" ".join(WORDS * 4) + "\n" + short.prompt, ANSWER, ended=True)
+    whole = encode_examples(tokenizer, [short], max_length=64)
+    cut = encode_examples(tokenizer, [long], max_length=whole["input_ids"].shape[1])
+    # the long row, cut to the short one's length, ends exactly as it does: the prompt's end, the answer, EOS
+    assert len(tokenizer(long.prompt)["input_ids"]) > 64
+    assert torch.equal(cut["input_ids"][0, -8:], whole["input_ids"][0, -8:])
+    assert torch.equal(cut["labels"], whole["labels"]) and (cut["labels"] != IGNORE).sum() >= 3
+
+
+def test_the_teacher_reads_the_end_of_a_prompt_longer_than_its_window(taught):
+    """A prompt longer than the window (the tiny models hold 64 positions) keeps its end: the teacher
+    still reads the cue it answers ("Answer:") and writes its answer."""
+    from transformers import AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
+    long = [" ".join(WORDS * 3) + "\n" + p for p in prompts(8, offset=5)]
+    assert all(len(tokenizer(p)["input_ids"]) > 64 for p in long)
+    written = generate(model, tokenizer, long, max_new_tokens=6, stops=("\n",), max_length=64)
+    assert sum(w.answer == ANSWER for w in written) >= 6, [w.answer for w in written]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .capture import on_device
 
 IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
+CACHE_BYTES = 2 * 2**30  # a generation batch keeps its KV cache under this (fewer rows for long prompts or big models)
 MIN_GAIN = 0.01  # a held-out check improves when bits per byte fall by more than 1% of the best so far
 
 
@@ -45,6 +46,17 @@ def answer_positions(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> l
     A token straddling the boundary (a tokenizer merging the prompt's end into the answer) counts
     as prompt: the loss never rewards re-writing the prompt. Special tokens ((0, 0) spans) never count."""
     return [end > start and start >= prompt_chars for start, end in offsets]
+
+
+def keep_last(ids: Sequence[int], limit: int, *, bos: int | None) -> list[int]:
+    """At most ``limit`` tokens of ``ids``: its last ones, after its BOS when it starts with one. A
+    text too long for the window loses its beginning, never its end: a prompt's end is what the
+    answer follows (the question, the cue "Answer:")."""
+    ids = list(ids)
+    if len(ids) <= limit:
+        return ids
+    head = ids[:1] if bos is not None and ids and ids[0] == bos and limit > 1 else []
+    return head + ids[len(ids) - (limit - len(head)) :]
 
 
 def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,19 +103,20 @@ def cut_before(text: str, markers: Sequence[str]) -> str:
 def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int) -> dict[str, torch.Tensor]:
     """The student's tokenization of ``prompt + answer`` (+ its EOS where the teacher stopped),
     left-padded so every answer ends the row (then only the last positions need logits), with
-    ``labels`` on the answer's tokens only and ``position_ids`` that skip the padding."""
+    ``labels`` on the answer's tokens only and ``position_ids`` that skip the padding. A row longer
+    than ``max_length`` loses the beginning of its prompt (``keep_last``), never its answer's end."""
     rows, labels = [], []
-    eos = tokenizer.eos_token_id
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     for example in examples:
-        encoded = tokenizer(example.prompt + example.answer, return_offsets_mapping=True, add_special_tokens=True,
-                            truncation=True, max_length=max_length)
+        encoded = tokenizer(example.prompt + example.answer, return_offsets_mapping=True, add_special_tokens=True)
         ids = list(encoded["input_ids"])
         keep = answer_positions(encoded["offset_mapping"], len(example.prompt))
-        if example.ended and eos is not None and len(ids) < max_length:
+        if example.ended and eos is not None:
             ids.append(eos)
             keep.append(True)
-        rows.append(ids)
-        labels.append([i if k else IGNORE for i, k in zip(ids, keep)])
+        kept = keep_last(range(len(ids)), max_length, bos=0 if bos is not None and ids[0] == bos else None)
+        rows.append([ids[i] for i in kept])
+        labels.append([ids[i] if keep[i] else IGNORE for i in kept])
     input_ids, attention = left_padded(rows, pad_id(tokenizer))
     label_ids, _ = left_padded(labels, IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
@@ -162,14 +175,21 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     example). Prompts run longest first, so a batch pads little; the answers come back in the
     prompts' order."""
     model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    # a prompt too long for the window loses its beginning, never its end (keep_last)
+    limit = max(1, max_length - max_new_tokens)
+    encoded = [keep_last(tokenizer(p)["input_ids"], limit, bos=tokenizer.bos_token_id) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: dict[int, Example] = {}
     ends = list(stops) + list(restarts)
     eos = end_ids(model, tokenizer)
     options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=eos or None)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        rows = [tokenizer(prompts[i], truncation=True, max_length=max(1, max_length - max_new_tokens))["input_ids"] for i in chunk]
+    per_token = kv_cache_bytes_per_token(model)
+    start = 0
+    while start < len(order):
+        longest = len(encoded[order[start]]) + max_new_tokens  # longest first: the batch's widest row
+        rows_fit = max(1, min(batch_size, CACHE_BYTES // max(1, per_token * longest)))
+        chunk, start = order[start : start + rows_fit], start + rows_fit
+        rows = [encoded[i] for i in chunk]
         ids, mask = left_padded(rows, pad_id(tokenizer))
         inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
         try:  # transformers stops a row at a stop string; the text is cut below either way
@@ -186,6 +206,16 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
             results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped)
         on_batch(len(chunk))
     return [results[i] for i in range(len(prompts))]
+
+
+def kv_cache_bytes_per_token(model) -> int:
+    """Bytes the KV cache keeps per token of a row: keys and values of every layer's KV heads (a 7B
+    llama without grouped KV heads in float16: 2 x 32 x 32 x 128 x 2 bytes = 0.5 MiB)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_attention_heads", None) or 1
+    head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", None) or heads) // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * (getattr(config, "num_hidden_layers", None) or 1) * kv_heads * head_dim * model.dtype.itemsize
 
 
 def end_ids(model, tokenizer) -> list[int]:

@@ -31,6 +31,9 @@ from .placement import available_memory, load_dtype, resolve_device, training_au
 from .refine import agreement, distill
 
 HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreement
+# tokens of prompt and answer one output-distillation example holds (the models' positions permitting):
+# a longer prompt loses its beginning, never its end (generative.keep_last)
+ANSWER_WINDOW = 1024
 MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
 PROBE_PROMPTS = 16  # the teacher's first answers, read to see how its answers end
 GENERATION_BATCH = 32  # prompts answered at once (left-padded, with the KV cache; 16 took a third longer on 2 CPU cores)
@@ -105,7 +108,9 @@ class AlignmentSession:
             loaded[side] = (tokenizer, model)
         (self.teacher_tokenizer, self.teacher), (self.student_tokenizer, self.student) = loaded["source base"], loaded["target base"]
         # a text never runs past either model's positions (small models may have 64)
-        self.max_length = min([MAX_LENGTH] + [n for model in (self.teacher, self.student) if (n := max_positions(model.config))])
+        positions = [n for model in (self.teacher, self.student) if (n := max_positions(model.config))]
+        self.max_length = min([MAX_LENGTH] + positions)
+        self.answer_window = min([ANSWER_WINDOW] + positions)
         self.dtypes = {"source": str(self.teacher.dtype).removeprefix("torch."), "target": str(self.student.dtype).removeprefix("torch.")}
 
     def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
@@ -258,6 +263,13 @@ class AlignmentSession:
                   "agreement": held_out_agreement()}
         return _trained(student, tensors), report
 
+    def _say_cut_prompts(self, prompts: list[str], limit: int) -> None:
+        """Say how many prompts are longer than the teacher's window leaves them (their beginnings are cut)."""
+        cut = sum(len(ids) > limit for ids in self.teacher_tokenizer(prompts)["input_ids"])
+        if cut:
+            self.reporter.stage(f"{cut} of {len(prompts)} prompts are longer than {max(1, limit)} tokens: the teacher reads their last "
+                                f"{max(1, limit)} (a prompt's end, where the answer follows, is kept)")
+
     def _refine_on_answers(self, teacher, student) -> dict:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
         the student's adapter learns its answers until held-out fidelity stops improving; the
@@ -266,7 +278,8 @@ class AlignmentSession:
         # the teacher answers a training prompt only when distillation reaches it: an early stop leaves the rest unwritten
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
-        options = dict(max_new_tokens=request.max_new_tokens, max_length=self.max_length)
+        options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
+        self._say_cut_prompts(train_prompts + self.held_texts, self.answer_window - request.max_new_tokens)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
 
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
@@ -291,7 +304,7 @@ class AlignmentSession:
                 f"The teacher wrote no answer to {train.empty + len(self.held_texts) - len(held)} of {len(probe) + len(self.held_texts)} "
                 "prompts, which leaves nothing to distil.", "Give prompts the adapter answers (its task's inputs, without the "
                 "answers), or raise --max-new-tokens.")
-        tokenizer, length = self.student_tokenizer, self.max_length
+        tokenizer, length = self.student_tokenizer, self.answer_window
         with student.disable_adapter():  # the same model, its adapter off: the target base
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
         run = None
