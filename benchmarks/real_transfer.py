@@ -312,7 +312,7 @@ def run_task(task: str, args, teacher_base: str, target: str, results: dict, sav
             print(f"[{task}] converted {name} in {seconds[f'convert: {name}']} s", flush=True)
             measure(key, load(target, out), target_tokenizer)
 
-    for dtype in args.scratch_dtypes.split(","):
+    for dtype in filter(None, args.scratch_dtypes.split(",")):
         row = SCRATCH_DTYPES[dtype]
         scratch_keys = {b: f"{row}, {b} labelled steps" for b in args.budgets}
         if all(k in bpb for k in scratch_keys.values()):
