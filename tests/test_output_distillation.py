@@ -437,3 +437,16 @@ def test_the_teacher_reads_the_end_of_a_prompt_longer_than_its_window(taught):
     assert all(len(tokenizer(p)["input_ids"]) > 64 for p in long)
     written = generate(model, tokenizer, long, max_new_tokens=6, stops=("\n",), max_length=64)
     assert sum(w.answer == ANSWER for w in written) >= 6, [w.answer for w in written]
+
+
+def test_a_run_says_how_many_prompts_lose_their_beginning(taught, tmp_path):
+    """Prompts longer than the window leaves them (the tiny models hold 64 positions, answers 6
+    tokens) are cut from the left, and the run says how many."""
+    long = tmp_path / "long.jsonl"
+    texts = [" ".join(WORDS * 3) + "\n" + p for p in prompts(6, offset=3)] + prompts(6, offset=20)
+    long.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
+    result = CliRunner().invoke(app, ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--out", str(tmp_path / "o"),
+                                      "--calibration-data", str(long), "--max-new-tokens", "6", "--distill-steps", "2"])
+    assert result.exit_code == 0, result.output
+    # 12 prompts: 2 held out, and 2 steps of 4 read 8: the 6 long ones are among those 10
+    assert "6 of 10 prompts are longer than 58 tokens: the teacher reads their last 58" in " ".join(result.output.split())
