@@ -64,7 +64,8 @@ def test_alignment_speed_and_calibration_benchmarks_run_tiny(tmp_path):
 
 def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
     """The real-model experiment's script end to end, on a tiny llama teacher and a tiny gemma3_text
-    target (MiniLM's tokenizer for both): every stage runs and the report has every row."""
+    target (MiniLM's tokenizer for both), on one task (the long-prompt one: every task runs the
+    same stages): every stage runs and the report has every row."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adapter_convert.demo.minilm import minilm_dir
@@ -79,12 +80,11 @@ def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "real_transfer.py"), "--teacher-base", str(tmp_path / "teacher"),
          "--target", str(tmp_path / "target"), "--teacher-steps", "2", "--budgets", "2", "--train", "16", "--eval", "4",
          "--calibration-tokens", "64", "--distill-steps", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-         "--conversions", "auto (fresh start + output distillation);lstsq start + output distillation"],
+         "--conversions", "auto (fresh start + output distillation);lstsq start + output distillation", "--tasks", "people"],
         check=True, capture_output=True, timeout=900,
     )
     report = (tmp_path / "out" / "real_transfer.md").read_text()
-    for task in ("ner", "types"):
-        assert f"## {task}" in report
+    assert "## people" in report
     for row in ("teacher", "target base (no adapter)", "converted: auto (fresh start + output distillation)",
                 "converted: lstsq start + output distillation", "target LoRA from scratch, 2 labelled steps",
                 "target LoRA from scratch in bfloat16, 2 labelled steps",
@@ -95,3 +95,20 @@ def test_real_transfer_benchmark_runs_on_two_tiny_causal_lms(tmp_path):
         assert all(math.isfinite(v) and v > 0 for v in task["bpb"].values())
         assert all(0 <= v <= 1 for v in task["f1"].values())
     assert (tmp_path / "out" / "real_transfer.png").stat().st_size > 10_000
+
+
+def test_the_real_transfer_tasks_write_and_parse_their_answers():
+    """Each task of the real-model benchmark: its example from tagged words, and its parser reading
+    the gold answer back (what F1 compares)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_transfer
+
+    words = ["Ada", "Lovelace", "met", "Babbage", "in", "London", "."]
+    tags = ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC", "O"]
+    expected = {"ner": {("PER", "Ada Lovelace"), ("PER", "Babbage"), ("LOC", "London")}, "types": {"LOC", "PER"},
+                "people": {"Ada Lovelace", "Babbage"}}
+    for task, (build, parse, _) in real_transfer.TASKS.items():
+        example = build(words, tags)
+        assert example.prompt.endswith(":") and example.answer.endswith("\n")
+        assert parse(example.answer) == expected[task]
+        assert real_transfer.micro_f1(task, [example.answer], [example.answer]) == 1.0
