@@ -206,6 +206,7 @@ class GenerationFidelity(_Serialized):
     held_out_curve: tuple[tuple[int, float], ...]  # (distillation step, held-out bits per byte): the start, the end, any check between
     # (step, bits per byte of the last check window's training answers, each measured before the student learnt from it)
     unseen_curve: tuple[tuple[int, float], ...] = ()
+    prompts_cut: int = 0  # prompts longer than the window leaves them: their beginnings were cut, their ends kept
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -445,8 +445,13 @@ def test_a_run_says_how_many_prompts_lose_their_beginning(taught, tmp_path):
     long = tmp_path / "long.jsonl"
     texts = [" ".join(WORDS * 3) + "\n" + p for p in prompts(6, offset=3)] + prompts(6, offset=20)
     long.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
-    result = CliRunner().invoke(app, ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--out", str(tmp_path / "o"),
-                                      "--calibration-data", str(long), "--max-new-tokens", "6", "--distill-steps", "2"])
+    options = ["convert", str(taught / "adapter"), "--target", str(taught / "student"), "--calibration-data", str(long),
+               "--max-new-tokens", "6", "--distill-steps", "2"]
+    result = CliRunner().invoke(app, [*options, "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     # 12 prompts: 2 held out, and 2 steps of 4 read 8: the 6 long ones are among those 10
     assert "6 of 10 prompts are longer than 58 tokens: the teacher reads their last 58" in " ".join(result.output.split())
+    # --json and the card say it too
+    summary = json.loads(CliRunner().invoke(app, [*options, "--out", str(tmp_path / "j"), "--json"]).stdout)
+    assert summary["alignment"]["fidelity"]["prompts_cut"] == 6
+    assert "6 of them longer than the window, read without their beginnings" in " ".join((tmp_path / "j" / "README.md").read_text().split())

@@ -263,12 +263,13 @@ class AlignmentSession:
                   "agreement": held_out_agreement()}
         return _trained(student, tensors), report
 
-    def _say_cut_prompts(self, prompts: list[str], limit: int) -> None:
-        """Say how many prompts are longer than the teacher's window leaves them (their beginnings are cut)."""
+    def _say_cut_prompts(self, prompts: list[str], limit: int) -> int:
+        """How many prompts are longer than the teacher's window leaves them (their beginnings are cut), said when any are."""
         cut = sum(len(ids) > limit for ids in self.teacher_tokenizer(prompts)["input_ids"])
         if cut:
             self.reporter.stage(f"{cut} of {len(prompts)} prompts are longer than {max(1, limit)} tokens: the teacher reads their last "
                                 f"{max(1, limit)} (a prompt's end, where the answer follows, is kept)")
+        return cut
 
     def _refine_on_answers(self, teacher, student) -> dict:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
@@ -279,7 +280,7 @@ class AlignmentSession:
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
-        self._say_cut_prompts(train_prompts + self.held_texts, self.answer_window - request.max_new_tokens)
+        cut = self._say_cut_prompts(train_prompts + self.held_texts, self.answer_window - request.max_new_tokens)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
 
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
@@ -335,7 +336,7 @@ class AlignmentSession:
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
         fidelity = GenerationFidelity(
             prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
-            answer_end=answer_end,
+            answer_end=answer_end, prompts_cut=cut,
             bits_per_byte={"target base": round(base_bpb, 4), "start": round(start_bpb, 4), "converted": round(final_bpb, 4)},
             token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
             exact_match={"target base": round(base["exact_match"], 4), "converted": round(converted["exact_match"], 4)},
