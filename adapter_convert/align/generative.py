@@ -59,6 +59,11 @@ def keep_last(ids: Sequence[int], limit: int, *, bos: int | None) -> list[int]:
     return head + ids[len(ids) - (limit - len(head)) :]
 
 
+def prompt_tokens(max_length: int, max_new_tokens: int) -> int:
+    """The most tokens of a prompt the window keeps when the answer may take ``max_new_tokens``."""
+    return max(1, max_length - max_new_tokens)
+
+
 def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy (nats) over labelled positions: ``logits[:, t]`` predicts
     ``labels[:, t + 1]``; ``IGNORE`` labels add nothing; optional per-label ``weights``."""
@@ -176,7 +181,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     prompts' order."""
     model.eval()
     # a prompt too long for the window loses its beginning, never its end (keep_last)
-    limit = max(1, max_length - max_new_tokens)
+    limit = prompt_tokens(max_length, max_new_tokens)
     encoded = [keep_last(tokenizer(p)["input_ids"], limit, bos=tokenizer.bos_token_id) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: dict[int, Example] = {}

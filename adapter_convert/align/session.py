@@ -263,12 +263,13 @@ class AlignmentSession:
                   "agreement": held_out_agreement()}
         return _trained(student, tensors), report
 
-    def _say_cut_prompts(self, prompts: list[str], limit: int) -> int:
+    def _say_cut_prompts(self, prompts: list[str], max_new_tokens: int) -> int:
         """How many prompts are longer than the teacher's window leaves them (their beginnings are cut), said when any are."""
+        limit = generative.prompt_tokens(self.answer_window, max_new_tokens)
         cut = sum(len(ids) > limit for ids in self.teacher_tokenizer(prompts)["input_ids"])
         if cut:
-            self.reporter.stage(f"{cut} of {len(prompts)} prompts are longer than {max(1, limit)} tokens: the teacher reads their last "
-                                f"{max(1, limit)} (a prompt's end, where the answer follows, is kept)")
+            self.reporter.stage(f"{cut} of {len(prompts)} prompts are longer than {limit} tokens: the teacher reads their last "
+                                f"{limit} (a prompt's end, where the answer follows, is kept)")
         return cut
 
     def _refine_on_answers(self, teacher, student) -> dict:
@@ -280,7 +281,7 @@ class AlignmentSession:
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
-        cut = self._say_cut_prompts(train_prompts + self.held_texts, self.answer_window - request.max_new_tokens)
+        cut = self._say_cut_prompts(train_prompts + self.held_texts, request.max_new_tokens)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
 
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
