@@ -284,6 +284,37 @@ def test_one_line_answers_are_measured_from_the_teachers_loops():
     assert one_line_answers([Example("p", " a\nb c d\ne f g")] * 5) is None
 
 
+def test_one_line_answers_without_loops_are_decided_by_the_adapters_effect_after_the_first_line():
+    from adapter_convert.align.generative import LineEffect, one_line_answers
+
+    def never():
+        raise AssertionError("the loops (or the finished answers) decide; the effect is not measured")
+
+    prose = [Example("p", " Ada\nShe wrote the first program."), Example("p", " Ada\nAda\nAda")]  # one loops, one runs on
+    ran_on = one_line_answers(prose * 2, effect=lambda: LineEffect(first_line=1.3, after=0.3))
+    assert "saves 0.30 bits per byte after the first line against 1.30 on it" in ran_on and "repeated itself in 2" in ran_on
+    # the adapter shapes the later lines as much as the first: a multi-line answer, left whole
+    assert one_line_answers(prose * 2, effect=lambda: LineEffect(first_line=1.0, after=0.8)) is None
+    assert one_line_answers(prose * 2, effect=lambda: LineEffect(first_line=-0.1, after=-0.5)) is None  # no effect to compare
+    assert one_line_answers([Example("p", " Ada\nAda\nAda")] * 4, effect=never) is not None
+    assert one_line_answers([Example("p", prose[0].answer, finished=True)] * 4, effect=never) is None
+
+
+def test_the_adapters_effect_is_measured_on_the_first_line_and_after_it(taught):
+    """The tiny teacher's adapter learnt " blue sky" and a line break: it saves bits on that line,
+    none on a line of words it never learnt to write next, and as many on the learnt line again."""
+    from transformers import AutoTokenizer
+
+    from adapter_convert.align.generative import AFTER_SHARE, line_effect
+
+    tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter").eval()
+    run_on = line_effect(model, tokenizer, [Example(p, ANSWER + "river stone cloud apple") for p in prompts(6, offset=9)], max_length=64)
+    assert run_on.first_line > 0.1 and abs(run_on.after) < 0.05 and run_on.after < AFTER_SHARE * run_on.first_line, run_on
+    again = line_effect(model, tokenizer, [Example(p, ANSWER + ANSWER) for p in prompts(6, offset=9)], max_length=64)
+    assert again.first_line == pytest.approx(run_on.first_line) and again.after > AFTER_SHARE * again.first_line, again
+
+
 def test_a_fresh_start_converts_onto_fused_projections(taught, tmp_path):
     """phi3 fuses q, k and v into qkv_proj and gate and up into gate_up_proj, which the fitted maps
     refuse: a fresh adapter reads no source tensor, so it converts, loads with peft, and learns the

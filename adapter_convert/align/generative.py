@@ -27,6 +27,10 @@ from .capture import on_device
 
 IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
 CACHE_BYTES = 2 * 2**30  # a generation batch keeps its KV cache under this (fewer rows for long prompts or big models)
+# the teacher's answers are one line when its adapter's effect after their first line (bits per byte
+# saved) is under this share of its effect on it (measured 0.07 to 0.24 on three one-line tasks; a
+# multi-line answer keeps the adapter's effect on every line)
+AFTER_SHARE = 0.5
 MIN_GAIN = 0.01  # a held-out check improves when bits per byte fall by more than 1% of the best so far
 
 
@@ -259,16 +263,54 @@ def loops_after_first_line(text: str) -> bool:
     return len(lines) != len(set(lines))
 
 
-def one_line_answers(answers: Sequence[Example], *, share: float = 0.8) -> str | None:
-    """Why the teacher's answers are its first lines, or None. Measured on answers that ran to the
-    token budget: when at least ``share`` of them loop after their first line (and most answers
-    ran to the budget), the adapter answers in one line and never learnt to stop."""
+def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEffect] | None = None, share: float = 0.8) -> str | None:
+    """Why the teacher's answers are its first lines, or None. Only when most answers (``share``)
+    ran to the token budget, so the teacher never learnt to stop; then the text after the first
+    line is shown to be a run-on, not more answer, by either of: at least ``share`` of those
+    answers loop after their first line (as greedy decoding does), or the adapter's own effect
+    there, ``effect()`` (measured only when the loops do not decide), is under ``AFTER_SHARE`` of
+    its effect on the first line: past it the base model writes on, the adapter barely shapes it."""
     unfinished = [a for a in answers if not a.finished]
+    if not unfinished or len(unfinished) < share * len(answers):
+        return None
     looping = sum(loops_after_first_line(a.answer) for a in unfinished)
-    if len(unfinished) >= share * len(answers) and unfinished and looping >= share * len(unfinished):
-        return (f"the first line break: the teacher ran on to the token budget in {len(unfinished)} of {len(answers)} probe answers "
-                f"and repeated itself after the first line in {looping}")
+    ran_on = f"the first line break: the teacher ran on to the token budget in {len(unfinished)} of {len(answers)} probe answers and "
+    if looping >= share * len(unfinished):
+        return ran_on + f"repeated itself after the first line in {looping}"
+    measured = effect() if effect is not None else None
+    if measured is not None and measured.first_line > 0 and measured.after < AFTER_SHARE * measured.first_line:
+        return ran_on + (f"its adapter saves {measured.after:.2f} bits per byte after the first line against {measured.first_line:.2f} "
+                         f"on it (repeated itself in {looping})")
     return None
+
+
+@dataclass(frozen=True)
+class LineEffect:
+    """What the teacher's adapter does to its own answers, in bits per byte it saves (the answer's
+    cost without the adapter minus with it): on their first lines (the line break included) and on
+    what follows them."""
+
+    first_line: float
+    after: float
+
+
+@torch.no_grad()
+def line_effect(model, tokenizer, answers: Sequence[Example], *, max_length: int) -> LineEffect:
+    """The adapter's effect on the first lines of ``answers`` and on the text after them (``model``
+    a peft model; four scoring passes, for the few probe answers). Per byte, so the two parts compare."""
+    firsts = [first_line(a) for a in answers]
+    first_bytes = sum(len(a.answer.encode("utf-8")) for a in firsts)
+    after_bytes = sum(len(a.answer.encode("utf-8")) for a in answers) - first_bytes
+
+    def bits(examples) -> float:  # summed bits of the answers, given their prompts
+        return bits_per_byte(model, tokenizer, examples, max_length=max_length) * sum(len(e.answer.encode("utf-8")) for e in examples)
+
+    with_first, with_all = bits(firsts), bits(answers)
+    with model.disable_adapter():
+        without_first, without_all = bits(firsts), bits(answers)
+    first = (without_first - with_first) / max(1, first_bytes)
+    after = ((without_all - without_first) - (with_all - with_first)) / max(1, after_bytes)
+    return LineEffect(first_line=first, after=after)
 
 
 def first_line(example: Example) -> Example:

@@ -295,7 +295,8 @@ class AlignmentSession:
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
         with self.reporter.progress("Teacher writing answers (probe and held-out prompts)", len(probe) + len(self.held_texts)) as advance:
             probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
-            one_line = None if stops else generative.one_line_answers(probed)
+            effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, probed, max_length=self.answer_window)  # noqa: E731
+            one_line = None if stops else generative.one_line_answers(probed, effect=effect)
             if one_line:  # the rest stop at their first line break, which saves most of the generation
                 stops, answer_end = ("\n",), one_line
                 probed = [generative.first_line(a) for a in probed]
