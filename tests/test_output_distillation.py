@@ -273,15 +273,46 @@ def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp
 
 
 def test_one_line_answers_are_measured_from_the_teachers_loops():
-    from adapter_convert.align.generative import first_line, loops_after_first_line, one_line_answers
+    from adapter_convert.align.generative import first_line, one_line_answers, repeats_after_first_line
 
     looping = Example("p", " PER: Ada\nLOC: Paris\nLOC: Paris\nLOC: Par")
-    assert loops_after_first_line(looping.answer) and not loops_after_first_line(" PER: Ada\nLOC: Paris\nORG: UN")
+    assert repeats_after_first_line(looping.answer) and not repeats_after_first_line(" PER: Ada\nLOC: Paris\nORG: UN")
+    # four words written again, though no whole line repeats (the budget cut the last one short)
+    assert repeats_after_first_line(" none\n\nThe premiere aired on February 9, on CBS; none\n\nThe premiere aired on Feb")
+    assert repeats_after_first_line(" none\n\nIt was written by Ada Byron King Lovelace, and by Ada Byron King Love")
+    assert not repeats_after_first_line(" Ada Byron King Lovelace\nShe wrote the first program for the engine.")
+    assert not repeats_after_first_line(" Ada Byron King Lovelace; Ada Byron King Lovelace")  # one line: nothing after it
     assert first_line(looping).answer == " PER: Ada\n" and first_line(Example("p", "\nyes\nno")).answer == "\nyes\n"
     assert "repeated itself after the first line in 5" in one_line_answers([looping] * 5)
     # answers that end by themselves (EOS or a stop string), or do not loop, are left whole
     assert one_line_answers([Example("p", looping.answer, finished=True)] * 5) is None
     assert one_line_answers([Example("p", " a\nb c d\ne f g")] * 5) is None
+
+
+def test_a_loop_is_cut_to_its_run_once_and_ends_its_row():
+    from adapter_convert.align.generative import LoopStop, loop_cut
+
+    #            Sl  ade  ;   Bright man  ;   Bright man  ;   Bright man  ;   Bright man  ;
+    written = [5, 6, 7] + [8, 9, 7] * 4
+    assert loop_cut(written) == 6  # " Slade; Brightman;"
+    assert loop_cut(written[:-3]) is None  # three times is not yet a loop
+    assert loop_cut([1, 2, 3, 4, 5, 6, 7, 8, 9]) is None and loop_cut([]) is None
+    assert loop_cut([4, 4, 4, 4, 4]) == 1 and loop_cut([1, 2, 1, 2, 1, 2, 1, 2]) == 2
+    assert loop_cut([1] + [2, 3, 4, 5, 6, 7, 8, 9, 10] * 4) is None  # a run longer than 8 tokens is not looked for
+    prompt = [[0, 0, 1], [0, 0, 1]]
+    rows = torch.tensor([prompt[0] + written, prompt[1] + [5, 6, 7, 8, 9, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18]])
+    assert LoopStop(3)(rows, None).tolist() == [True, False]
+
+
+def test_the_taught_teacher_stops_where_it_loops(taught):
+    """Its adapter learnt " blue sky" and a line break, never to stop, so it writes that line over
+    and over: generation ends that row after four runs, well before the budget, keeping one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter").eval()
+    written = generate(model, tokenizer, prompts(4, offset=9), max_new_tokens=40, stops=(), max_length=64)
+    assert all(w.answer == ANSWER and w.loop == ANSWER * 3 and not w.finished and not w.ended for w in written), written
 
 
 def test_one_line_answers_without_loops_are_decided_by_the_adapters_effect_after_the_first_line():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .capture import on_device
 
@@ -31,6 +32,9 @@ CACHE_BYTES = 2 * 2**30  # a generation batch keeps its KV cache under this (few
 # saved) is under this share of its effect on it (measured 0.07 to 0.24 on three one-line tasks; a
 # multi-line answer keeps the adapter's effect on every line)
 AFTER_SHARE = 0.5
+# a row that writes the same run of at most LOOP_PERIOD tokens LOOP_TIMES times over has looped (greedy
+# decoding does): generation ends it there, and its answer keeps the run once (loop_cut)
+LOOP_PERIOD, LOOP_TIMES = 8, 4
 MIN_GAIN = 0.01  # a held-out check improves when bits per byte fall by more than 1% of the best so far
 
 
@@ -40,6 +44,7 @@ class Example:
     answer: str  # the teacher's text after the prompt (its stop string included)
     ended: bool = False  # the teacher stopped by its EOS: the student learns to stop there too
     finished: bool = False  # ended by EOS or a stop string (not by the token budget)
+    loop: str = ""  # where the model looped: the repeats cut from the answer's end (loop_cut)
 
 
 # ---- pure pieces ---------------------------------------------------------------------------------
@@ -92,6 +97,40 @@ def token_f1(predicted: str, reference: str) -> float:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def loop_cut(tokens: Sequence[int], *, longest: int = LOOP_PERIOD, times: int = LOOP_TIMES) -> int | None:
+    """Where a row that ends in a loop (one run of at most ``longest`` tokens, ``times`` times over
+    or more) is cut so that it keeps the run once; None when it does not end in a loop."""
+    tokens = list(tokens)
+    for period in range(1, longest + 1):
+        if len(tokens) < times * period:
+            break
+        unit = tokens[-period:]
+        if tokens[-times * period :] == unit * times:
+            start = len(tokens) - times * period
+            while start >= period and tokens[start - period : start] == unit:
+                start -= period
+            return start + period
+    return None
+
+
+class LoopStop(StoppingCriteria):
+    """Ends each row of a generation batch once its new tokens end in a loop (``loop_cut``), so a
+    batch does not run to the budget for one row that repeats itself."""
+
+    def __init__(self, prompt_width: int):
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.prompt_width :]
+        done = torch.zeros(len(new), dtype=torch.bool, device=new.device)
+        for period in range(1, LOOP_PERIOD + 1):
+            if new.shape[1] < LOOP_TIMES * period:
+                break
+            runs = new[:, -LOOP_TIMES * period :].reshape(len(new), LOOP_TIMES, period)
+            done |= (runs == runs[:, :1]).all(dim=2).all(dim=1)
+        return done
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -181,7 +220,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
              batch_size: int = 16, max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
     """Greedy continuations of ``prompts``, batched (left padding, the KV cache), each ended by EOS,
     cut after its first stop string, or cut before its first restart marker (the model began a new
-    example). Prompts run longest first, so a batch pads little; the answers come back in the
+    example); a row that loops ends there and keeps the loop's run once (``loop_cut``; the rest in
+    ``Example.loop``). Prompts run longest first, so a batch pads little; the answers come back in the
     prompts' order."""
     model.eval()
     # a prompt too long for the window loses its beginning, never its end (keep_last)
@@ -191,7 +231,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     results: dict[int, Example] = {}
     ends = list(stops) + list(restarts)
     eos = end_ids(model, tokenizer)
-    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=eos or None)
+    pad = pad_id(tokenizer)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos or None)
     per_token = kv_cache_bytes_per_token(model)
     start = 0
     while start < len(order):
@@ -199,20 +240,27 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
         rows_fit = max(1, min(batch_size, CACHE_BYTES // max(1, per_token * longest)))
         chunk, start = order[start : start + rows_fit], start + rows_fit
         rows = [encoded[i] for i in chunk]
-        ids, mask = left_padded(rows, pad_id(tokenizer))
+        ids, mask = left_padded(rows, pad)
         inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
+        loops = StoppingCriteriaList([LoopStop(ids.shape[1])])
         try:  # transformers stops a row at a stop string; the text is cut below either way
-            out = model.generate(**inputs, **options, stop_strings=ends or None, tokenizer=tokenizer if ends else None)
+            out = model.generate(**inputs, **options, stop_strings=ends or None, tokenizer=tokenizer if ends else None,
+                                 stopping_criteria=loops)
         except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
-            out = model.generate(**inputs, **options)
+            out = model.generate(**inputs, **options, stopping_criteria=loops)
         for row, index in enumerate(chunk):
             new = out[row, ids.shape[1]:].tolist()
             first_end = next((i for i, token in enumerate(new) if token in eos), None)
-            ended = first_end is not None
-            if ended:
-                new = new[:first_end]
-            text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), ends)
-            results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped)
+            new = new if first_end is None else new[:first_end]
+            while new and new[-1] == pad:  # a row that stopped before the batch's last is padded
+                new.pop()
+            cut = loop_cut(new)
+            ended = first_end is not None and cut is None  # after a loop, the "EOS" is padding (pad = EOS)
+            whole = tokenizer.decode(new, skip_special_tokens=True)
+            text, stopped = cut_at_stop(tokenizer.decode(new[:cut], skip_special_tokens=True) if cut else whole, ends)
+            loop = whole[len(text):] if cut and not stopped and whole.startswith(text) else ""
+            results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped,
+                                     loop=loop)
         on_batch(len(chunk))
     return [results[i] for i in range(len(prompts))]
 
@@ -255,12 +303,24 @@ def merged_adapter(model) -> Iterator[None]:
         model.unmerge_adapter()
 
 
-def loops_after_first_line(text: str) -> bool:
-    """Whether the text after the first line repeats one of its lines (of 3+ visible characters):
-    a model that ran on past its answer into a loop, as greedy decoding does."""
-    lines = [line.strip() for line in text.lstrip("\n").split("\n")[1:]]
+def repeats_after_first_line(text: str, *, words: int = 4) -> bool:
+    """Whether the text after the first line repeats itself, as greedy decoding does once a model
+    has run on past its answer: one of its lines (of 3+ visible characters) again, or ``words``
+    consecutive words that the answer (its first line included) has already written."""
+    body = text.lstrip("\n")
+    first, _, rest = body.partition("\n")
+    lines = [line.strip() for line in rest.split("\n")]
     lines = [line for line in lines if len(line) >= 3]
-    return len(lines) != len(set(lines))
+    if len(lines) != len(set(lines)):
+        return True
+    written, start = re.findall(r"\w+", body.lower()), len(re.findall(r"\w+", first.lower()))
+    seen = set()
+    for index in range(len(written) - words + 1):
+        gram = tuple(written[index : index + words])
+        if index >= start and gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEffect] | None = None, share: float = 0.8) -> str | None:
@@ -268,12 +328,12 @@ def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEff
     ran to the token budget, so the teacher never learnt to stop; then the text after the first
     line is shown to be a run-on, not more answer, by either of: at least ``share`` of those
     answers loop after their first line (as greedy decoding does), or the adapter's own effect
-    there, ``effect()`` (measured only when the loops do not decide), is under ``AFTER_SHARE`` of
+    there, ``effect()`` (measured only when the repeats do not decide), is under ``AFTER_SHARE`` of
     its effect on the first line: past it the base model writes on, the adapter barely shapes it."""
     unfinished = [a for a in answers if not a.finished]
     if not unfinished or len(unfinished) < share * len(answers):
         return None
-    looping = sum(loops_after_first_line(a.answer) for a in unfinished)
+    looping = sum(repeats_after_first_line(a.answer + a.loop) for a in unfinished)
     ran_on = f"the first line break: the teacher ran on to the token budget in {len(unfinished)} of {len(answers)} probe answers and "
     if looping >= share * len(unfinished):
         return ran_on + f"repeated itself after the first line in {looping}"
@@ -317,7 +377,9 @@ def first_line(example: Example) -> Example:
     text = example.answer
     start = len(text) - len(text.lstrip("\n"))  # an answer may open with its line break
     end = text.find("\n", start)
-    return dataclasses.replace(example, answer=text if end < 0 else text[: end + 1], finished=True)
+    if end < 0:  # one line, up to a loop or the budget
+        return dataclasses.replace(example, finished=True)
+    return dataclasses.replace(example, answer=text[: end + 1], finished=True, loop="")
 
 
 def generation_agreement(student_answers: Sequence[Example], teacher_answers: Sequence[Example]) -> dict[str, float]:
@@ -423,7 +485,7 @@ def no_window_gain(values: Sequence[float], patience: int) -> bool:
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int, autocast: torch.dtype | None = None,
-                       on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
+                       start_bpb: float | None = None, on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
     masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap.
 
@@ -437,7 +499,9 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     later, its rate falling to zero over those steps. The held-out prompts
     are measured at the start and the end (and at each check that runs them); the adapter kept is
     the best of those measurements, the start included. ``train`` serves the batches. ``autocast``:
-    the dtype the training steps compute in (placement.training_autocast); checks never autocast."""
+    the dtype the training steps compute in (placement.training_autocast); checks never autocast.
+    ``start_bpb``: the start's held-out bits per byte when the caller knows it (a fresh adapter is
+    the target base), so it is not measured again."""
     params = [p for p in student.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
@@ -445,7 +509,7 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         cooldown = max(1, min(eval_every, steps))
         end = steps  # the last step: the cap, or the end of a cool-down begun early
         evaluate = lambda: bits_per_byte(student, tokenizer, held_out, max_length=max_length)  # noqa: E731
-        held, unseen = [(0, evaluate())], []
+        held, unseen = [(0, evaluate() if start_bpb is None else start_bpb)], []
         best, best_step = [p.detach().clone() for p in params], 0
         window = [0.0, 0, 0]  # nats and bytes of this window's unseen answers, and its unseen steps
         loss_value, step = float("nan"), 0

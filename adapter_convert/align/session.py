@@ -35,7 +35,7 @@ HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreemen
 # a longer prompt loses its beginning, never its end (generative.keep_last)
 ANSWER_WINDOW = 1024
 MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
-PROBE_PROMPTS = 16  # the teacher's first answers, read to see how its answers end
+PROBE_PROMPTS = 32  # the teacher's first answers (one generation batch), read to see how its answers end
 GENERATION_BATCH = 32  # prompts answered at once (left-padded, with the KV cache; 16 took a third longer on 2 CPU cores)
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
@@ -239,7 +239,9 @@ class AlignmentSession:
         student = get_peft_model(self.student, dataclasses.replace(peft_config, inference_mode=False))
         set_peft_model_state_dict(student, tensors)
         if self.generative:
-            evaluation = self._refine_on_answers(teacher, student)
+            # a fresh LoRA starts at B = 0: the target base itself, so its start need not be measured again
+            lora_b = [t for key, t in tensors.items() if "lora_B" in key]
+            evaluation = self._refine_on_answers(teacher, student, starts_at_base=bool(lora_b) and not any(t.any() for t in lora_b))
             return _trained(student, tensors), evaluation
         head_map = fitted.head_map if fitted is not None and fitted.head_map is not None else torch.eye(plan.target_dims.hidden, dtype=torch.float64)
         compare = dict(task_type=self.task_type, has_head=self.has_head, head_map=head_map)
@@ -272,7 +274,7 @@ class AlignmentSession:
                                 f"{limit} (a prompt's end, where the answer follows, is kept)")
         return cut
 
-    def _refine_on_answers(self, teacher, student) -> dict:
+    def _refine_on_answers(self, teacher, student, *, starts_at_base: bool) -> dict:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
         the student's adapter learns its answers until held-out fidelity stops improving; the
         evaluation (agreement, distill, fidelity, calibration) by name."""
@@ -319,8 +321,10 @@ class AlignmentSession:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
+                    start_bpb=base_bpb if starts_at_base else None,
                     on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
-        start_bpb = run.held_out_bpb[0][1] if run else generative.bits_per_byte(student, tokenizer, held, max_length=length)
+        start_bpb = run.held_out_bpb[0][1] if run else base_bpb if starts_at_base else generative.bits_per_byte(
+            student, tokenizer, held, max_length=length)
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
         # no held-out answer is scored past the teacher's longest: generation stops a little after it
