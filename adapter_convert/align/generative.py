@@ -29,8 +29,8 @@ from .capture import on_device
 IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
 CACHE_BYTES = 2 * 2**30  # a generation batch keeps its KV cache under this (fewer rows for long prompts or big models)
 # the teacher's answers are one line when its adapter's effect after their first line (bits per byte
-# saved) is under this share of its effect on it (measured 0.07 to 0.24 on three one-line tasks; a
-# multi-line answer keeps the adapter's effect on every line)
+# saved) is under this share of its effect on it (measured 0.07 to 0.46 on three one-line tasks'
+# probes; a multi-line answer keeps the adapter's effect on every line)
 AFTER_SHARE = 0.5
 # a row that writes the same run of at most LOOP_PERIOD tokens LOOP_TIMES times over has looped (greedy
 # decoding does): generation ends it there, and its answer keeps the run once (loop_cut)
@@ -327,7 +327,8 @@ def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEff
     """Why the teacher's answers are its first lines, or None. Only when most answers (``share``)
     ran to the token budget, so the teacher never learnt to stop; then the text after the first
     line is shown to be a run-on, not more answer, by either of: at least ``share`` of those
-    answers loop after their first line (as greedy decoding does), or the adapter's own effect
+    answers repeat themselves after it (``repeats_after_first_line``, loops cut by ``loop_cut``
+    included), or the adapter's own effect
     there, ``effect()`` (measured only when the repeats do not decide), is under ``AFTER_SHARE`` of
     its effect on the first line: past it the base model writes on, the adapter barely shapes it."""
     unfinished = [a for a in answers if not a.finished]
