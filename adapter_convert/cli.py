@@ -279,7 +279,9 @@ def convert(
                                                 rich_help_panel="Alignment", min=1)] = 64,
     stop: Annotated[list[str] | None, typer.Option(help="Causal LM: a string that ends an answer (kept in it), beside EOS; "
                                                    "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "
-                                                   "prompts' common opening again.", rich_help_panel="Alignment", show_default=False)] = None,
+                                                   "prompts' common opening again, or loops. Without --stop, answers end at their "
+                                                   "first line break when the teacher's first 32 show it never stops and runs on "
+                                                   "past one line.", rich_help_panel="Alignment", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Causal LM: prompts per distillation step.", rich_help_panel="Alignment", min=1)] = 4,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
