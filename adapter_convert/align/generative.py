@@ -123,14 +123,8 @@ class LoopStop(StoppingCriteria):
         self.prompt_width = prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        new = input_ids[:, self.prompt_width :]
-        done = torch.zeros(len(new), dtype=torch.bool, device=new.device)
-        for period in range(1, LOOP_PERIOD + 1):
-            if new.shape[1] < LOOP_TIMES * period:
-                break
-            runs = new[:, -LOOP_TIMES * period :].reshape(len(new), LOOP_TIMES, period)
-            done |= (runs == runs[:, :1]).all(dim=2).all(dim=1)
-        return done
+        rows = input_ids[:, self.prompt_width :].tolist()
+        return torch.tensor([loop_cut(row) is not None for row in rows], dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

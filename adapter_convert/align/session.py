@@ -312,6 +312,7 @@ class AlignmentSession:
         tokenizer, length = self.student_tokenizer, self.answer_window
         with student.disable_adapter():  # the same model, its adapter off: the target base
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
+        start_bpb = base_bpb if starts_at_base else generative.bits_per_byte(student, tokenizer, held, max_length=length)
         run = None
         if request.distill_steps > 0:
             # a --dtype given is what the steps compute in too: no autocast (the same numbers on every machine)
@@ -321,10 +322,8 @@ class AlignmentSession:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
-                    start_bpb=base_bpb if starts_at_base else None,
+                    start_bpb=start_bpb,
                     on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
-        start_bpb = run.held_out_bpb[0][1] if run else base_bpb if starts_at_base else generative.bits_per_byte(
-            student, tokenizer, held, max_length=length)
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
         # no held-out answer is scored past the teacher's longest: generation stops a little after it
