@@ -212,30 +212,15 @@ def check_source_ranks(config, parsed: ParsedAdapter, arch: Architecture) -> Non
 
 def choose_layer_map(parsed: ParsedAdapter, spec: str, source_dims: Dims, target_dims: Dims) -> LayerMap:
     """The layer map ``spec`` names for these sizes (layer types compared where both bases name
-    them), checked to take the adapter's adapted layers."""
+    them), checked to take the adapter's adapted layers (each stack's, with several stacks)."""
+    adapted, per_stack = _adapted_layers(parsed), {name: _adapted_layers(stack) for name, stack in parsed.stacks.items()}
     layer_map = layer_map_for(spec, source_dims, target_dims)
-    check_layer_map_covers(parsed, layer_map)
+    layer_map.check_covers(adapted, per_stack)
     return layer_map
 
 
-def check_layer_map_covers(parsed: ParsedAdapter, layer_map: LayerMap) -> None:
-    """A layer map must take at least one adapted source layer, and an explicit one only adapted
-    layers: otherwise the output would hold no adapter where the user asked for one."""
-    for name, stack_map in layer_map.stacks:  # several layer stacks: each map covers its own stack
-        if name in parsed.stacks:
-            check_layer_map_covers(parsed.stacks[name], stack_map)
-    adapted = sorted({layer for layer, _ in parsed.layers})
-    if not adapted:
-        return  # embeddings or heads only
-    mapped = sorted({s for sources in layer_map.sources.values() for s in sources})
-    bare = [s for s in mapped if s not in adapted]
-    if (layer_map.strategy == "explicit" and bare) or not set(mapped) & set(adapted):
-        raise LayerMapError(
-            f"The layer map takes source layer(s) {', '.join(map(str, bare))}, which carry no adapter; "
-            f"the adapter is trained on source layers {', '.join(map(str, adapted))}.",
-            "Map target layers onto those source layers, e.g. "
-            + repr(",".join(f"{s}:{t}" for t, s in enumerate(adapted[: len(layer_map.sources) or 1]))) + ".",
-        )
+def _adapted_layers(parsed: ParsedAdapter) -> list[int]:
+    return sorted({layer for layer, _ in parsed.layers})
 
 
 def width_mismatch(plan_modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], source: Dims, target: Dims) -> str | None:

@@ -207,6 +207,9 @@ class GenerationFidelity(_Serialized):
     # (step, bits per byte of the last check window's training answers, each measured before the student learnt from it)
     unseen_curve: tuple[tuple[int, float], ...] = ()
     prompts_cut: int = 0  # prompts longer than the window leaves them: their beginnings were cut, their ends kept
+    # what each part computed in: "teacher answers", "training steps", "held-out generations", "bits per byte"
+    # ("bfloat16 autocast", or the weights' own dtype)
+    computed_in: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ another family, width and tokenizer with only its prompts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -142,6 +143,80 @@ def test_teacher_answers_are_written_only_as_training_reaches_them():
         TeacherAnswers(["p3"], write, seed=0, chunk=1).batch(1)
 
 
+def test_teacher_answers_come_in_runs_of_alike_length():
+    """With ``group``, each chunk written is served in runs of ``group`` answers of about the same
+    length (a batch of one run pads little); every answer still comes once."""
+    from adapter_convert.align.generative import TeacherAnswers
+
+    prompts_by_length = ["p" * n for n in (1, 9, 2, 8, 3, 7, 4, 6)]
+    answers = TeacherAnswers(prompts_by_length, lambda ps: [Example(p, " a") for p in ps], seed=0, chunk=4, group=2)
+    served = [frozenset(e.prompt for e in answers.batch(2)) for _ in range(4)]
+    chunks = [sorted((e.prompt for e in answers.written[i : i + 4]), key=len) for i in (0, 4)]  # as written: chunk by chunk
+    runs = {frozenset(chunk[i : i + 2]) for chunk in chunks for i in (0, 2)}
+    assert set(served) == runs and len(served) == 4  # the two shortest of a chunk together, the two longest together
+    plain = TeacherAnswers(prompts_by_length, lambda ps: [Example(p, " a") for p in ps], seed=0, chunk=4)
+    assert [e.prompt for e in plain.batch(4)] == [e.prompt for e in plain.written]  # group 1: as written
+
+
+def test_frozen_copies_give_autocasts_numbers_and_leave_the_model_as_it_was():
+    """The frozen linear weights' copies in the autocast dtype give the very logits and adapter
+    gradients autocast gives when it casts them itself; the tied output head is untied only while
+    swapped, the adapter's weights are never copied."""
+    from adapter_convert.align.generative import FrozenCopies
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(tiny_config("llama", 2, tie_word_embeddings=True))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight is embedding.weight
+    before = dict(model.named_parameters())
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    assert FrozenCopies.extra_bytes(model, torch.bfloat16) == sum(m.weight.numel() * 2 for m in frozen)
+    copies = FrozenCopies(model, torch.bfloat16)
+    ids = torch.randint(3, 128, (2, 7))
+
+    def logits_and_grads(swapped: bool):
+        with copies.swapped() if swapped else contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
+            if swapped:
+                assert head.weight.dtype == torch.bfloat16 and embedding.weight.dtype == torch.float32
+                assert all(m.weight.dtype == torch.bfloat16 for m in frozen)
+                assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+            logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        return logits, grads
+
+    plain, plain_grads = logits_and_grads(swapped=False)
+    cast, cast_grads = logits_and_grads(swapped=True)
+    assert torch.equal(plain, cast) and plain_grads.keys() == cast_grads.keys()
+    assert all(torch.equal(plain_grads[n], cast_grads[n]) for n in plain_grads)
+    assert dict(model.named_parameters()) == before and head.weight is embedding.weight  # the originals, tied again
+
+
+def test_distillation_steps_run_without_dropout():
+    """The steps keep the model in eval mode: with the adapter's dropout at 0.9 and a learning rate
+    of 0, the step's loss is the loss of the answers measured in eval mode, to the last digit."""
+    from adapter_convert.align.generative import TeacherAnswers, answer_nats, distill_on_answers
+
+    tokenizer = byte_bpe(300)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(tiny_config("llama", 2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
+                                                        bos_token_id=1))
+    student = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.9, target_modules=all_module_names("llama"),
+                                              task_type="CAUSAL_LM", init_lora_weights=False))
+    train = TeacherAnswers(prompts(4), lambda ps: [Example(p, ANSWER) for p in ps], seed=0, chunk=4)
+    run = distill_on_answers(student, tokenizer, train, [Example(p, ANSWER) for p in prompts(2, offset=7)], steps=1, lr=0.0, seed=0,
+                             batch_size=4, max_length=64, eval_every=10, patience=3)
+    with torch.no_grad():
+        nats, tokens = answer_nats(student.eval(), encode_examples(tokenizer, train.written, max_length=64))
+    assert run.final_loss == pytest.approx(float(nats / tokens), rel=1e-6)
+    student.train()  # the same answers with dropout on score otherwise
+    with torch.no_grad():
+        dropped, _ = answer_nats(student, encode_examples(tokenizer, train.written, max_length=64))
+    assert float(dropped / tokens) != pytest.approx(run.final_loss, rel=1e-3)
+
+
 def test_the_learning_rate_falls_to_zero_at_the_cap_or_at_an_early_end():
     from adapter_convert.align.generative import decay_rate
 
@@ -228,6 +303,9 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     assert fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["start"] == fidelity["bits_per_byte"]["target base"]
     assert fidelity["token_f1"]["converted"] > fidelity["token_f1"]["target base"]
     assert fidelity["token_f1"]["converted"] >= 0.9 and report["agreement"]["value"] == fidelity["token_f1"]["converted"]
+    # what each part computed in: checks in the weights' own dtype, the rest autocast where the machine is fast at it
+    assert fidelity["computed_in"]["bits per byte"] == "float32"
+    assert set(fidelity["computed_in"]) == {"teacher answers", "training steps", "held-out generations", "bits per byte"}
     assert report["distill"]["best_step"] > 0
     # the run ends at the cap, or 10 steps (a cool-down) after held-out fidelity stopped improving
     cooldown_from = report["distill"]["cooldown_from"]

@@ -392,15 +392,15 @@ class TeacherAnswers:
     """The teacher's answers to the training prompts, written as training reaches them: the prompts
     in one seeded shuffled order, answered ``chunk`` at a time (a generation batch), so a run that
     stops early never pays for answers it would not read. Every answer is written once; after the
-    first pass, epochs reshuffle the answers already written. Empty answers (the teacher wrote
-    nothing) are dropped. ``last_unseen`` says whether the last batch was all first reads: the
+    first pass, epochs reshuffle the answers already written; answers are served in runs of
+    ``group`` of about the same length. Empty answers (the teacher wrote nothing) are dropped. ``last_unseen`` says whether the last batch was all first reads: the
     student's loss on it, before it learns from it, is a held-out measurement for free."""
 
-    def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int):
+    def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int, group: int = 1):
         self._rng = random.Random(seed)
         self._unwritten = list(prompts)
         self._rng.shuffle(self._unwritten)
-        self._write, self._chunk = write, chunk
+        self._write, self._chunk, self._group = write, chunk, group
         self.written: list[Example] = []  # every non-empty answer so far, in the order written
         self.empty = 0  # prompts the teacher wrote nothing for
         self._queue: list[tuple[Example, bool]] = []  # (answer, read for the first time)
@@ -421,7 +421,18 @@ class TeacherAnswers:
         kept = [a for a in answers if a.answer.strip()]
         self.empty += len(answers) - len(kept)
         self.written += kept
-        self._queue += [(a, True) for a in kept]
+        self._queue += [(a, True) for a in self._alike_in_runs(kept)]
+
+    def _alike_in_runs(self, answers: Sequence[Example]) -> list[Example]:
+        """``answers`` in runs of ``group`` of about the same length (characters), the runs in a seeded
+        order: a batch of one run pads little. Measured on ner's prompts in batches of 4: random
+        batches hold 24% padding, runs cut from 32 sorted answers 5%."""
+        if self._group <= 1:
+            return list(answers)
+        ordered = sorted(answers, key=lambda a: len(a.prompt) + len(a.answer))
+        runs = [ordered[i : i + self._group] for i in range(0, len(ordered), self._group)]
+        self._rng.shuffle(runs)
+        return [a for run in runs for a in run]
 
     def batch(self, size: int) -> list[Example]:
         """The next ``size`` answers: written ones not yet read, else newly written, else another epoch."""
@@ -430,7 +441,7 @@ class TeacherAnswers:
                 chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
                 self.add(self._write(chunk))
             elif self.written:  # an epoch over what was written
-                self._queue += [(a, False) for a in self._rng.sample(self.written, len(self.written))]
+                self._queue += [(a, False) for a in self._alike_in_runs(self._rng.sample(self.written, len(self.written)))]
             else:
                 raise ValueError("the teacher wrote no answer to any training prompt")
         batch, self._queue = self._queue[:size], self._queue[size:]
@@ -446,6 +457,47 @@ class DistillRun:
     final_loss: float
     cooldown_from: int | None = None  # where an early end's cool-down began (None: the rate fell linearly to the cap)
     unseen_bpb: tuple[tuple[int, float], ...] = ()  # (step, bits per byte of the window's answers, each read before learning from it)
+
+
+class FrozenCopies:
+    """Copies of a model's frozen linear weights in the dtype it autocasts to, made once and
+    swapped in while ``swapped()``. Autocast caches its casts only of weights that train, so
+    without them every frozen weight is cast again on every call: measured on the CPU, a quarter
+    of a gemma-3-270m training step, and most of a decoding step. A weight tied to an embedding (an
+    output head) is untied while swapped; outside, the model has its original weights."""
+
+    def __init__(self, model, dtype: torch.dtype | None):
+        self._swaps = [(m, m.weight, torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False))
+                       for m in _castable(model, dtype)] if dtype is not None else []
+
+    @staticmethod
+    def extra_bytes(model, dtype: torch.dtype) -> int:
+        """The memory the copies take: what to check against the memory available before making them."""
+        return sum(m.weight.numel() * dtype.itemsize for m in _castable(model, dtype))
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        for module, _, copy in self._swaps:
+            module.weight = copy
+        try:
+            yield
+        finally:
+            for module, weight, _ in self._swaps:
+                module.weight = weight
+
+
+def _castable(model, dtype: torch.dtype) -> list[torch.nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+            and m.weight.is_floating_point() and m.weight.dtype != dtype]
+
+
+@contextmanager
+def computing_in(model, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inference (generation) under ``dtype`` autocast, the frozen weights cast once for the call
+    (``FrozenCopies``; the caller checked they fit in memory); None: as the weights are. Measured
+    on the CPU: SmolLM2 wrote 128 answers in 11.5 s instead of 18.4 s, 123 of them the same."""
+    with FrozenCopies(model, dtype).swapped(), torch.autocast(model.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        yield
 
 
 def decay_rate(done: int, *, steps: int, cooldown: int, early_end: int | None = None) -> float:
@@ -480,9 +532,12 @@ def no_window_gain(values: Sequence[float], patience: int) -> bool:
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int, autocast: torch.dtype | None = None,
-                       start_bpb: float | None = None, on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
+                       start_bpb: float | None = None, cast_once: bool = False,
+                       on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
-    masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap.
+    masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap. The model
+    stays in eval mode, so no dropout: each answer is read about once, there is nothing to
+    regularise against, and the adapter's dropout took an eighth of a step on the CPU.
 
     Every ``eval_every`` steps the run checks whether it still gains. While every answer of those
     steps was read for the first time, the check is free: the bits per byte of those answers,
@@ -495,9 +550,12 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     are measured at the start and the end (and at each check that runs them); the adapter kept is
     the best of those measurements, the start included. ``train`` serves the batches. ``autocast``:
     the dtype the training steps compute in (placement.training_autocast); checks never autocast.
-    ``start_bpb``: the start's held-out bits per byte when the caller knows it (a fresh adapter is
-    the target base), so it is not measured again."""
+    ``cast_once``: the steps read copies of the frozen weights cast to ``autocast`` once
+    (``FrozenCopies``; the caller checked they fit in memory). ``start_bpb``: the start's held-out
+    bits per byte when the caller knows it (a fresh adapter is the target base), so it is not
+    measured again."""
     params = [p for p in student.parameters() if p.requires_grad]
+    copies = FrozenCopies(student, autocast if cast_once else None)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -508,10 +566,10 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         best, best_step = [p.detach().clone() for p in params], 0
         window = [0.0, 0, 0]  # nats and bytes of this window's unseen answers, and its unseen steps
         loss_value, step = float("nan"), 0
-        student.train()
+        student.eval()
         while step < end:
             chunk = train.batch(batch_size)
-            with torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
+            with copies.swapped(), torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
                 nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
             if train.last_unseen:
                 window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
@@ -540,6 +598,5 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         with torch.no_grad():
             for param, kept in zip(params, best):
                 param.copy_(kept)
-        student.eval()
     return DistillRun(steps=step, best_step=best_step, held_out_bpb=tuple((s, round(v, 4)) for s, v in held), final_loss=loss_value,
                       cooldown_from=end - cooldown if end < steps else None, unseen_bpb=tuple((s, round(v, 4)) for s, v in unseen))

@@ -41,7 +41,7 @@ MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one he
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
 EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (generative.distill_on_answers says how)
 GENERATION_AGREEMENT = "token F1 of greedy generations vs the teacher's"
-MIXED_PRECISION = True  # output distillation's steps autocast where the device is fast at it (placement.training_autocast)
+MIXED_PRECISION = True  # output distillation's steps and generations autocast where the device is fast at it (placement.training_autocast)
 
 
 def held_out_tokens(calibration_tokens: int) -> int:
@@ -274,6 +274,18 @@ class AlignmentSession:
                                 f"{limit} (a prompt's end, where the answer follows, is kept)")
         return cut
 
+    def _fast_dtype(self, model, *, copies: bool = True) -> torch.dtype | None:
+        """The dtype ``model`` computes its answers and training steps in under autocast: the one its
+        device is fast at (placement.training_autocast), unless ``--dtype`` was given (then the same
+        numbers on every machine). With ``copies``, only where copies of its frozen weights in that
+        dtype (generative.FrozenCopies) fit in half the memory available: without them, autocast
+        casts every weight on every decoding step."""
+        dtype = training_autocast(model) if MIXED_PRECISION and not self.options.dtype else None
+        if dtype is None or not copies:
+            return dtype
+        available = available_memory()
+        return dtype if available is None or 2 * generative.FrozenCopies.extra_bytes(model, dtype) <= available else None
+
     def _refine_on_answers(self, teacher, student, *, starts_at_base: bool) -> dict:
         """Output-space distillation (align/generative.py): the teacher answers the prompts once,
         the student's adapter learns its answers until held-out fidelity stops improving; the
@@ -286,16 +298,22 @@ class AlignmentSession:
         cut = self._say_cut_prompts(train_prompts + self.held_texts, request.max_new_tokens)
         answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
 
+        # generation autocasts only where the frozen weights' copies fit (each decoding step would cast them again)
+        fast = {"teacher": self._fast_dtype(teacher), "student": self._fast_dtype(student)}
+        computed = lambda dtype, model: f"{str(dtype or model.dtype).removeprefix('torch.')}" + (" autocast" if dtype else "")  # noqa: E731
+        in_dtype = lambda dtype: f" ({computed(dtype, None)})" if dtype else ""  # noqa: E731 (for a progress label)
+
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
-            with generative.merged_adapter(teacher):
+            with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
                 answers = generative.generate(teacher, self.teacher_tokenizer, prompts, stops=stops, restarts=restart, **options,
                                               batch_size=GENERATION_BATCH, on_batch=advance)
             return [generative.first_line(a) for a in answers] if one_line else answers
 
         one_line = None
-        train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH)
+        train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH, group=request.batch_size)
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
-        with self.reporter.progress("Teacher writing answers (probe and held-out prompts)", len(probe) + len(self.held_texts)) as advance:
+        with self.reporter.progress("Teacher writing answers (probe and held-out prompts)" + in_dtype(fast["teacher"]),
+                                    len(probe) + len(self.held_texts)) as advance:
             probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
             effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, probed, max_length=self.answer_window)  # noqa: E731
             one_line = None if stops else generative.one_line_answers(probed, effect=effect)
@@ -313,27 +331,24 @@ class AlignmentSession:
         with student.disable_adapter():  # the same model, its adapter off: the target base
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
         start_bpb = base_bpb if starts_at_base else generative.bits_per_byte(student, tokenizer, held, max_length=length)
-        run = None
+        run, autocast = None, self._fast_dtype(student, copies=False)
         if request.distill_steps > 0:
-            # a --dtype given is what the steps compute in too: no autocast (the same numbers on every machine)
-            autocast = training_autocast(student) if MIXED_PRECISION and not request.dtype else None
-            label = "Distilling on the teacher's answers" + (f" ({str(autocast).removeprefix('torch.')} autocast)" if autocast else "")
-            with self.reporter.progress(label, request.distill_steps) as advance:
+            with self.reporter.progress("Distilling on the teacher's answers" + in_dtype(autocast), request.distill_steps) as advance:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
-                    start_bpb=start_bpb,
+                    start_bpb=start_bpb, cast_once=fast["student"] is not None,
                     on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
         # no held-out answer is scored past the teacher's longest: generation stops a little after it
         answer_tokens = [len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held]
         gen = dict(stops=stops, restarts=restart, max_new_tokens=min(request.max_new_tokens, max(answer_tokens) + 8), max_length=length)
-        with self.reporter.progress("Measuring held-out generations", 2 * len(held)) as advance:
-            with student.disable_adapter():
+        with self.reporter.progress("Measuring held-out generations" + in_dtype(fast["student"]), 2 * len(held)) as advance:
+            with student.disable_adapter(), generative.computing_in(student, fast["student"]):
                 written_base = generative.generate(student, tokenizer, held_prompts, **gen, batch_size=GENERATION_BATCH,
                                                    on_batch=lambda n: advance(amount=n))
-            with generative.merged_adapter(student):
+            with generative.merged_adapter(student), generative.computing_in(student, fast["student"]):
                 written = generative.generate(student, tokenizer, held_prompts, **gen, batch_size=GENERATION_BATCH,
                                               on_batch=lambda n: advance(amount=n))
         converted, base = generative.generation_agreement(written, held), generative.generation_agreement(written_base, held)
@@ -342,6 +357,8 @@ class AlignmentSession:
         fidelity = GenerationFidelity(
             prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
             answer_end=answer_end, prompts_cut=cut,
+            computed_in={"teacher answers": computed(fast["teacher"], teacher), "training steps": computed(autocast, student),
+                         "held-out generations": computed(fast["student"], student), "bits per byte": computed(None, student)},
             bits_per_byte={"target base": round(base_bpb, 4), "start": round(start_bpb, 4), "converted": round(final_bpb, 4)},
             token_f1={"target base": round(base["token_f1"], 4), "converted": round(converted["token_f1"], 4)},
             exact_match={"target base": round(base["exact_match"], 4), "converted": round(converted["exact_match"], 4)},

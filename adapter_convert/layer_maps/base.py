@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import LayerMapError
@@ -23,6 +24,25 @@ class LayerMap:
         strategies = list(dict.fromkeys(m.strategy for _, m in maps))
         strategy = strategies[0] if len(strategies) == 1 else "; ".join(f"{name}: {m.strategy}" for name, m in maps)
         return cls(strategy, {}, stacks=maps)
+
+    def check_covers(self, adapted: Sequence[int], stacks: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Raise unless the map takes at least one of the ``adapted`` source layers (those the
+        adapter trains; ``stacks``: each stack's, for a map per stack), and, if explicit, only
+        those: otherwise the output would hold no adapter where the user asked for one."""
+        for name, stack_map in self.stacks:
+            if stacks and name in stacks:
+                stack_map.check_covers(stacks[name])
+        if not adapted:
+            return  # embeddings or heads only
+        mapped = sorted({s for sources in self.sources.values() for s in sources})
+        bare = [s for s in mapped if s not in adapted]
+        if (self.strategy == "explicit" and bare) or not set(mapped) & set(adapted):
+            raise LayerMapError(
+                f"The layer map takes source layer(s) {', '.join(map(str, bare))}, which carry no adapter; "
+                f"the adapter is trained on source layers {', '.join(map(str, adapted))}.",
+                "Map target layers onto those source layers, e.g. "
+                + repr(",".join(f"{s}:{t}" for t, s in enumerate(adapted[: len(self.sources) or 1]))) + ".",
+            )
 
     def rows(self) -> list[tuple[int, tuple[int, ...]]]:
         return sorted(self.sources.items())
