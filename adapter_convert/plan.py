@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,9 +47,8 @@ class ParsedAdapter:
 
     @property
     def num_labels(self) -> int | None:
-        """Number of labels its classification head was trained with (the head's last weight's rows)."""
-        weights = [t for params in self.heads.values() for t in params.values() if t.ndim == 2]
-        return weights[-1].shape[0] if weights else None
+        """Number of labels its classification head was trained with (``labels_of`` its tensors)."""
+        return labels_of(t for params in self.heads.values() for t in params.values())
 
 
 def _key_mismatch(key: str, arch: Architecture, why: str) -> BadAdapterError:
@@ -178,10 +178,15 @@ def _check_shape(key: str, tensor: torch.Tensor, param: str, shape: tuple[int, i
         )
 
 
-def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
-    """Number of labels a classification head was trained with (its last weight's rows)."""
-    weights = [t for k, t in tensors.items() for h in heads or [] if k.startswith(f"{PEFT_PREFIX}{h}.") and t.ndim == 2]
+def labels_of(head_tensors: Iterable[torch.Tensor]) -> int | None:
+    """Number of labels a classification head was trained with: the rows of its last weight."""
+    weights = [t for t in head_tensors if t.ndim == 2]
     return weights[-1].shape[0] if weights else None
+
+
+def head_labels(tensors: dict[str, torch.Tensor], heads: list[str] | None) -> int | None:
+    """``labels_of`` the head named in ``heads`` (modules_to_save), from an adapter file's tensors."""
+    return labels_of(t for k, t in tensors.items() for h in heads or [] if k.startswith(f"{PEFT_PREFIX}{h}."))
 
 
 def check_source_ranks(config, parsed: ParsedAdapter, arch: Architecture) -> None:
