@@ -296,7 +296,8 @@ def convert(
         typer.Option(help="dtype the bases load in for alignment: float32, bfloat16 or float16. Default: on a GPU each "
                      "checkpoint's own (the two may differ); on the CPU float32 when both fit in half the available memory "
                      "(a bfloat16 conversion took 2.5-4.7x as long there), else each checkpoint's own. Without it, output distillation's "
-                     "steps and generations compute in bfloat16 autocast where the device is fast at it; given, they compute in this dtype. "
+                     "steps compute in bfloat16 autocast where the device is fast at it (its generations too, where copies of the frozen "
+                     "weights fit in memory); given, they compute in this dtype. "
                      "Statistics and maps are float64 either way.",
                      rich_help_panel="Alignment", show_default=False),
     ] = None,

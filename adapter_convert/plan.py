@@ -700,8 +700,8 @@ def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, 
     if fused:
         raise UnsupportedError(
             f"Alignment across fused projections ({', '.join(fused)}) is not supported yet.",
-            "Use --align fresh (a new adapter of the source's rank and modules, distilled on the source's own outputs; "
-            "what --align auto picks for a causal LM), or align between architectures with separate q/k/v and gate/up projections.",
+            "Use --align fresh (a new adapter of the source's rank and modules, distilled on the source's own outputs), "
+            "or align between architectures with separate q/k/v and gate/up projections.",
         )
     if any(len(sources) > 1 for sources in layer_map.sources.values()):
         raise UnsupportedError("Alignment needs one source layer per target layer; AVG maps several.", "Use --layer-map skip or uniform.")

@@ -156,6 +156,14 @@ def test_teacher_answers_come_in_runs_of_alike_length():
     assert set(served) == runs and len(served) == 4  # the two shortest of a chunk together, the two longest together
     plain = TeacherAnswers(prompts_by_length, lambda ps: [Example(p, " a") for p in ps], seed=0, chunk=4)
     assert [e.prompt for e in plain.batch(4)] == [e.prompt for e in plain.written]  # group 1: as written
+    # an empty answer leaves a short run: it is served last and grouped again with what comes next,
+    # so the full runs stay whole (shuffled in among them, it would split every batch after it)
+    for seed in range(6):
+        lengths = (1, 2, 3, 4, 10, 11, 12, 13)
+        leftover = TeacherAnswers(["p" * n for n in lengths], lambda ps: [Example(p, "" if len(p) == 13 else " a") for p in ps],
+                                  seed=seed, chunk=8, group=2)
+        first = {frozenset(len(e.prompt) for e in leftover.batch(2)) for _ in range(3)}
+        assert first == {frozenset((1, 2)), frozenset((3, 4)), frozenset((10, 11))}, (seed, first)
 
 
 def test_frozen_copies_give_autocasts_numbers_and_leave_the_model_as_it_was():
@@ -171,7 +179,7 @@ def test_frozen_copies_give_autocasts_numbers_and_leave_the_model_as_it_was():
     assert head.weight is embedding.weight
     before = dict(model.named_parameters())
     frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
-    assert FrozenCopies.extra_bytes(model, torch.bfloat16) == sum(m.weight.numel() * 2 for m in frozen)
+    assert FrozenCopies.extra_bytes(model, torch.bfloat16) == {torch.device("cpu"): sum(m.weight.numel() * 2 for m in frozen)}
     copies = FrozenCopies(model, torch.bfloat16)
     ids = torch.randint(3, 128, (2, 7))
 
@@ -306,6 +314,7 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     # what each part computed in: checks in the weights' own dtype, the rest autocast where the machine is fast at it
     assert fidelity["computed_in"]["bits per byte"] == "float32"
     assert set(fidelity["computed_in"]) == {"teacher answers", "training steps", "held-out generations", "bits per byte"}
+    assert f"Computed in: teacher answers {fidelity['computed_in']['teacher answers']};" in (out / "README.md").read_text()
     assert report["distill"]["best_step"] > 0
     # the run ends at the cap, or 10 steps (a cool-down) after held-out fidelity stopped improving
     cooldown_from = report["distill"]["cooldown_from"]
@@ -484,6 +493,14 @@ def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):
     assert [step for step, _ in fidelity["unseen_curve"]] == [10]
     assert [step for step, _ in fidelity["held_out_curve"]] == [0, 20]
     assert fidelity["held_out_curve"][1][1] == fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["start"]
+
+
+def test_no_steps_says_so_in_what_each_part_computed_in(taught, tmp_path):
+    result = convert(taught, tmp_path / "out", "--stop", "\n", "--distill-steps", "0")
+    assert result.exit_code == 0, result.output
+    fidelity = json.loads(result.stdout)["alignment"]["fidelity"]
+    assert fidelity["computed_in"]["training steps"] == "none (--distill-steps 0)"
+    assert fidelity["bits_per_byte"]["converted"] == fidelity["bits_per_byte"]["target base"]  # a fresh start, untrained
 
 
 def test_bfloat16_autocast_steps_learn_the_answers_and_keep_float32_weights(taught):

@@ -393,8 +393,9 @@ class TeacherAnswers:
     in one seeded shuffled order, answered ``chunk`` at a time (a generation batch), so a run that
     stops early never pays for answers it would not read. Every answer is written once; after the
     first pass, epochs reshuffle the answers already written; answers are served in runs of
-    ``group`` of about the same length. Empty answers (the teacher wrote nothing) are dropped. ``last_unseen`` says whether the last batch was all first reads: the
-    student's loss on it, before it learns from it, is a held-out measurement for free."""
+    ``group`` of about the same length. Empty answers (the teacher wrote nothing) are dropped.
+    ``last_unseen`` says whether the last batch was all first reads: the student's loss on it,
+    before it learns from it, is a held-out measurement for free."""
 
     def __init__(self, prompts: Sequence[str], write: Callable[[list[str]], list[Example]], *, seed: int, chunk: int, group: int = 1):
         self._rng = random.Random(seed)
@@ -421,18 +422,21 @@ class TeacherAnswers:
         kept = [a for a in answers if a.answer.strip()]
         self.empty += len(answers) - len(kept)
         self.written += kept
-        self._queue += [(a, True) for a in self._alike_in_runs(kept)]
+        self._queue = self._alike_in_runs(self._queue + [(a, True) for a in kept])
 
-    def _alike_in_runs(self, answers: Sequence[Example]) -> list[Example]:
-        """``answers`` in runs of ``group`` of about the same length (characters), the runs in a seeded
-        order: a batch of one run pads little. Measured on ner's prompts in batches of 4: random
-        batches hold 24% padding, runs cut from 32 sorted answers 5%."""
+    def _alike_in_runs(self, queue: list[tuple[Example, bool]]) -> list[tuple[Example, bool]]:
+        """The answers waiting to be served (what is left of the last ones, and the new), in runs of
+        ``group`` of about the same length (characters), the full runs in a seeded order and a short
+        one last, to be grouped again with the next answers: a batch of one run pads little.
+        Measured on ner's prompts in batches of 4: random batches hold 24% padding, runs cut from 32
+        sorted answers 5%."""
         if self._group <= 1:
-            return list(answers)
-        ordered = sorted(answers, key=lambda a: len(a.prompt) + len(a.answer))
+            return queue
+        ordered = sorted(queue, key=lambda item: len(item[0].prompt) + len(item[0].answer))
         runs = [ordered[i : i + self._group] for i in range(0, len(ordered), self._group)]
+        short = [runs.pop()] if runs and len(runs[-1]) < self._group else []
         self._rng.shuffle(runs)
-        return [a for run in runs for a in run]
+        return [item for run in runs + short for item in run]
 
     def batch(self, size: int) -> list[Example]:
         """The next ``size`` answers: written ones not yet read, else newly written, else another epoch."""
@@ -441,7 +445,7 @@ class TeacherAnswers:
                 chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
                 self.add(self._write(chunk))
             elif self.written:  # an epoch over what was written
-                self._queue += [(a, False) for a in self._alike_in_runs(self._rng.sample(self.written, len(self.written)))]
+                self._queue = self._alike_in_runs(self._queue + [(a, False) for a in self._rng.sample(self.written, len(self.written))])
             else:
                 raise ValueError("the teacher wrote no answer to any training prompt")
         batch, self._queue = self._queue[:size], self._queue[size:]
@@ -471,9 +475,13 @@ class FrozenCopies:
                        for m in _castable(model, dtype)] if dtype is not None else []
 
     @staticmethod
-    def extra_bytes(model, dtype: torch.dtype) -> int:
-        """The memory the copies take: what to check against the memory available before making them."""
-        return sum(m.weight.numel() * dtype.itemsize for m in _castable(model, dtype))
+    def extra_bytes(model, dtype: torch.dtype) -> dict[torch.device, int]:
+        """The memory the copies take on each device: what to check against the memory free there
+        before making them."""
+        need: dict[torch.device, int] = {}
+        for module in _castable(model, dtype):
+            need[module.weight.device] = need.get(module.weight.device, 0) + module.weight.numel() * dtype.itemsize
+        return need
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
@@ -487,8 +495,10 @@ class FrozenCopies:
 
 
 def _castable(model, dtype: torch.dtype) -> list[torch.nn.Linear]:
+    """Frozen floating-point linear weights in another dtype, held in memory (an offloaded weight,
+    on the meta device, is cast by its own hook on every call: a copy would not help)."""
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
-            and m.weight.is_floating_point() and m.weight.dtype != dtype]
+            and m.weight.is_floating_point() and m.weight.dtype != dtype and not m.weight.is_meta]
 
 
 @contextmanager
@@ -536,8 +546,8 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
     masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap. The model
-    stays in eval mode, so no dropout: each answer is read about once, there is nothing to
-    regularise against, and the adapter's dropout took an eighth of a step on the CPU.
+    stays in eval mode, so no dropout: a run reads each answer once (epochs only where prompts are
+    fewer than its steps need), and the adapter's dropout took an eighth of a step on the CPU.
 
     Every ``eval_every`` steps the run checks whether it still gains. While every answer of those
     steps was read for the first time, the check is free: the bits per byte of those answers,

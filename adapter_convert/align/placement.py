@@ -52,6 +52,14 @@ def available_memory() -> int | None:
         return None
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device``: a GPU's free memory, else the host's
+    (``available_memory``); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory() if device.type == "cpu" else None
+
+
 def resolve_device(device: str | None) -> str:
     """The device alignment runs on: as asked, else cuda when torch sees one, else cpu."""
     if device:
