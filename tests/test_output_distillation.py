@@ -202,6 +202,24 @@ def test_frozen_copies_give_autocasts_numbers_and_leave_the_model_as_it_was():
     assert dict(model.named_parameters()) == before and head.weight is embedding.weight  # the originals, tied again
 
 
+def test_frozen_copies_cover_the_gpt2_familys_conv1d():
+    """gpt2's projections are transformers' Conv1D, not nn.Linear: they are copied too (else autocast
+    casts them on every decoding step), with autocast's own numbers."""
+    from adapter_convert.align.generative import FrozenCopies
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", 2)).eval()
+    conv = model.transformer.h[0].attn.c_attn
+    copies = FrozenCopies(model.requires_grad_(False), torch.bfloat16)
+    ids = torch.randint(3, 128, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=ids).logits
+        with copies.swapped():
+            assert conv.weight.dtype == torch.bfloat16
+            cast = model(input_ids=ids).logits
+    assert torch.equal(plain, cast) and conv.weight.dtype == torch.float32
+
+
 def test_distillation_steps_run_without_dropout():
     """The steps keep the model in eval mode: with the adapter's dropout at 0.9 and a learning rate
     of 0, the step's loss is the loss of the answers measured in eval mode, to the last digit."""

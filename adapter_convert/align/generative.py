@@ -464,7 +464,7 @@ class DistillRun:
 
 
 class FrozenCopies:
-    """Copies of a model's frozen linear weights in the dtype it autocasts to, made once and
+    """Copies of a model's frozen linear weights (``_castable``) in the dtype it autocasts to, made once and
     swapped in while ``swapped()``. Autocast caches its casts only of weights that train, so
     without them every frozen weight is cast again on every call: measured on the CPU, a quarter
     of a gemma-3-270m training step, and most of a decoding step. A weight tied to an embedding (an
@@ -494,10 +494,13 @@ class FrozenCopies:
                 module.weight = weight
 
 
-def _castable(model, dtype: torch.dtype) -> list[torch.nn.Linear]:
-    """Frozen floating-point linear weights in another dtype, held in memory (an offloaded weight,
-    on the meta device, is cast by its own hook on every call: a copy would not help)."""
-    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+def _castable(model, dtype: torch.dtype) -> list[torch.nn.Module]:
+    """Frozen floating-point weights of linear layers (``nn.Linear``, and transformers' ``Conv1D``
+    of the gpt2 family) in another dtype, held in memory (an offloaded weight, on the meta device,
+    is cast by its own hook on every call: a copy would not help)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and not m.weight.requires_grad
             and m.weight.is_floating_point() and m.weight.dtype != dtype and not m.weight.is_meta]
 
 
