@@ -275,11 +275,12 @@ class AlignmentSession:
         return cut
 
     def _fast_dtypes(self, **models) -> dict[str, torch.dtype | None]:
-        """The dtype each model computes its answers and training steps in under autocast: the one
-        its device is fast at (placement.training_autocast), unless ``--dtype`` was given (then the
-        same numbers on every machine). For generation, only where copies of the frozen weights in
-        that dtype (generative.FrozenCopies), the models' together, fit in half the memory free on
-        each device: without them, autocast casts every weight on every decoding step."""
+        """The dtype each model's frozen weights are copied to once (generative.FrozenCopies), for its
+        generations and training steps under autocast: the one its device is fast at
+        (placement.training_autocast), unless ``--dtype`` was given (then the same numbers on every
+        machine), and only where the models' copies together fit in half the memory free on each
+        device; else None (generations then run in the weights' dtype: without copies, autocast
+        casts every weight on every decoding step)."""
         dtypes = {name: training_autocast(model) if MIXED_PRECISION and not self.options.dtype else None for name, model in models.items()}
         need: dict[torch.device, int] = {}
         for name, model in models.items():
