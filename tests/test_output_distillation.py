@@ -378,7 +378,7 @@ def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp
 
 
 def test_one_line_answers_are_measured_from_the_teachers_loops():
-    from adapter_convert.align.generative import first_line, one_line_answers, repeats_after_first_line
+    from adapter_convert.align.generative import LineEffect, first_line, one_line_answers, repeats_after_first_line
 
     looping = Example("p", " PER: Ada\nLOC: Paris\nLOC: Paris\nLOC: Par")
     assert repeats_after_first_line(looping.answer) and not repeats_after_first_line(" PER: Ada\nLOC: Paris\nORG: UN")
@@ -392,6 +392,8 @@ def test_one_line_answers_are_measured_from_the_teachers_loops():
     # answers that end by themselves (EOS or a stop string), or do not loop, are left whole
     assert one_line_answers([Example("p", looping.answer, finished=True)] * 5) is None
     assert one_line_answers([Example("p", " a\nb c d\ne f g")] * 5) is None
+    # cut inside their first line: no line break, so nothing after it to tell a run-on by, whatever the effect
+    assert one_line_answers([Example("p", " a long answer cut")] * 5, effect=lambda: LineEffect(first_line=1.0, after=0.0)) is None
 
 
 def test_a_loop_is_cut_to_its_run_once_and_ends_its_row():
@@ -511,6 +513,25 @@ def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):
     assert [step for step, _ in fidelity["unseen_curve"]] == [10]
     assert [step for step, _ in fidelity["held_out_curve"]] == [0, 20]
     assert fidelity["held_out_curve"][1][1] == fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["start"]
+
+
+def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tmp_path):
+    """ran_to_budget counts answers the budget cut inside their first line (not a run-on after a
+    line break, not a loop, not an answer that ended); a conversion whose probe answers mostly ran
+    to the budget says so in its output and in the card's answer_end, with the option to raise."""
+    from adapter_convert.align.generative import ran_to_budget
+
+    answers = [Example("p", " a long answer cut"), Example("p", " done\n", finished=True), Example("p", " line\nrun on"),
+               Example("p", " x;", loop=" x; x; x;"), Example("p", "\n second cut")]
+    assert ran_to_budget(answers) == 2  # the first and the last (a leading line break is no first line)
+    result = convert(taught, tmp_path / "out", "--max-new-tokens", "2", "--distill-steps", "2")
+    assert result.exit_code == 0, result.output
+    fidelity = json.loads(result.stdout)["alignment"]["fidelity"]
+    assert "probe answers were longer than 2 tokens and were cut there" in fidelity["answer_end"]
+    assert "raise --max-new-tokens" in fidelity["answer_end"] and "raise --max-new-tokens" in result.stderr
+    assert fidelity["answer_end"].startswith("EOS") and "first line break" not in fidelity["answer_end"]  # no line break: no one-line rule
+    short = json.loads(convert(taught, tmp_path / "short", "--stop", "\n", "--distill-steps", "2").stdout)["alignment"]["fidelity"]
+    assert "longer than" not in short["answer_end"]  # the learnt answer ends at its line break, within 6 tokens
 
 
 def test_no_steps_says_so_in_what_each_part_computed_in(taught, tmp_path):

@@ -317,6 +317,12 @@ def repeats_after_first_line(text: str, *, words: int = 4) -> bool:
     return False
 
 
+def ran_to_budget(answers: Sequence[Example]) -> int:
+    """How many answers the token budget cut inside their first line (no EOS, stop string, line
+    break or loop ended them): answers longer than the budget, not a teacher running on."""
+    return sum(not a.finished and not a.loop and "\n" not in a.answer.lstrip("\n") for a in answers)
+
+
 def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEffect] | None = None, share: float = 0.8) -> str | None:
     """Why the teacher's answers are its first lines, or None. Only when most answers (``share``)
     ran to the token budget, so the teacher never learnt to stop; then the text after the first
@@ -325,7 +331,8 @@ def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEff
     included), or the adapter's own effect
     there, ``effect()`` (measured only when the repeats do not decide), is under ``AFTER_SHARE`` of
     its effect on the first line: past it the base model writes on, the adapter barely shapes it."""
-    unfinished = [a for a in answers if not a.finished]
+    # ran to the budget past a line break (an answer cut inside its first line has no run-on to tell)
+    unfinished = [a for a in answers if not a.finished and "\n" in (a.answer + a.loop).lstrip("\n")]
     if not unfinished or len(unfinished) < share * len(answers):
         return None
     looping = sum(repeats_after_first_line(a.answer + a.loop) for a in unfinished)

@@ -318,11 +318,17 @@ class AlignmentSession:
         with self.reporter.progress("Teacher writing answers (probe and held-out prompts)" + in_dtype(fast["teacher"]),
                                     len(probe) + len(self.held_texts)) as advance:
             probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
+            longer = generative.ran_to_budget(probed)
             effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, probed, max_length=self.answer_window)  # noqa: E731
             one_line = None if stops else generative.one_line_answers(probed, effect=effect)
             if one_line:  # the rest stop at their first line break, which saves most of the generation
                 stops, answer_end = ("\n",), one_line
                 probed = [generative.first_line(a) for a in probed]
+            if longer >= len(probed) / 2:  # the task's answers may be longer than the budget: the card and the run say so
+                note = (f"{longer} of {len(probed)} probe answers were longer than {request.max_new_tokens} tokens and were cut there: "
+                        "raise --max-new-tokens if the task's answers are longer")
+                answer_end += f" ({note})"
+                self.reporter.stage(note[0].upper() + note[1:])
             train.add(probed)
             held = [a for a in write(self.held_texts, lambda n: advance(amount=n)) if a.answer.strip()]
         if not train.written or not held:
