@@ -111,7 +111,7 @@ class AlignmentSession:
         positions = [n for model in (self.teacher, self.student) if (n := max_positions(model.config))]
         self.max_length = min([MAX_LENGTH] + positions)
         self.answer_window = min([ANSWER_WINDOW] + positions)
-        self.dtypes = {"source": str(self.teacher.dtype).removeprefix("torch."), "target": str(self.student.dtype).removeprefix("torch.")}
+        self.dtypes = {"source": _dtype_name(self.teacher.dtype), "target": _dtype_name(self.student.dtype)}
 
     def batches(self, texts: list[str], max_tokens: int) -> Iterator[PairedBatch]:
         """Batches are made as they are used, never all held: memory does not grow with tokens."""
@@ -274,14 +274,17 @@ class AlignmentSession:
                                 f"{limit} (a prompt's end, where the answer follows, is kept)")
         return cut
 
+    def _autocast(self, model) -> torch.dtype | None:
+        """The dtype ``model``'s steps and generations autocast to (placement.training_autocast), or
+        None: a ``--dtype`` given is what everything computes in (the same numbers on every machine)."""
+        return training_autocast(model) if MIXED_PRECISION and not self.options.dtype else None
+
     def _fast_dtypes(self, **models) -> dict[str, torch.dtype | None]:
         """The dtype each model's frozen weights are copied to once (generative.FrozenCopies), for its
-        generations and training steps under autocast: the one its device is fast at
-        (placement.training_autocast), unless ``--dtype`` was given (then the same numbers on every
-        machine), and only where the models' copies together fit in half the memory free on each
-        device; else None (generations then run in the weights' dtype: without copies, autocast
-        casts every weight on every decoding step)."""
-        dtypes = {name: training_autocast(model) if MIXED_PRECISION and not self.options.dtype else None for name, model in models.items()}
+        generations and training steps under autocast (``_autocast``), only where the models'
+        copies together fit in half the memory free on each device; else None (generations then run
+        in the weights' dtype: without copies, autocast casts every weight on every decoding step)."""
+        dtypes = {name: self._autocast(model) for name, model in models.items()}
         need: dict[torch.device, int] = {}
         for name, model in models.items():
             for device, size in (generative.FrozenCopies.extra_bytes(model, dtypes[name]) if dtypes[name] else {}).items():
@@ -303,8 +306,8 @@ class AlignmentSession:
 
         # generation autocasts only where the frozen weights' copies fit (each decoding step would cast them again)
         fast = self._fast_dtypes(teacher=teacher, student=student)
-        computed = lambda dtype, model: f"{str(dtype or model.dtype).removeprefix('torch.')}" + (" autocast" if dtype else "")  # noqa: E731
-        in_dtype = lambda dtype: f" ({computed(dtype, None)})" if dtype else ""  # noqa: E731 (for a progress label)
+        computed = lambda dtype, model: f"{_dtype_name(dtype)} autocast" if dtype else _dtype_name(model.dtype)  # noqa: E731
+        in_dtype = lambda dtype: f" ({_dtype_name(dtype)} autocast)" if dtype else ""  # noqa: E731 (for a progress label)
 
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
@@ -341,7 +344,7 @@ class AlignmentSession:
             base_bpb = generative.bits_per_byte(student, tokenizer, held, max_length=length)
         start_bpb = base_bpb if starts_at_base else generative.bits_per_byte(student, tokenizer, held, max_length=length)
         # the steps autocast even without the copies: measured 0.67 s a step against 1.1 s in float32
-        run, autocast = None, training_autocast(student) if MIXED_PRECISION and not request.dtype else None
+        run, autocast = None, self._autocast(student)
         if request.distill_steps > 0:
             with self.reporter.progress("Distilling on the teacher's answers" + in_dtype(autocast), request.distill_steps) as advance:
                 run = generative.distill_on_answers(
@@ -400,6 +403,10 @@ def _trained(student, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     train adapters in float32 on a bf16 base), under the keys of ``tensors``."""
     trained = get_peft_model_state_dict(student)
     return {key: trained[key].detach().to("cpu", value.dtype).contiguous() if key in trained else value for key, value in tensors.items()}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def restart_marker(prompts: list[str]) -> tuple[str, ...]:
