@@ -415,14 +415,14 @@ def inspect(
     Exit 0 whenever a conversion is possible, whatever the verdict; otherwise the exit code of what blocks it."""
     from .hub import repo_file_sizes
     from .inspection import inspect_conversion
-    from .pipeline import ConversionRequest
+    from .pipeline import ConversionRequest, prepare
 
     console = Console(stderr=json_output)
     request = ConversionRequest(adapter=adapter, target=target, out=None, source_base=source_base, layer_map=layer_map,
-                                align=align, calibration_data=calibration_data, token=token)
+                                align=align, calibration_data=calibration_data, token=token, dry_run=True)
     try:
-        report = inspect_conversion(request, ConsoleReporter(console),
-                                    file_sizes=lambda source, patterns: repo_file_sizes(source.repo_id, source.revision, patterns, token=token))
+        prepared = prepare(request, ConsoleReporter(console), plan_undecided=True)
+        report = inspect_conversion(prepared, file_sizes=lambda source, patterns: repo_file_sizes(source.repo_id, source.revision, patterns, token=token))
     except Exception as err:
         raise _fail(err, Console(stderr=True)) from None
     if json_output:

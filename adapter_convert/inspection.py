@@ -1,7 +1,8 @@
 """``adapter-convert inspect``: everything a conversion would do and cost, measured, nothing written.
 
-It runs the conversion's own planning (``pipeline.prepare`` as a dry run, which includes the
-token-embedding compatibility probe) and adds what a user decides on: the verdict with its
+It reads the conversion's own planning (``pipeline.prepare`` as a dry run with ``plan_undecided``,
+which includes the token-embedding compatibility probe: the CLI runs it and hands the prepared
+conversion on, as ``convert`` hands it to ``execute``) and adds what a user decides on: the verdict with its
 evidence, the recommended ``convert`` command, and the predicted costs (files and bytes to
 download, whether base weights are needed, peak memory).
 """
@@ -12,18 +13,18 @@ import dataclasses
 import shlex
 
 from .costs import predict_costs
-from .pipeline import ConversionRequest, Reporter, prepare, summarize
+from .pipeline import PreparedConversion, summarize
 from .plan import width_mismatch
 from .summary import InspectionReport, Recommendation
 
 
-def inspect_conversion(request: ConversionRequest, reporter: Reporter | None = None, *, file_sizes=None) -> InspectionReport:
-    """The inspection report (the ``--json`` of ``inspect``). Raises the conversion's own typed
-    error when no conversion is possible (the blocking module or setting is in its message).
+def inspect_conversion(prepared: PreparedConversion, *, file_sizes=None) -> InspectionReport:
+    """The inspection report (the ``--json`` of ``inspect``) of a conversion prepared as a dry run
+    (``prepare(..., plan_undecided=True)``, which raises the conversion's own typed error when no
+    conversion is possible).
 
     ``file_sizes(source, patterns) -> {file: bytes}`` lists a Hub source's files (None: local only).
     """
-    prepared = prepare(dataclasses.replace(request, dry_run=True, out=None), reporter, plan_undecided=True)
     plan = prepared.plan
     # none (the fast path, nothing more to read) between bases measured compatible with equal shapes, or where
     # a copy is the only conversion; otherwise distill: the best alignment refined by a short distillation
