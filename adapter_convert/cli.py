@@ -65,8 +65,8 @@ AlignOption = Annotated[
         "nothing can be measured. none: copy without measuring (a fine-tune or a student cut from the source). "
         + "".join(f"{name}: {help_text}. " for name, help_text in METHODS.items())
         + "fresh: a new adapter of the source's kind, rank and modules on the target, trained by distillation. "
-        "distill: the best start (a copy only between bases measured compatible; for a causal LM between unrelated bases "
-        "a fresh adapter), refined by a short distillation. A causal LM is distilled in output space: the source with its "
+        "distill: the best start (a copy only between bases measured compatible; for a causal or seq2seq LM between unrelated "
+        "bases a fresh adapter), refined by a short distillation. A causal or seq2seq LM is distilled in output space: the source with its "
         "adapter answers the calibration prompts and the target learns its answers. "
         "Alignment runs both base models on calibration text.",
         rich_help_panel="Alignment",
@@ -75,7 +75,7 @@ AlignOption = Annotated[
 CalibrationDataOption = Annotated[
     str | None,
     typer.Option(help="Calibration text: a .txt (one per line), .jsonl (text or prompt field) or .conll/.conllu file, or a "
-                 "Hub dataset id (user/name\\[@revision]) holding one. For a causal LM these are the task's prompts, without "
+                 "Hub dataset id (user/name\\[@revision]) holding one. For a causal or seq2seq LM these are the task's prompts, without "
                  "answers: the source with its adapter answers them. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output goes to stderr).")]
@@ -184,7 +184,7 @@ def alignment_table(report: AlignmentSummary) -> Table:
 
 
 def fidelity_table(report: AlignmentSummary) -> Table:
-    """A causal LM's output-space fidelity on held-out prompts (``report.fidelity`` set)."""
+    """A causal or seq2seq LM's output-space fidelity on held-out prompts (``report.fidelity`` set)."""
     f = report.fidelity
     table = Table(title=f"Fidelity to the teacher on {f.held_out_prompts} held-out prompts ({f.prompts})", title_justify="left")
     for column in ("", "target base", "start", "converted"):
@@ -273,16 +273,16 @@ def convert(
     calibration_data: CalibrationDataOption = None,
     calibration_tokens: Annotated[int, typer.Option(help="Paired tokens to fit the alignment on.", rich_help_panel="Alignment", min=16)] = 4096,
     distill_steps: Annotated[int, typer.Option(help="Most distillation steps (--align distill, fresh, and auto when it aligns); "
-                                               "a causal LM stops earlier when held-out fidelity stops improving.", rich_help_panel="Alignment", min=0)] = 100,
-    max_new_tokens: Annotated[int, typer.Option(help="Causal LM: the most tokens the source with its adapter writes per prompt "
+                                               "a causal or seq2seq LM stops earlier when held-out fidelity stops improving.", rich_help_panel="Alignment", min=0)] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="Causal or seq2seq LM: the most tokens the source with its adapter writes per prompt "
                                                 "(prompt and answer fit 1024 tokens: a longer prompt loses its beginning, never its end).",
                                                 rich_help_panel="Alignment", min=1)] = 64,
-    stop: Annotated[list[str] | None, typer.Option(help="Causal LM: a string that ends an answer (kept in it), beside EOS; "
+    stop: Annotated[list[str] | None, typer.Option(help="Causal or seq2seq LM: a string that ends an answer (kept in it), beside EOS; "
                                                    "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "
                                                    "prompts' common opening again, or loops. Without --stop, answers end at their "
                                                    "first line break when the teacher's first 32 show it never stops and runs on "
                                                    "past one line.", rich_help_panel="Alignment", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Causal LM: prompts per distillation step.", rich_help_panel="Alignment", min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(help="Causal or seq2seq LM: prompts per distillation step.", rich_help_panel="Alignment", min=1)] = 4,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
     device: Annotated[

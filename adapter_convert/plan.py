@@ -17,6 +17,7 @@ from .alignment_methods import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap, layer_map_for
+from .tasks import writes_text
 
 PEFT_PREFIX = "base_model.model."
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
@@ -450,7 +451,7 @@ def plan_conversion(
     embeddings = tuple(parsed.embeddings)
     selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for params in parsed.layers.values())
     alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims), verdict,
-                               selection_only=selection_only, basis_change=basis_change, generative=task_type == "CAUSAL_LM")
+                               selection_only=selection_only, basis_change=basis_change, generative=writes_text(task_type))
     check_partial_roles(parsed, modules, source_arch, target_arch, layer_map)
     if alignment.method is not None:
         _check_alignable(modules, embeddings, layer_map, fresh=alignment.method == FRESH)
@@ -508,8 +509,9 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
                  verdict: str | None, basis_change: bool) -> ConversionPlan:
     """An adapter on a model with several layer stacks (an encoder-decoder): each stack planned as a
     one-stack conversion of its own (encoder layers onto encoder layers, decoder onto decoder), the
-    embeddings and task heads once. Its tensors are copied only: alignment captures the activations
-    of one stack of layers, not of two joined by cross-attention."""
+    embeddings and task heads once. Its tensors are copied, or, for a seq2seq LM, replaced by a
+    fresh adapter distilled on the teacher's answers: fitted maps capture the activations of one
+    stack of layers, not of two joined by cross-attention."""
     names = [stack.name for stack in source_arch.stacks]
     if names != [stack.name for stack in target_arch.stacks]:
         raise UnsupportedError(
@@ -523,27 +525,33 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
         modules = map_roles(parsed.stacks[name].roles, source_arch.stack(name), target_arch.stack(name))
         mismatch = mismatch or width_mismatch(modules, (), source_dims.stack(name), target_dims.stack(name))
     mismatch = mismatch or width_mismatch((), tuple(parsed.embeddings), source_dims, target_dims)
-    if mismatch:
-        raise WidthMismatchError(
-            f"Source and target differ in width: {mismatch}.",
-            "An encoder-decoder adapter is only copied, which needs equal widths (alignment across widths is defined for "
-            "single-stack models): convert onto a model of the same widths.",
-        )
     selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for part in parsed.stacks.values()
                                                for params in part.layers.values())
-    alignment = plan_alignment(align, None, verdict, selection_only=selection_only, basis_change=basis_change)
-    if alignment.needs_models:
+    # a seq2seq LM writes text: a fresh adapter distilled on the teacher's answers reads no source tensor,
+    # so neither the widths nor the stacks' cross-attention matter to it; fitted maps capture one stack only
+    generative = writes_text(task_type)
+    if mismatch and not (generative and align != "none"):
+        raise WidthMismatchError(
+            f"Source and target differ in width: {mismatch}.",
+            "An encoder-decoder adapter is only copied, which needs equal widths: convert onto a model of the same widths"
+            + (", or pass --align fresh (or auto) to distil a new adapter on the source adapter's own answers." if generative else
+               " (alignment across widths is defined for single-stack models and for seq2seq LMs, by distillation)."),
+        )
+    alignment = plan_alignment(align, mismatch, verdict, selection_only=selection_only, basis_change=basis_change, generative=generative)
+    fresh = alignment.method == FRESH
+    if alignment.needs_models and not (fresh and generative):
         raise UnsupportedError(
-            f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but alignment and distillation are defined for single-stack "
+            f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but fitted alignment maps are defined for single-stack "
             f"models, not yet for {source_arch.model_type}'s {' and '.join(names)} joined by cross-attention.",
             "Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a "
-            "student cut from the source's layers).",
+            "student cut from the source's layers)" + (", or --align fresh to distil a new adapter on the source adapter's "
+                                                        "own answers." if generative else "."),
         )
     # a seq2seq adapter was saved from the task model even where its keys carry no backbone (t5's
     # seq2seq model keeps its stacks at its top): the target's keys go under the target's backbone
     task_model = bool(parsed.prefix) or task_type == "SEQ_2_SEQ_LM"
     target_prefix = target_arch.backbone + "." if task_model and target_arch.backbone else ""
-    common = dict(peft_type=peft_type, task_type=task_type, align="none")
+    common = dict(peft_type=peft_type, task_type=task_type, align=FRESH if fresh else "none")
     stacks = tuple(
         dataclasses.replace(plan_conversion(parsed.stacks[name], source_arch=source_arch.stack(name), target_arch=target_arch.stack(name),
                                             source_dims=source_dims.stack(name), target_dims=target_dims.stack(name),

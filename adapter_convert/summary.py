@@ -189,7 +189,7 @@ class Distillation(_Serialized):
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationFidelity(_Serialized):
-    """A causal LM's output-space fidelity on held-out prompts: the target with the converted
+    """A causal or seq2seq LM's output-space fidelity on held-out prompts: the target with the converted
     adapter against the teacher's own answers, beside the target base with no adapter. Bits per
     byte of the teacher's answers (lower is closer), and the token F1 and exact match of greedy
     generations against the teacher's (higher is closer)."""
@@ -230,7 +230,7 @@ class AlignmentSummary(_Serialized):
     agreement: Agreement | None = None
     agreement_before_distill: Agreement | None = None
     distill: Distillation | None = None
-    fidelity: GenerationFidelity | None = None  # causal LMs distilled in output space
+    fidelity: GenerationFidelity | None = None  # causal and seq2seq LMs distilled in output space
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 class Task:
     model_class: str  # transformers' Auto class that builds a model with this task's head
     pipeline_tag: str | None  # the Hub's pipeline_tag for the model card
+    writes_text: bool = False  # the model generates: distilled in output space, on the teacher's answers
 
 
 TASKS: dict[str, Task] = {
     "TOKEN_CLS": Task("AutoModelForTokenClassification", "token-classification"),
     "SEQ_CLS": Task("AutoModelForSequenceClassification", "text-classification"),
-    "CAUSAL_LM": Task("AutoModelForCausalLM", "text-generation"),
+    "CAUSAL_LM": Task("AutoModelForCausalLM", "text-generation", writes_text=True),
     "QUESTION_ANS": Task("AutoModelForQuestionAnswering", None),
-    "SEQ_2_SEQ_LM": Task("AutoModelForSeq2SeqLM", "text2text-generation"),
+    "SEQ_2_SEQ_LM": Task("AutoModelForSeq2SeqLM", "text2text-generation", writes_text=True),
 }
 LABELLED = ("TOKEN_CLS", "SEQ_CLS")  # tasks whose head has one output per label (config.num_labels)
 BARE = "AutoModel"  # the model without a task head
@@ -29,6 +30,12 @@ BARE = "AutoModel"  # the model without a task head
 def model_class_name(task_type: str | None, *, default: str = BARE) -> str:
     task = TASKS.get(task_type or "")
     return task.model_class if task else default
+
+
+def writes_text(task_type: str | None) -> bool:
+    """Whether the task's model writes text (a causal LM, an encoder-decoder's seq2seq LM)."""
+    task = TASKS.get(task_type or "")
+    return bool(task and task.writes_text)
 
 
 def pipeline_tag(task_type: str | None) -> str | None:

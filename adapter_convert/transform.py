@@ -200,13 +200,16 @@ def convert_tensors(
     aligned_modules: Mapping[tuple[int, str], AdapterModule] | None = None, aligned_heads: Mapping[str, dict] | None = None,
 ) -> ConvertedAdapter:
     """Apply ``plan`` to the parsed adapter. ``on_module`` is called once per target module (progress).
-    With an alignment, ``aligned_modules`` (per target layer and role) and ``aligned_heads`` (per
-    source head) are the already-folded values, used in place of the copies."""
+    With an alignment, ``aligned_modules`` (per target layer and role, ``<stack>/<role>`` in a
+    model of several stacks) and ``aligned_heads`` (per source head) are the already-folded values,
+    used in place of the copies."""
     converted: list[ConvertedModule] = []
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
     for stack in plan.stacks:  # several layer stacks (encoder, decoder): each by its own plan
-        part = convert_tensors(stack, parsed.stacks[stack.stack], config, on_module)
+        mine = None if aligned_modules is None else {(layer, role.removeprefix(f"{stack.stack}/")): module
+                                                     for (layer, role), module in aligned_modules.items() if role.startswith(f"{stack.stack}/")}
+        part = convert_tensors(stack, parsed.stacks[stack.stack], config, on_module, aligned_modules=mine)
         converted += part.modules
         tensors |= part.tensors
     for target_layer, source_layers in plan.layer_map.rows():

@@ -4,7 +4,8 @@ A LoRA on every linear module of both stacks (self-attention, the decoder's cros
 MLP) converts with ``--align none`` onto the same model type with fewer layers: the layer map is
 built per stack (encoder layers onto encoder layers, decoder onto decoder), and every converted
 module's delta weight ``scaling * B @ A`` equals the one of the source module it came from, read
-back through peft. Onto a single-stack model, or with alignment, it is refused with a typed error.
+back through peft. Onto a single-stack model, or with fitted alignment maps, it is refused with a
+typed error; a seq2seq LM's adapter distils in output space (test_seq2seq_distillation.py).
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def _seq2seq(config):
     return AutoModelForSeq2SeqLM.from_config(config)
 
 
-def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4, *, weights: bool = False):
+def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4, *, weights: bool = False,
+                    task_type: str | None = "SEQ_2_SEQ_LM"):
     """A tiny random seq2seq model with a LoRA (random A and B) on every linear module of its layers;
-    ``weights``: the base's weights are saved too (else its config only)."""
+    ``weights``: the base's weights are saved too (else its config only). ``task_type`` None: an
+    adapter on the bare model, which writes no text (only copied between encoder-decoders)."""
     from peft import LoraConfig
 
     config = _config(spec, encoder, decoder)
@@ -59,7 +62,7 @@ def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4
     if weights:
         base.save_pretrained(folder / "source")
     config.save_pretrained(folder / "source")
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_2_SEQ_LM")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type=task_type)
     return save_adapter(folder / "adapter", base, lora, folder / "source", seed=2)
 
 
@@ -175,10 +178,11 @@ def test_converts_across_families_with_the_same_roles_and_widths(source_spec, ta
         torch.testing.assert_close(target[target_name], source[source_name], rtol=1e-5, atol=1e-6, msg=target_name)
 
 
-def test_align_auto_copies_onto_a_student_measured_compatible_and_refuses_to_align(tmp_path):
+def test_align_auto_copies_onto_a_student_measured_compatible_and_distils_between_unrelated_bases(tmp_path):
     """A student cut from the source (its token embeddings) is measured compatible: auto copies.
-    An unrelated model of the same shapes is measured incompatible: alignment would be needed,
-    which is defined for single-stack models only, so it is refused naming --align none."""
+    An unrelated model of the same shapes is measured incompatible: a seq2seq LM's adapter is then
+    planned as a fresh adapter distilled on the teacher's answers (test_seq2seq_distillation.py),
+    and an adapter that writes no text, which only copies could convert, is refused naming --align none."""
     source = _source_adapter(tmp_path, T5, weights=True)
     student = _seq2seq(_config(T5, 2, 2))
     with torch.no_grad():
@@ -192,9 +196,14 @@ def test_align_auto_copies_onto_a_student_measured_compatible_and_refuses_to_ali
         unrelated.shared.weight.copy_(torch.randn(unrelated.shared.weight.shape, generator=torch.Generator().manual_seed(5)))
     unrelated.save_pretrained(tmp_path / "unrelated")
     request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "unrelated"), out=tmp_path / "out2")
-    with pytest.raises(UnsupportedError, match="measured.*alignment and distillation are defined for single-stack models") as caught:
+    plan = prepare(request).plan
+    assert plan.alignment.method == "fresh" and plan.alignment.refine and "measured" in plan.alignment.reason
+    assert [stack.alignment.method for stack in plan.stacks] == ["fresh", "fresh"]
+    _source_adapter(tmp_path / "bare", T5, weights=True, task_type=None)
+    request = ConversionRequest(adapter=str(tmp_path / "bare" / "adapter"), target=str(tmp_path / "unrelated"), out=tmp_path / "out3")
+    with pytest.raises(UnsupportedError, match="measured.*fitted alignment maps are defined for single-stack models") as caught:
         prepare(request)
-    assert "--align none" in caught.value.fix
+    assert "--align none" in caught.value.fix and "--align fresh" not in caught.value.fix
 
 
 def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
@@ -210,9 +219,9 @@ def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
     assert caught.value.exit_code == 4 and "encoder-decoder model" in caught.value.fix
     _config(T5, 2, 2).save_pretrained(tmp_path / "target")
     request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "target"), out=tmp_path / "out", align="lstsq")
-    with pytest.raises(UnsupportedError, match="alignment and distillation are defined for single-stack models") as caught:
+    with pytest.raises(UnsupportedError, match="fitted alignment maps are defined for single-stack models") as caught:
         prepare(request)
-    assert "--align none" in caught.value.fix
+    assert "--align none" in caught.value.fix and "--align fresh" in caught.value.fix
     _config(T5 | {"d_model": 48}, 2, 2).save_pretrained(tmp_path / "wider")
     request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "wider"), out=tmp_path / "out", align="none")
     with pytest.raises(WidthMismatchError, match="An encoder-decoder adapter is only copied") as caught:
@@ -247,9 +256,10 @@ def test_cli_converts_and_refuses(tmp_path):
 
 
 def test_inspect_recommends_the_copy_when_compatibility_is_unknown(tmp_path):
-    """Nothing to measure (the target is a config alone) and no alignment for an encoder-decoder:
-    inspect exits 0 and recommends --align none, saying why, instead of failing on the alignment."""
-    _source_adapter(tmp_path, T5, weights=True)
+    """Nothing to measure (the target is a config alone) and no alignment for an encoder-decoder
+    adapter that writes no text: inspect exits 0 and recommends --align none, saying why, instead
+    of failing on the alignment. A seq2seq LM's adapter: distillation, which works whatever the bases."""
+    _source_adapter(tmp_path, T5, weights=True, task_type=None)
     _config(T5, 2, 2).save_pretrained(tmp_path / "target")
     result = CliRunner().invoke(app, ["inspect", str(tmp_path / "adapter"), "--target", str(tmp_path / "target"), "--json"])
     assert result.exit_code == 0, result.output
@@ -257,6 +267,11 @@ def test_inspect_recommends_the_copy_when_compatibility_is_unknown(tmp_path):
     assert report["compatibility"]["verdict"] == "unknown" and report["recommended"]["align"] == "none"
     assert "--align none" in report["recommended"]["command"] and "a copy is the only conversion" in report["recommended"]["why"]
     assert report["costs"]["base_weights_needed"] is False
+    _source_adapter(tmp_path / "lm", T5, weights=True)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "lm" / "adapter"), "--target", str(tmp_path / "target"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["recommended"]["align"] == "distill" and report["plan"]["method"] == "fresh adapter + distillation"
 
 
 def test_an_explicit_map_that_does_not_fit_one_stack_names_that_stack(tmp_path):

@@ -1,4 +1,5 @@
-"""Output-space distillation for causal LMs, label-free and across tokenizers.
+"""Output-space distillation for models that write text (causal LMs, and encoder-decoders: the
+prompt read by the encoder, the answer written by the decoder), label-free and across tokenizers.
 
 The teacher (source base + its adapter) writes answers to the user's unlabelled prompts, once;
 the student's adapter is trained on the student's own tokenization of ``prompt + answer`` with
@@ -142,11 +143,20 @@ def cut_before(text: str, markers: Sequence[str]) -> str:
 # ---- tokenized batches ---------------------------------------------------------------------------
 
 
-def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int) -> dict[str, torch.Tensor]:
+def decoder_start(model) -> int | None:
+    """The token an encoder-decoder's decoder starts from; None for a causal LM (one sequence)."""
+    config = model.config
+    return config.decoder_start_token_id if getattr(config, "is_encoder_decoder", False) else None
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int, decoder_start: int | None = None) -> dict[str, torch.Tensor]:
     """The student's tokenization of ``prompt + answer`` (+ its EOS where the teacher stopped),
     left-padded so every answer ends the row (then only the last positions need logits), with
     ``labels`` on the answer's tokens only and ``position_ids`` that skip the padding. A row longer
-    than ``max_length`` loses the beginning of its prompt (``keep_last``), never its answer's end."""
+    than ``max_length`` loses the beginning of its prompt (``keep_last``), never its answer's end.
+    An encoder-decoder (``decoder_start``): ``_encode_for_decoder``."""
+    if decoder_start is not None:
+        return _encode_for_decoder(tokenizer, examples, max_length=max_length, start=decoder_start)
     rows, labels = [], []
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     for example in examples:
@@ -165,6 +175,33 @@ def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int) 
             "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
 
 
+def _encode_for_decoder(tokenizer, examples: Sequence[Example], *, max_length: int, start: int) -> dict[str, torch.Tensor]:
+    """An encoder-decoder's batch: the prompt for the encoder (its end kept, ``keep_last``), the
+    answer as the model's own target tokenization (``text_target``) for the decoder, after its
+    start token, EOS kept only where the teacher stopped. ``labels`` repeat the decoder's input
+    (the start and the other special tokens, such as BART's forced BOS, ignored), so that
+    ``masked_nats``'s next-token rule reads them as it does a causal LM's. Right-padded: BART's
+    positions are absolute."""
+    eos, pad = tokenizer.eos_token_id, pad_id(tokenizer)
+    specials = set(tokenizer.all_special_ids) - {eos}
+    prompts, decoder, labels = [], [], []
+    for example in examples:
+        prompts.append(keep_last(tokenizer(example.prompt)["input_ids"], max_length, bos=tokenizer.bos_token_id))
+        ids = list(tokenizer(text_target=example.answer)["input_ids"])
+        if ids and ids[-1] == eos and not example.ended:
+            ids.pop()
+        elif example.ended and eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        ids = ids[: max(1, max_length - 1)]
+        decoder.append([start] + ids)
+        labels.append([IGNORE] + [IGNORE if i in specials else i for i in ids])
+    input_ids, attention = padded(prompts, pad, left=False)
+    decoder_ids, decoder_attention = padded(decoder, pad, left=False)
+    label_ids, _ = padded(labels, IGNORE, left=False)
+    return {"input_ids": input_ids, "attention_mask": attention, "decoder_input_ids": decoder_ids,
+            "decoder_attention_mask": decoder_attention, "labels": label_ids}
+
+
 def pad_id(tokenizer) -> int:
     """The id padding takes: the pad token, else EOS (many causal LMs have no pad token), else 0."""
     return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
@@ -172,9 +209,18 @@ def pad_id(tokenizer) -> int:
 
 def left_padded(rows: Sequence[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` padded on the left with ``fill`` to the longest, and the attention mask (1: a real token)."""
+    return padded(rows, fill, left=True)
+
+
+def padded(rows: Sequence[list[int]], fill: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` padded with ``fill`` to the longest, on the left or the right, and the attention mask."""
     width = max(len(r) for r in rows)
-    return (torch.tensor([[fill] * (width - len(r)) + list(r) for r in rows]),
-            torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]))
+    pads = [width - len(r) for r in rows]
+    if left:
+        return (torch.tensor([[fill] * n + list(r) for n, r in zip(pads, rows)]),
+                torch.tensor([[0] * n + [1] * len(r) for n, r in zip(pads, rows)]))
+    return (torch.tensor([list(r) + [fill] * n for n, r in zip(pads, rows)]),
+            torch.tensor([[1] * len(r) + [0] * n for n, r in zip(pads, rows)]))
 
 
 def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -182,6 +228,10 @@ def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     that predict them (answers end every left-padded row): a 262k-token vocabulary head over
     the prompt's positions would cost more than the rest of the model."""
     labels = batch["labels"]
+    if "decoder_input_ids" in batch:  # an encoder-decoder: the decoder's positions are the answer's
+        logits = model(**on_device({k: v for k, v in batch.items() if k != "labels"}, model)).logits
+        labels = labels.to(logits.device)
+        return masked_nats(logits, labels), int((labels[:, 1:] != IGNORE).sum())
     labelled = (labels != IGNORE).any(0).nonzero()
     keep = int(labels.shape[1] - labelled.min()) + 1 if len(labelled) else 1
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -200,7 +250,8 @@ def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: 
     was_training = model.training
     model.eval()
     by_length = sorted(examples, key=lambda e: len(e.prompt) + len(e.answer))  # batches of alike lengths pad little
-    nats = sum(float(answer_nats(model, encode_examples(tokenizer, chunk, max_length=max_length))[0])
+    start = decoder_start(model)
+    nats = sum(float(answer_nats(model, encode_examples(tokenizer, chunk, max_length=max_length, decoder_start=start))[0])
                for chunk in batched(by_length, batch_size))
     model.train(was_training)
     return nats / math.log(2) / max(1, sum(len(e.answer.encode("utf-8")) for e in examples))
@@ -212,7 +263,7 @@ def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, stops: Sequence[str], restarts: Sequence[str] = (),
              batch_size: int = 16, max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
-    """Greedy continuations of ``prompts``, batched (left padding, the KV cache), each ended by EOS,
+    """Greedy continuations of ``prompts`` (an encoder-decoder's: its decoder's text), batched (the KV cache), each ended by EOS,
     cut after its first stop string, or cut before its first restart marker (the model began a new
     example); a row that loops ends there and keeps the loop's run once (``loop_cut``; the rest in
     ``Example.loop``). Prompts run longest first, so a batch pads little; the answers come back in the
@@ -226,6 +277,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
     ends = list(stops) + list(restarts)
     eos = end_ids(model, tokenizer)
     pad = pad_id(tokenizer)
+    two_parts = decoder_start(model) is not None  # an encoder-decoder
     options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos or None)
     per_token = kv_cache_bytes_per_token(model)
     start = 0
@@ -234,16 +286,17 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
         rows_fit = max(1, min(batch_size, CACHE_BYTES // max(1, per_token * longest)))
         chunk, start = order[start : start + rows_fit], start + rows_fit
         rows = [encoded[i] for i in chunk]
-        ids, mask = left_padded(rows, pad)
+        ids, mask = padded(rows, pad, left=not two_parts)  # a causal LM's answers follow the prompts' ends
         inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
-        loops = StoppingCriteriaList([LoopStop(ids.shape[1])])
+        written_from = 1 if two_parts else ids.shape[1]  # the decoder writes after its start token
+        loops = StoppingCriteriaList([LoopStop(written_from)])
         try:  # transformers stops a row at a stop string; the text is cut below either way
             out = model.generate(**inputs, **options, stop_strings=ends or None, tokenizer=tokenizer if ends else None,
                                  stopping_criteria=loops)
         except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
             out = model.generate(**inputs, **options, stopping_criteria=loops)
         for row, index in enumerate(chunk):
-            new = out[row, ids.shape[1]:].tolist()
+            new = out[row, written_from:].tolist()
             first_end = next((i for i, token in enumerate(new) if token in eos), None)
             new = new if first_end is None else new[:first_end]
             while new and new[-1] == pad:  # a row that stopped before the batch's last is padded
@@ -576,6 +629,7 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
     measured again."""
     params = [p for p in student.parameters() if p.requires_grad]
     copies = FrozenCopies(student, autocast if cast_once else None)
+    start = decoder_start(student)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -590,7 +644,7 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         while step < end:
             chunk = train.batch(batch_size)
             with copies.swapped(), torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
-                nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length))
+                nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length, decoder_start=start))
             if train.last_unseen:
                 window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
             loss = nats / max(tokens, 1)

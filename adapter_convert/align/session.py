@@ -19,7 +19,7 @@ from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
-from ..tasks import LABELLED, model_class
+from ..tasks import LABELLED, model_class, writes_text
 from ..transform import AdapterModule, read_module
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
@@ -65,8 +65,8 @@ class AlignmentSession:
         self.task_type = plan.task_type
         self.has_head = bool(plan.heads)
         self.num_labels = parsed.num_labels
-        # a causal LM is distilled on what the teacher writes: the calibration texts are its prompts
-        self.generative = plan.alignment.refine and self.task_type == "CAUSAL_LM"
+        # a model that writes text is distilled on what the teacher writes: the calibration texts are its prompts
+        self.generative = plan.alignment.refine and writes_text(self.task_type)
         texts = list(calibration.texts) if calibration else load_texts()  # a file's texts were read in prepare
         if self.generative and len(texts) < MIN_PROMPTS:
             raise CalibrationDataError(
@@ -143,7 +143,7 @@ class AlignmentSession:
         planned = schedule(shapes, method=method, budget=budget_bytes(request.memory_budget), rank=self._rank(), activation_bytes=activation)
         dtype = torch.float64 if planned.element == 8 else torch.float32
         full = {shape.point: shape.full(method) for shape in shapes}
-        folded = self._source_modules(layer_pairs, role_names)
+        folded = self._source_modules(self.plan, self.parsed, layer_pairs, role_names)
         fits: dict[tuple[int | None, str], dict] = {}
         tokens = None
         with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens * len(planned.passes)) as advance:
@@ -196,30 +196,32 @@ class AlignmentSession:
 
     def fresh(self) -> FittedAlignment:
         """A new adapter on the target (align/fresh.py): the source's kind, rank and scaling on each
-        mapped module, initialised as peft does. Reads no source tensor and runs no calibration."""
-        plan = self.plan
-        layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
+        mapped module, initialised as peft does. Reads no source tensor and runs no calibration.
+        Several layer stacks (an encoder-decoder): each by its own plan, keyed ``<stack>/<role>``."""
         generator = torch.Generator().manual_seed(self.options.seed)
-        sources = self._source_modules([(t, s) for t, sources in plan.layer_map.rows() for s in sources[:1]],
-                                       [r for m in plan.modules for r in m.source_roles])
         modules = {}
-        for target_layer, _ in layer_pairs:
-            for mapping in plan.modules:
-                like = next((sources[(target_layer, r)] for r in mapping.source_roles if (target_layer, r) in sources), None)
-                if like is None:
-                    continue
-                target = self.student.get_submodule(plan.module_path(mapping.target_role, target_layer, target=True))
-                modules[(target_layer, mapping.target_role)] = fresh_module(like, target, generator=generator)
+        for plan in self.plan.stacks or (self.plan,):
+            parsed = self.parsed.stacks[plan.stack] if plan.stack else self.parsed
+            sources = self._source_modules(plan, parsed, [(t, s) for t, sources in plan.layer_map.rows() for s in sources[:1]],
+                                           [r for m in plan.modules for r in m.source_roles])
+            for target_layer, _ in plan.layer_map.rows():
+                for mapping in plan.modules:
+                    like = next((sources[(target_layer, r)] for r in mapping.source_roles if (target_layer, r) in sources), None)
+                    if like is None:
+                        continue
+                    target = self.student.get_submodule(plan.module_path(mapping.target_role, target_layer, target=True))
+                    role = f"{plan.stack}/{mapping.target_role}" if plan.stack else mapping.target_role
+                    modules[(target_layer, role)] = fresh_module(like, target, generator=generator)
         return FittedAlignment(modules, None, self.parsed.heads, self._planned())
 
     def _rank(self) -> int:
         ranks = [t.shape[0] for key, t in self.adapter.tensors.items() if "lora_A" in key and t.ndim == 2]
         return max(ranks, default=1)
 
-    def _source_modules(self, layer_pairs, role_names) -> dict[tuple[int, str], AdapterModule]:
+    def _source_modules(self, plan, parsed, layer_pairs, role_names) -> dict[tuple[int, str], AdapterModule]:
         """The teacher's modules each mapped (target layer, role) starts from (alignment maps one
         source layer per target layer, copying roles: plan._check_alignable)."""
-        plan, parsed, config = self.plan, self.parsed, self.adapter.config
+        config = self.adapter.config
         modules = {}
         for target_layer, source_layer in layer_pairs:
             for role in role_names:
