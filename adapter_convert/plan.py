@@ -363,6 +363,12 @@ class ConversionPlan:
         planning read of each (config, tokenizer, shard index, and the probe's embedding rows)."""
         return self.alignment.needs_models
 
+    @property
+    def aligned_roles(self) -> tuple[str, ...]:
+        """The plain roles a fitted alignment maps: each mapped role, a fused one by its parts (q, k
+        and v of qkv), whichever side fuses them: split, aligned part by part, fused again."""
+        return tuple(dict.fromkeys(part for m in self.modules for part in roles().parts(m.target_role)))
+
     def module_path(self, role: str, layer: int, *, target: bool) -> str:
         """The module's name inside the base model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
         arch, prefix = (self.target_arch, self.target_prefix) if target else (self.source_arch, self.source_prefix)
@@ -698,18 +704,12 @@ def check_head_params(head: str, params: dict[str, torch.Tensor], target: Archit
 
 
 def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], layer_map: LayerMap, *, fresh: bool = False) -> None:
-    """What a fitted alignment cannot map. A fresh adapter reads no source tensor: fused
-    projections and several source layers per target layer do not matter to it."""
+    """What a fitted alignment cannot map. A fresh adapter reads no source tensor: several source
+    layers per target layer do not matter to it. Fused projections align part by part
+    (``ConversionPlan.aligned_roles``)."""
     if embeddings:
         raise UnsupportedError("An adapted embedding cannot be aligned across widths.", "Retrain the adapter without the embedding LoRA.")
     if fresh:
         return
-    fused = [m.target_role for m in modules if m.operation != "copy" or m.target_role in roles().fused]
-    if fused:
-        raise UnsupportedError(
-            f"Alignment across fused projections ({', '.join(fused)}) is not supported yet.",
-            "Use --align fresh (a new adapter of the source's rank and modules, distilled on the source's own outputs), "
-            "or align between architectures with separate q/k/v and gate/up projections.",
-        )
     if any(len(sources) > 1 for sources in layer_map.sources.values()):
         raise UnsupportedError("Alignment needs one source layer per target layer; AVG maps several.", "Use --layer-map skip or uniform.")

@@ -282,6 +282,37 @@ def _build(plan: ConversionPlan, parsed: ParsedAdapter, config, mapping: ModuleM
     return fuse_parts(parts, rows, sum(len(r) for r in rows))
 
 
+def source_part(plan: ConversionPlan, parsed: ParsedAdapter, config, layer: int, part: str) -> AdapterModule | None:
+    """Source layer ``layer``'s module for the plain role ``part``: its own, or its rows of the
+    fused module that holds it (q of qkv); None where it is not adapted."""
+    params = parsed.layers.get((layer, part))
+    if params is not None:
+        return read_module(params, config, plan.module_path(part, layer, target=False))
+    for fused in roles().fused:
+        if part in roles().parts(fused) and (layer, fused) in parsed.layers:
+            module = read_module(parsed.layers[(layer, fused)], config, plan.module_path(fused, layer, target=False))
+            return split_part(module, _rows(plan, fused, target=False)[roles().parts(fused).index(part)])
+    return None
+
+
+def fuse_aligned(plan: ConversionPlan, parts: Mapping[tuple[int, str], AdapterModule]) -> dict[tuple[int, str], AdapterModule]:
+    """Aligned modules per (target layer, plain role) as the target's modules: a fused target
+    role's parts fused again in its layout (``fuse_parts``), a plain one as it is."""
+    modules = {}
+    for target_layer, _ in plan.layer_map.rows():
+        for mapping in plan.modules:
+            role = mapping.target_role
+            if role not in roles().fused:
+                if (target_layer, role) in parts:
+                    modules[(target_layer, role)] = parts[(target_layer, role)]
+                continue
+            pieces = [parts.get((target_layer, part)) for part in roles().parts(role)]
+            if any(p is not None for p in pieces):
+                rows = _rows(plan, role, target=True)
+                modules[(target_layer, role)] = fuse_parts(pieces, rows, sum(len(r) for r in rows))
+    return modules
+
+
 def _rows(plan: ConversionPlan, fused_role: str, *, target: bool) -> list[torch.Tensor]:
     arch, dims = (plan.target_arch, plan.target_dims) if target else (plan.source_arch, plan.source_dims)
     return fused_rows(arch.layout(fused_role), part_sizes(fused_role, dims), dims.heads)

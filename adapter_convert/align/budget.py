@@ -176,7 +176,7 @@ def for_plan(plan, *, source_config, target_config, adapter_tensors, dtype: str 
     if plan.alignment.method not in METHODS:
         return None
     ranks = [t.shape[0] for key, t in adapter_tensors.items() if "lora_A" in key and t.ndim == 2] or [1]
-    return predict(plan.source_dims, plan.target_dims, [m.target_role for m in plan.modules],
+    return predict(plan.source_dims, plan.target_dims, list(plan.aligned_roles),
                    [(t, s[0]) for t, s in plan.layer_map.rows()], method=plan.alignment.method, rank=max(ranks),
                    budget=budget_bytes(memory_budget),
                    model_element=(_dtype_bytes(source_config, dtype), _dtype_bytes(target_config, dtype)),

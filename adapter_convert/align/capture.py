@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..architectures import Architecture, roles
+from ..architectures import Architecture, Dims, part_sizes, roles
 from ..calibration import PairedBatch
+from ..transform import fused_rows
 from .stats import PairStats
 
 LAST_HIDDEN = "last_hidden"
@@ -50,9 +51,11 @@ class _StopForward(Exception):
 
 class _Recorder:
     """Forward hooks that keep one batch of module inputs and outputs; with ``stop_early``, a
-    hook on the last wanted layer ends the forward there (its modules' hooks have run by then)."""
+    hook on the last wanted layer ends the forward there (its modules' hooks have run by then).
+    A part of a fused module (q of qkv) reads the module's input, and its rows of the output
+    (``fused_rows``, from the model's ``dims``)."""
 
-    def __init__(self, model, arch: Architecture, wanted: dict[int, set[str]], *, stop_early: bool = False):
+    def __init__(self, model, arch: Architecture, wanted: dict[int, set[str]], *, dims: Dims | None = None, stop_early: bool = False):
         self.seen: dict[tuple[int, str], torch.Tensor] = {}
         self.handles = []
         layers = model.get_submodule(arch.layers)
@@ -60,13 +63,17 @@ class _Recorder:
             self.handles.append(layers[max(wanted)].register_forward_hook(self._stop))
         for layer, points in wanted.items():
             for role, path in arch.modules.items():
-                if role not in roles().plain:
+                parts = roles().parts(role)
+                if not any(p in roles().plain and {input_point(p), output_point(p)} & points for p in parts):
                     continue
                 module = layers[layer].get_submodule(path)
-                if input_point(role) in points:
-                    self.handles.append(module.register_forward_hook(self._hook(layer, input_point(role), use_input=True)))
-                if output_point(role) in points:
-                    self.handles.append(module.register_forward_hook(self._hook(layer, output_point(role), use_input=False)))
+                rows = [None] if len(parts) == 1 else fused_rows(arch.layout(role), part_sizes(role, dims), dims.heads)
+                for part, part_rows in zip(parts, rows):
+                    if input_point(part) in points:
+                        self.handles.append(module.register_forward_hook(self._hook(layer, input_point(part), use_input=True)))
+                    if output_point(part) in points:
+                        self.handles.append(module.register_forward_hook(self._hook(layer, output_point(part), use_input=False,
+                                                                                    rows=part_rows)))
 
     @staticmethod
     def _stop(_module, _inputs, _output):
@@ -79,9 +86,12 @@ class _Recorder:
         except _StopForward:
             return None
 
-    def _hook(self, layer: int, point: str, *, use_input: bool):
+    def _hook(self, layer: int, point: str, *, use_input: bool, rows: torch.Tensor | None = None):
         def hook(_module, inputs, output):
-            self.seen.setdefault((layer, point), (inputs[0] if use_input else output).detach())
+            value = inputs[0] if use_input else output
+            if rows is not None:
+                value = value.index_select(-1, rows.to(value.device))
+            self.seen.setdefault((layer, point), value.detach())
 
         return hook
 
@@ -94,10 +104,12 @@ def collect_statistics(
     teacher, student, teacher_arch: Architecture, student_arch: Architecture, points: list[CapturePoint],
     batches: Iterable[PairedBatch], on_batch: Callable[[int], None] = lambda tokens: None, *,
     dtype: torch.dtype = torch.float64, full: Callable[[CapturePoint], tuple[str, ...]] = lambda point: ("s", "t"),
+    dims: tuple[Dims, Dims] | None = None,
 ) -> dict[tuple[int | None, str], PairStats]:
     """Statistics keyed by (student layer, point); the models are bare backbones (AutoModel).
     One pass over ``batches``: only the given points are recorded (a pass of a larger schedule);
-    ``dtype`` and ``full`` (which Grams each point keeps whole) shape their ``PairStats``."""
+    ``dtype`` and ``full`` (which Grams each point keeps whole) shape their ``PairStats``.
+    ``dims`` (teacher's, student's): where a point is a part of a fused module, its rows."""
     teacher_wanted: dict[int, set[str]] = {}
     student_wanted: dict[int, set[str]] = {}
     for p in points:
@@ -107,8 +119,9 @@ def collect_statistics(
     stats: dict[tuple[int | None, str], PairStats] = {}
     # a pass without the last hidden state needs no layer above its last wanted one
     stop_early = all(p.point != LAST_HIDDEN for p in points)
-    teacher_rec = _Recorder(teacher, teacher_arch, teacher_wanted, stop_early=stop_early)
-    student_rec = _Recorder(student, student_arch, student_wanted, stop_early=stop_early)
+    teacher_dims, student_dims = dims or (None, None)
+    teacher_rec = _Recorder(teacher, teacher_arch, teacher_wanted, dims=teacher_dims, stop_early=stop_early)
+    student_rec = _Recorder(student, student_arch, student_wanted, dims=student_dims, stop_early=stop_early)
     try:
         with torch.no_grad():
             for batch in batches:

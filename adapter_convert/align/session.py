@@ -20,7 +20,7 @@ from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
 from ..tasks import LABELLED, model_class, writes_text
-from ..transform import AdapterModule, read_module
+from ..transform import AdapterModule, fuse_aligned, read_module, source_part
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
 from .fit import fit_point
@@ -135,7 +135,7 @@ class AlignmentSession:
         read or write it, and its statistics freed. Only the folded modules (r x d) and the head's
         map are kept, never a d x d map."""
         request, plan = self.options, self.plan
-        role_names = [m.target_role for m in plan.modules]
+        role_names = list(plan.aligned_roles)  # plain roles: fused projections are split, aligned, and fused again
         layer_pairs = [(t, s[0]) for t, s in plan.layer_map.rows()]
         method = self.method
         shapes = point_shapes(role_names, layer_pairs, plan.source_dims, plan.target_dims)
@@ -143,7 +143,9 @@ class AlignmentSession:
         planned = schedule(shapes, method=method, budget=budget_bytes(request.memory_budget), rank=self._rank(), activation_bytes=activation)
         dtype = torch.float64 if planned.element == 8 else torch.float32
         full = {shape.point: shape.full(method) for shape in shapes}
-        folded = self._source_modules(self.plan, self.parsed, layer_pairs, role_names)
+        config = self.adapter.config
+        folded = {(t, role): module for t, s in layer_pairs for role in role_names
+                  if (module := source_part(plan, self.parsed, config, s, role)) is not None}
         fits: dict[tuple[int | None, str], dict] = {}
         tokens = None
         with self.reporter.progress("Calibrating (paired tokens)", request.calibration_tokens * len(planned.passes)) as advance:
@@ -151,7 +153,7 @@ class AlignmentSession:
                 stats = collect_statistics(
                     self.teacher.base_model, self.student.base_model, plan.source_arch, plan.target_arch, [g.point for g in group],
                     self.batches(self.fit_texts, request.calibration_tokens), on_batch=lambda tokens: advance(amount=tokens),
-                    dtype=dtype, full=lambda point: full[point],
+                    dtype=dtype, full=lambda point: full[point], dims=(plan.source_dims, plan.target_dims),
                 )
                 if tokens is None:
                     tokens = next(iter(stats.values())).n if stats else 0
@@ -171,7 +173,7 @@ class AlignmentSession:
                 del stats
         head_map = fits[(None, LAST_HIDDEN)].pop("map").cpu() if (None, LAST_HIDDEN) in fits else None
         heads = self.parsed.heads if head_map is None else {name: fold_head(params, head_map) for name, params in self.parsed.heads.items()}
-        return FittedAlignment(folded, head_map, heads, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
+        return FittedAlignment(fuse_aligned(plan, folded), head_map, heads, self._fit_report(fits, layer_pairs, role_names, tokens, planned))
 
     def _fit_report(self, fits, layer_pairs, role_names, tokens, planned) -> AlignmentSummary:
         rows = []
