@@ -28,6 +28,7 @@ import torch
 from adapter_convert.architectures import get_architecture, roles
 from adapter_convert.architectures.derive import probe_config, size_keys, task_classes
 from adapter_convert.errors import AdapterConvertError, VerificationError
+from helpers import delta_weight
 
 SOURCE_LAYERS, TARGET_LAYERS = 4, 2
 TASK_ORDER = ("TOKEN_CLS", "CAUSAL_LM", "SEQ_CLS")
@@ -118,11 +119,6 @@ def _model_class(task: str):
     return (task_classes() | {"SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM})[task]
 
 
-def _delta(layer) -> torch.Tensor:
-    delta = layer.get_delta_weight("default").double()
-    return delta.T if getattr(layer, "fan_in_fan_out", False) else delta
-
-
 def _parts(arch, role: str, dims, delta: torch.Tensor) -> dict[str, torch.Tensor]:
     """A fused module's delta rows per plain part: plain slicing or per head (independent of transform.py)."""
     parts = roles().parts(role)
@@ -162,7 +158,7 @@ def _effects(peft_model, arch, dims) -> dict[tuple[str, int, str], torch.Tensor]
                         continue
                     module = layer.get_submodule(path)
                     if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                        for part, delta in _parts(view, role, view_dims, _delta(module)).items():
+                        for part, delta in _parts(view, role, view_dims, delta_weight(module)).items():
                             out[(stack, index, part)] = delta
     return out
 

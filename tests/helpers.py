@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 
 from adapter_convert.architectures import get_architecture
 from adapter_convert.calibration import load_texts
+from adapter_convert.cli import app
 
 ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "electra"]
 DECODERS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox"]
@@ -83,3 +84,33 @@ def probe(source, target, **options) -> dict:
 
     resolved = [resolve(str(r), what="base model", patterns=BASE_FILES, required="config.json") for r in (source, target)]
     return embedding_evidence(*resolved, **options)
+
+
+def run_cli(*args):
+    """The CLI in this process (typer's test runner); the result has ``exit_code``, ``output`` and ``stdout``."""
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_json(*args) -> dict:
+    """A CLI run that must succeed, and the JSON it printed (``--json``)."""
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def delta_weight(module) -> torch.Tensor:
+    """One peft LoRA layer's delta weight ``scaling * B @ A``, read back through peft: float64, in
+    (out, in) orientation also for gpt2's fan-in-fan-out Conv1D."""
+    with torch.no_grad():
+        delta = module.get_delta_weight("default").double()
+    return delta.T if getattr(module, "fan_in_fan_out", False) else delta
+
+
+def delta_weights(peft_model) -> dict[str, torch.Tensor]:
+    """Module name inside the base model -> its ``delta_weight``, for every adapted module."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: delta_weight(module) for name, module in peft_model.base_model.model.named_modules()
+            if isinstance(module, LoraLayer) and "default" in module.lora_A}

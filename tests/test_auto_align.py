@@ -13,15 +13,9 @@ import pytest
 from huggingface_hub import ModelCard
 from peft import LoraConfig
 from transformers import AutoTokenizer
-from typer.testing import CliRunner
 
-from adapter_convert.cli import app
 from adapter_convert.demo.minilm import minilm_dir
-from helpers import save_adapter, save_tiny_model
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from helpers import run_cli as run, save_adapter, save_tiny_model
 
 
 def pair_of(root: Path, teacher_type: str, student_type: str, *, related: bool, targets: list[str]) -> Path:

@@ -12,13 +12,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from adapter_convert.cli import app
-from helpers import save_tiny_model
+from helpers import run_cli as run, save_tiny_model
 
 runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def convert_args(pair, *extra):

@@ -23,7 +23,7 @@ from adapter_convert.architectures import get_architecture
 from adapter_convert.cli import app
 from adapter_convert.errors import UnsupportedError, WidthMismatchError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
-from helpers import save_adapter
+from helpers import delta_weights, save_adapter
 
 T5 = dict(model_type="t5", d_model=32, d_ff=48, d_kv=8, num_heads=4, vocab_size=64, decoder_start_token_id=0,
           pad_token_id=0, eos_token_id=1)
@@ -66,16 +66,6 @@ def _source_adapter(folder: Path, spec: dict, encoder: int = 4, decoder: int = 4
     return save_adapter(folder / "adapter", base, lora, folder / "source", seed=2)
 
 
-def _deltas(peft_model) -> dict[str, torch.Tensor]:
-    """Module name (without peft's prefix) -> its LoRA delta weight."""
-    from peft.tuners.lora import LoraLayer
-
-    inner = peft_model.base_model.model
-    with torch.no_grad():
-        return {name: module.get_delta_weight("default").double() for name, module in inner.named_modules()
-                if isinstance(module, LoraLayer) and "default" in module.lora_A}
-
-
 def _convert(folder: Path, spec: dict, encoder: int, decoder: int, *, layer_map: str = "auto", align: str = "none"):
     _config(spec, encoder, decoder).save_pretrained(folder / "target")
     prepared = prepare(ConversionRequest(adapter=str(folder / "adapter"), target=str(folder / "target"), out=folder / "out",
@@ -91,7 +81,7 @@ def _assert_exact(folder: Path, source_peft, plan, spec: dict, encoder: int, dec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         target_peft = PeftModel.from_pretrained(_seq2seq(_config(spec, encoder, decoder)), folder / "out")
-    source, target = _deltas(source_peft), _deltas(target_peft)
+    source, target = delta_weights(source_peft), delta_weights(target_peft)
     stack_maps = dict(plan.layer_map.stacks)
     lists = {stack.name: stack.layers for stack in plan.target_arch.stacks}
     expected = {}
@@ -166,11 +156,11 @@ def test_converts_across_families_with_the_same_roles_and_widths(source_spec, ta
     bart under model.)."""
     from peft import PeftModel
 
-    source = _deltas(_source_adapter(tmp_path, source_spec))
+    source = delta_weights(_source_adapter(tmp_path, source_spec))
     plan, _ = _convert(tmp_path, target_spec, 2, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        target = _deltas(PeftModel.from_pretrained(_seq2seq(_config(target_spec, 2, 2)), tmp_path / "out"))
+        target = delta_weights(PeftModel.from_pretrained(_seq2seq(_config(target_spec, 2, 2)), tmp_path / "out"))
     expected = {stack.module_path(m.target_role, t, target=True): stack.module_path(m.target_role, s, target=False)
                 for stack in plan.stacks for m in stack.modules for t, (s,) in stack.layer_map.rows()}
     assert sorted(target) == sorted(expected) and len(expected) == 2 * (6 + 10)

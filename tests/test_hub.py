@@ -16,17 +16,12 @@ import torch
 from huggingface_hub import ModelCard, constants, snapshot_download
 from peft import PeftModel
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 from transformers import AutoModelForTokenClassification
 
-from adapter_convert.cli import app
+from helpers import run_cli as run
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 TOKEN = "tok-alice"
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def run_subprocess(*args, env: dict | None = None) -> subprocess.CompletedProcess:

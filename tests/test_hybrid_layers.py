@@ -18,7 +18,7 @@ from adapter_convert.cli import app
 from adapter_convert.errors import LayerMapError, UnsupportedError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from architecture_coverage import tiny_config
-from helpers import save_adapter
+from helpers import delta_weight, save_adapter
 
 # jamba: attention in layers 1 and 3 (mamba in 0 and 2), experts in 1 and 3 (a dense MLP in 0 and 2)
 JAMBA = dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, use_mamba_kernels=False)
@@ -57,7 +57,7 @@ def _deltas(peft_model, arch) -> dict[tuple[int, str], torch.Tensor]:
             if arch.has_role(role, index):
                 module = layer.get_submodule(path)
                 if "default" in getattr(module, "lora_A", {}):
-                    out[(index, role)] = module.get_delta_weight("default").detach().double()
+                    out[(index, role)] = delta_weight(module)
     return out
 
 

@@ -3,14 +3,11 @@ from the doc itself, so the list and the code cannot drift apart."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from adapter_convert.cli import app
 from adapter_convert.summary import SCHEMA_VERSION
+from helpers import cli_json as run
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text()
 PATH = re.compile(r"`([a-z_]+(?:\.[a-z_]+)*)`")
@@ -34,12 +31,6 @@ def missing_paths(data: dict, paths: list[str]) -> list[str]:
                 break
             node = node[part]
     return missing
-
-
-def run(*args) -> dict:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_the_documented_lists_are_read():

@@ -19,10 +19,8 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from typer.testing import CliRunner
 
-from adapter_convert.cli import app
-from helpers import save_adapter
+from helpers import cli_json as cli, save_adapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from real_models import GEMMA3, SMOLLM2, model_source  # noqa: E402
@@ -43,12 +41,6 @@ def real(tmp_path_factory):
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     save_adapter(work / "adapter", model, config, Path(smollm2))
     return {"smollm2": smollm2, "gemma3": gemma3, "adapter": work / "adapter", "work": work}
-
-
-def cli(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_the_cached_folders_are_the_models_the_packages_ship(real):

@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from adapter_convert.cli import app
-from helpers import save_tiny_model
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from helpers import run_cli as run, save_tiny_model
 
 
 def convert_args(pair, *extra, out=None):
