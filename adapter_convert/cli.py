@@ -505,8 +505,22 @@ def demo(
 
 @app.command()
 def version() -> None:
-    """Print the version."""
+    """Print the version (also: adapter-convert --version)."""
     typer.echo(f"adapter-convert {__version__}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def app_options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """The options before any command; the app's help text is ``Typer(help=...)``'s."""
 
 
 @contextlib.contextmanager

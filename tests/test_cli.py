@@ -219,7 +219,7 @@ def test_help_teaches():
         assert word in result.output
 
 
-@pytest.mark.parametrize("args, code", [(["--help"], 0), (["convert", "--help"], 0), (["version"], 0), (["convert", "x"], 2),
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["convert", "--help"], 0), (["version"], 0), (["--version"], 0), (["convert", "x"], 2),
                                         (["convert", "x", "--target", "y", "--out", "z", "--lr", "fast"], 2)])
 def test_help_version_and_usage_errors_load_no_heavy_library(args, code):
     """Start-up stays light: torch, transformers and peft load only inside a command that runs
