@@ -545,7 +545,8 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
         )
     alignment = plan_alignment(align, mismatch, verdict, selection_only=selection_only, basis_change=basis_change, generative=generative)
     fresh = alignment.method == FRESH
-    if alignment.needs_models and not (fresh and generative):
+    # output distillation starts from a fresh adapter or from the copied tensors (--align distill between compatible bases)
+    if alignment.needs_models and not (generative and alignment.method in (FRESH, None)):
         raise UnsupportedError(
             f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but fitted alignment maps are defined for single-stack "
             f"models, not yet for {source_arch.model_type}'s {' and '.join(names)} joined by cross-attention.",

@@ -121,3 +121,18 @@ def test_a_seq2seq_adapter_is_distilled_onto_other_widths_on_its_own_answers(tau
                        stops=("\n",), max_length=64)
     assert sum(w.answer == ANSWER for w in written) >= 5, [w.answer for w in written]
     assert "### Output-space distillation" in (out / "README.md").read_text()
+
+
+def test_a_copy_between_compatible_seq2seq_bases_is_refined_on_the_teachers_answers(taught_t5, tmp_path):
+    """--align distill onto the teacher's own base (compatible, equal shapes): the tensors are
+    copied, then distilled on the teacher's answers; the copy already writes them."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["convert", str(taught_t5 / "adapter"), "--target", str(taught_t5 / "teacher"), "--out", str(out),
+                                      "--json", "--align", "distill", "--calibration-data", str(taught_t5 / "prompts.txt"),
+                                      "--max-new-tokens", "6", "--stop", "\n", "--distill-steps", "10"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["alignment"]["reason"].startswith("shapes agree and the bases share a hidden space (measured)")
+    fidelity = summary["alignment"]["fidelity"]
+    assert fidelity["bits_per_byte"]["start"] < fidelity["bits_per_byte"]["target base"]  # the copy starts where the teacher is
+    assert fidelity["token_f1"]["converted"] == 1.0
