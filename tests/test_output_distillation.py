@@ -288,22 +288,28 @@ def taught(tmp_path_factory) -> Path:
     student.save_pretrained(root / "student")
     student_tok.save_pretrained(root / "student")
     model = get_peft_model(teacher, LoraConfig(r=4, lora_alpha=8, target_modules=all_module_names("llama"), task_type="CAUSAL_LM"))
-    examples = [Example(p, ANSWER) for p in prompts(48)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    from adapter_convert.align.generative import answer_nats
+    teach_answer(model, teacher_tok, [Example(p, ANSWER) for p in prompts(48)], steps=80, adapter=root / "adapter", base=root / "teacher")
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(40, offset=2)))
+    return root
 
-    for step in range(80):
-        nats, tokens = answer_nats(model, encode_examples(teacher_tok, examples[(step * 8) % 48:][:8], max_length=64))
+
+def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapter: Path, base: Path) -> None:
+    """Train the peft ``model``'s adapter on ``examples`` (8 a step), check that it writes ANSWER to
+    prompts it never saw, and save it to ``adapter`` naming ``base`` as its base model."""
+    from adapter_convert.align.generative import answer_nats, decoder_start
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    for step in range(steps):
+        batch = encode_examples(tokenizer, examples[(step * 8) % len(examples):][:8], max_length=64, decoder_start=decoder_start(model))
+        nats, tokens = answer_nats(model, batch)
         (nats / tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
-    written = generate(model, teacher_tok, prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
+    written = generate(model, tokenizer, prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
     assert all(w.answer == ANSWER for w in written), [w.answer for w in written]  # the teacher does its task
-    model.save_pretrained(root / "adapter")
-    config = json.loads((root / "adapter" / "adapter_config.json").read_text())
-    (root / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(root / "teacher")}))
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(40, offset=2)))
-    return root
+    model.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(base)}))
 
 
 def convert(root: Path, out: Path, *options: str):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from adapter_convert.align.generative import IGNORE, Example, answer_nats, decoder_start, encode_examples, generate
 from adapter_convert.cli import app
-from test_output_distillation import ANSWER, byte_bpe, prompts
+from test_output_distillation import ANSWER, byte_bpe, prompts, teach_answer
 
 T5 = dict(d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2, decoder_start_token_id=0, pad_token_id=0,
           eos_token_id=1)
@@ -74,19 +74,8 @@ def taught_t5(tmp_path_factory) -> Path:
     seq2seq("t5", T5 | {"d_model": 48, "d_kv": 12}, len(student_tok), seed=1).save_pretrained(root / "t5")  # a wider t5
     student_tok.save_pretrained(root / "t5")
     model = get_peft_model(teacher, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "k", "v", "o", "wi", "wo"], task_type="SEQ_2_SEQ_LM"))
-    examples = [Example(p, ANSWER, ended=True) for p in prompts(48)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    for step in range(60):
-        batch = encode_examples(teacher_tok, examples[(step * 8) % 48:][:8], max_length=64, decoder_start=decoder_start(model))
-        nats, tokens = answer_nats(model, batch)
-        (nats / tokens).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    written = generate(model, teacher_tok, prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
-    assert all(w.answer == ANSWER for w in written), [w.answer for w in written]  # the teacher does its task
-    model.save_pretrained(root / "adapter")
-    config = json.loads((root / "adapter" / "adapter_config.json").read_text())
-    (root / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(root / "teacher")}))
+    teach_answer(model, teacher_tok, [Example(p, ANSWER, ended=True) for p in prompts(48)], steps=60, adapter=root / "adapter",
+                 base=root / "teacher")
     (root / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts(40, offset=2)))
     return root
 
