@@ -74,9 +74,9 @@ AlignOption = Annotated[
 ]
 CalibrationDataOption = Annotated[
     str | None,
-    typer.Option(help="Calibration text: a .txt (one per line), .jsonl (text or prompt field) or .conll/.conllu file, or a "
+    typer.Option(help="Calibration text: a .txt (one per line), .jsonl (text or prompt field, or chat messages) or .conll/.conllu file, or a "
                  "Hub dataset id (user/name\\[@revision]) holding one. For a causal or seq2seq LM these are the task's prompts, without "
-                 "answers: the source with its adapter answers them. Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
+                 "answers: the source with its adapter answers them (chat messages: each model in its own chat template). Default: a built-in multilingual sample.", rich_help_panel="Alignment"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output goes to stderr).")]
 

@@ -293,9 +293,9 @@ def taught(tmp_path_factory) -> Path:
     return root
 
 
-def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapter: Path, base: Path) -> None:
+def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapter: Path, base: Path, check: list[str] | None = None) -> None:
     """Train the peft ``model``'s adapter on ``examples`` (8 a step), check that it writes ANSWER to
-    prompts it never saw, and save it to ``adapter`` naming ``base`` as its base model."""
+    prompts it never saw (``check``; default: ``prompts``), and save it to ``adapter`` naming ``base`` as its base model."""
     from adapter_convert.align.generative import answer_nats, decoder_start
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
@@ -305,7 +305,7 @@ def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapt
         (nats / tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
-    written = generate(model, tokenizer, prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
+    written = generate(model, tokenizer, check or prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
     assert all(w.answer == ANSWER for w in written), [w.answer for w in written]  # the teacher does its task
     model.save_pretrained(adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..calibration import ChatPrompt
+from ..errors import CalibrationDataError
 from .capture import on_device
 
 IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
@@ -67,6 +69,25 @@ def keep_last(ids: Sequence[int], limit: int, *, bos: int | None) -> list[int]:
         return ids
     head = ids[:1] if bos is not None and ids and ids[0] == bos and limit > 1 else []
     return head + ids[len(ids) - (limit - len(head)) :]
+
+
+def prompt_text(prompt: str, tokenizer, *, side: str) -> str:
+    """What ``tokenizer``'s model reads for ``prompt``: a plain prompt as it is; chat messages
+    (``ChatPrompt``) through the model's own chat template, ready for the answer (so a teacher and a
+    target of other families each read their own format). The template's BOS is left to the
+    tokenizer, which adds it again (never twice)."""
+    if not isinstance(prompt, ChatPrompt):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise CalibrationDataError(
+            f"The calibration prompts are chat messages, but the {side}'s tokenizer has no chat template to write them in.",
+            "Give plain prompts ({\"prompt\": ...} lines, written as the model reads them), or a base whose tokenizer has a "
+            "chat template.")
+    text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 def prompt_tokens(max_length: int, max_new_tokens: int) -> int:

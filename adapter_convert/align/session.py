@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from collections.abc import Iterator
 
-from ..calibration import MAX_LENGTH, PairedBatch, load_texts, paired_batches
+from ..calibration import MAX_LENGTH, ChatPrompt, PairedBatch, load_texts, paired_batches
 from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
@@ -272,7 +272,8 @@ class AlignmentSession:
     def _say_cut_prompts(self, prompts: list[str], max_new_tokens: int) -> int:
         """How many prompts are longer than the teacher's window leaves them (their beginnings are cut), said when any are."""
         limit = generative.prompt_tokens(self.answer_window, max_new_tokens)
-        cut = sum(len(ids) > limit for ids in self.teacher_tokenizer(prompts)["input_ids"])
+        texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
+        cut = sum(len(ids) > limit for ids in self.teacher_tokenizer(texts)["input_ids"])
         if cut:
             self.reporter.stage(f"{cut} of {len(prompts)} prompts are longer than {limit} tokens: the teacher reads their last "
                                 f"{limit} (a prompt's end, where the answer follows, is kept)")
@@ -314,13 +315,21 @@ class AlignmentSession:
         in_dtype = lambda dtype: f" ({_dtype_name(dtype)} autocast)" if dtype else ""  # noqa: E731 (for a progress label)
 
         def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
+            """The teacher's answers, each with the prompt as the teacher read it."""
+            texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
-                answers = generative.generate(teacher, self.teacher_tokenizer, prompts, stops=stops, restarts=restart, **options,
+                answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart, **options,
                                               batch_size=GENERATION_BATCH, on_batch=advance)
             return [generative.first_line(a) for a in answers] if one_line else answers
 
+        def for_student(prompts: list[str], answers: list[generative.Example]) -> list[generative.Example]:
+            """The answers with each prompt as the target reads it (chat messages: in its own chat template)."""
+            return [dataclasses.replace(a, prompt=generative.prompt_text(p, self.student_tokenizer, side="target base"))
+                    for p, a in zip(prompts, answers)]
+
         one_line = None
-        train = generative.TeacherAnswers(train_prompts, write, seed=request.seed, chunk=GENERATION_BATCH, group=request.batch_size)
+        train = generative.TeacherAnswers(train_prompts, lambda prompts: for_student(prompts, write(prompts)), seed=request.seed,
+                                          chunk=GENERATION_BATCH, group=request.batch_size)
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
         with self.reporter.progress("Teacher writing answers (probe and held-out prompts)" + in_dtype(fast["teacher"]),
                                     len(probe) + len(self.held_texts)) as advance:
@@ -336,8 +345,8 @@ class AlignmentSession:
                         "raise --max-new-tokens if the task's answers are longer")
                 answer_end += f" ({note})"
                 self.reporter.stage(note[0].upper() + note[1:])
-            train.add(probed)
-            held = [a for a in write(self.held_texts, lambda n: advance(amount=n)) if a.answer.strip()]
+            train.add(for_student(probe, probed))
+            held = [a for a in for_student(self.held_texts, write(self.held_texts, lambda n: advance(amount=n))) if a.answer.strip()]
         if not train.written or not held:
             raise CalibrationDataError(
                 f"The teacher wrote no answer to {train.empty + len(self.held_texts) - len(held)} of {len(probe) + len(self.held_texts)} "
@@ -371,6 +380,8 @@ class AlignmentSession:
         converted, base = generative.generation_agreement(written, held), generative.generation_agreement(written_base, held)
         calibration = self.calibration
         source = calibration.pinned if calibration else "built-in multilingual sample (no task prompts given)"
+        if any(isinstance(p, ChatPrompt) for p in train_prompts + self.held_texts):
+            source += "; chat messages, each model reading them in its own chat template"
         fidelity = GenerationFidelity(
             prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
             answer_end=answer_end, prompts_cut=cut,

@@ -2,8 +2,8 @@
 
 Sources: the small multilingual sample shipped here (``default.txt``, written for this project,
 so calibration works offline), or a local ``.txt`` (one text per line), ``.jsonl`` (a ``text``
-field per line) or ``.conll``/``.conllu`` file (tokens in the second tab-separated column,
-sentences separated by blank lines).
+or ``prompt`` field per line, or chat ``messages``: ``ChatPrompt``) or ``.conll``/``.conllu``
+file (tokens in the second tab-separated column, sentences separated by blank lines).
 """
 
 from __future__ import annotations
@@ -20,6 +20,21 @@ from ..errors import CalibrationDataError, UnsupportedError
 
 DEFAULT_TEXT = resources.files(__package__) / "default.txt"
 MAX_LENGTH = 128
+
+
+class ChatPrompt(str):
+    """A prompt given as chat messages (a .jsonl line's ``messages``: ``{"role", "content"}``
+    each). As a string it is its messages' contents, one per line (what calibration pairs across
+    tokenizers); a model that writes text reads it through its own chat template
+    (``align.generative.prompt_text``), so teacher and target each see their own format."""
+
+    messages: tuple[dict[str, str], ...]
+
+    def __new__(cls, messages: Iterable[dict[str, str]]) -> ChatPrompt:
+        messages = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        prompt = super().__new__(cls, "\n".join(m["content"] for m in messages))
+        prompt.messages = messages
+        return prompt
 
 
 def load_texts(source: Path | None = None) -> list[str]:
@@ -53,10 +68,13 @@ def _parse(source: Path, content: str) -> list[str]:
             if line.strip():
                 try:
                     record = json.loads(line)
-                    texts.append(str(record["text"] if "text" in record else record["prompt"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise CalibrationDataError(f"Line {number} of {str(source)!r} has no JSON 'text' or 'prompt' field.",
-                                               "Write one {\"text\": ...} or {\"prompt\": ...} object per line.") from None
+                    texts.append(_chat_prompt(record["messages"]) if "messages" in record else
+                                 str(record["text"] if "text" in record else record["prompt"]))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    raise CalibrationDataError(
+                        f"Line {number} of {str(source)!r} has no JSON 'text' or 'prompt' field, nor chat 'messages' (a list of "
+                        "{\"role\": ..., \"content\": ...} with a turn before any answer).",
+                        "Write one {\"text\": ...}, {\"prompt\": ...} or {\"messages\": [...]} object per line.") from None
         return texts
     if suffix in (".conll", ".conllu"):  # the token is the second column (the only one in a bare token list)
         return [" ".join(columns[1] if len(columns) > 1 else columns[0] for columns in sentence)
@@ -64,6 +82,19 @@ def _parse(source: Path, content: str) -> list[str]:
     if suffix in (".txt", ""):
         return content.splitlines()
     raise CalibrationDataError(f"Calibration data {str(source)!r} has an unknown type {suffix!r}.", "Use .txt, .jsonl, .conll or .conllu.")
+
+
+def _chat_prompt(messages) -> ChatPrompt:
+    """A line's chat messages up to the last turn that is not the assistant's: an answer given with
+    the prompts is left out (the source adapter writes its own)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                 and isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("messages must be a list of {role, content} strings")
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise ValueError("no turn before the answer")
+    return ChatPrompt(messages)
 
 
 def conll_sentences(lines: Iterable[str]) -> Iterator[list[list[str]]]:
