@@ -6,7 +6,6 @@ teacher taught in one chat format moved onto a target with another."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
