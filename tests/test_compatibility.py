@@ -4,6 +4,7 @@ MiniLM pairs, the local reader's laziness, and byte-range reads against the loca
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -341,6 +342,8 @@ def test_hub_probe_offline(hub, tmp_path, monkeypatch):
     assert result.verdict == "compatible" and result.source["read_from"] == "disk"
 
 
+@pytest.mark.bench_smoke
+@pytest.mark.skipif(not os.environ.get("RUN_BENCHMARK_SMOKE"), reason="opt-in: RUN_BENCHMARK_SMOKE=1 pytest -m bench_smoke")
 def test_benchmark_runs_tiny(tmp_path):
     results = tmp_path / "probe.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compatibility_probe.py"), "--tiny", "--repeats", "1",

@@ -164,6 +164,8 @@ def test_alignment_recovers_a_permuted_student_exactly(minilm, tmp_path, method)
     torch.testing.assert_close(got, expected, atol={"correlation": 1e-3, "auto": 1e-3}.get(method, 2e-2), rtol=1e-3)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RUN_SLOW_TESTS"), reason="opt-in (fine-tunes twice on real data): RUN_SLOW_TESTS=1 pytest -m slow")
 def test_narrow_student_every_method_beats_untrained_and_helps_fine_tuning(minilm, tmp_path):
     """MiniLM cut to hidden 256 (8 heads, intermediate 1024) and 3 layers: each --align method
     beats an untrained adapter zero-shot; the aligned adapter fine-tuned briefly beats a student
