@@ -13,6 +13,8 @@ No file or Hub access here. Every operation preserves each module's delta exactl
 
   so ``s' B' A' = [s_q B_q A_q; s_k B_k A_k; s_v B_v A_v]``. Splitting takes the part's rows of
   ``B`` and keeps ``A``: same rank, same scaling. A missing part (k not adapted) is a zero block.
+  Parts that share one ``A`` and scaling (a split module's, aligned with one input map) fuse back
+  at their rank: ``A' = A``, each part's ``B`` in its rows.
 * DoRA magnitude vectors are per output row, so they follow the rows of ``B``.
 * IA3 vectors scale outputs (``out x 1``, follow the rows) or inputs (``1 x in``, shared by parts).
 """
@@ -99,6 +101,11 @@ def fuse_parts(parts: list[AdapterModule | None], rows: list[torch.Tensor], out_
             vector[part_rows] = part.vector
         return Ia3Module(vector)
     scaling = first.scaling
+    if len(present) > 1 and all(p.magnitude is None and p.scaling == scaling and torch.equal(p.A, first.A) for p, _ in present):
+        B = torch.zeros(out_total, first.rank, dtype=first.B.dtype)  # one A: the rank stays
+        for part, part_rows in present:
+            B[part_rows] = part.B
+        return LoraModule(first.A.clone(), B, scaling)
     A = torch.cat([p.A for p, _ in present])
     B = torch.zeros(out_total, A.shape[0], dtype=first.B.dtype)
     col = 0

@@ -26,12 +26,9 @@ LLAMA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 PHI3_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
-def _pair(vocab_size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A random llama, and the phi3 that computes its function with the residual stream permuted."""
-    torch.manual_seed(0)
-    llama = AutoModelForCausalLM.from_config(tiny_config("llama", 2, vocab_size=vocab_size, **SIZES)).eval()
-    phi3 = AutoModelForCausalLM.from_config(tiny_config("phi3", 2, vocab_size=vocab_size, **SIZES)).eval()
-    perm = torch.randperm(SIZES["hidden_size"], generator=torch.Generator().manual_seed(3))
+def _phi3_of(llama, perm: torch.Tensor) -> torch.nn.Module:
+    """The phi3 that computes ``llama``'s function with the residual stream permuted by ``perm``."""
+    phi3 = AutoModelForCausalLM.from_config(tiny_config("phi3", 2, vocab_size=llama.config.vocab_size, **SIZES)).eval()
     source, target = llama.model, phi3.model
     with torch.no_grad():
         target.embed_tokens.weight.copy_(source.embed_tokens.weight[:, perm])
@@ -45,25 +42,30 @@ def _pair(vocab_size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
             t.mlp.down_proj.weight.copy_(mlp.down_proj.weight[perm])
             t.input_layernorm.weight.copy_(s.input_layernorm.weight[perm])
             t.post_attention_layernorm.weight.copy_(s.post_attention_layernorm.weight[perm])
-    return llama, phi3
+    return phi3
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Path:
+    """A random llama; the phi3 of its function in a permuted basis; the phi3 of it in its own basis."""
     root = tmp_path_factory.mktemp("fused")
     tokenizer = bpe_tokenizer()
-    llama, phi3 = _pair(len(tokenizer))
+    torch.manual_seed(0)
+    llama = AutoModelForCausalLM.from_config(tiny_config("llama", 2, vocab_size=len(tokenizer), **SIZES)).eval()
+    phi3 = _phi3_of(llama, torch.randperm(SIZES["hidden_size"], generator=torch.Generator().manual_seed(3)))
+    phi3_same = _phi3_of(llama, torch.arange(SIZES["hidden_size"]))
     ids = torch.randint(2, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(phi3(ids).logits, llama(ids).logits, atol=1e-5, rtol=1e-4)  # one function, two bases
-    for name, model in (("llama", llama), ("phi3", phi3)):
+    for name, model in (("llama", llama), ("phi3", phi3), ("phi3-same", phi3_same)):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root
 
 
 @pytest.mark.parametrize("method", ["lstsq", "correlation"])
-@pytest.mark.parametrize(("source", "target", "modules"), [("llama", "phi3", LLAMA_MODULES), ("phi3", "llama", PHI3_MODULES)])
+@pytest.mark.parametrize(("source", "target", "modules"), [("llama", "phi3", LLAMA_MODULES), ("phi3", "llama", PHI3_MODULES),
+                                                         ("phi3-same", "phi3", PHI3_MODULES)])
 def test_an_adapter_aligns_into_and_out_of_fused_projections_exactly(pair, tmp_path, source, target, modules, method):
     base = AutoModelForCausalLM.from_pretrained(pair / source)
     teacher = save_adapter(tmp_path / "adapter", base, LoraConfig(r=4, lora_alpha=8, target_modules=modules, task_type="CAUSAL_LM"),
@@ -74,7 +76,7 @@ def test_an_adapter_aligns_into_and_out_of_fused_projections_exactly(pair, tmp_p
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     operations = {row["role"]: row["operation"] for row in summary["modules"]}
-    assert set(operations.values()) == {"copy", "fuse" if target == "phi3" else "split"}, operations
+    assert set(operations.values()) == {"copy", {"llama": "fuse", "phi3": "split", "phi3-same": "copy"}[source]}, operations
     # fitted part by part: q, k and v (and gate, up) each have their maps
     assert {row["role"] for row in summary["alignment"]["modules"]} >= {"attn.q", "attn.k", "attn.v", "mlp.gate", "mlp.up"}
     converted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pair / target), out).eval()
@@ -84,3 +86,7 @@ def test_an_adapter_aligns_into_and_out_of_fused_projections_exactly(pair, tmp_p
         plain = AutoModelForCausalLM.from_pretrained(pair / target)(ids).logits
     assert (expected - plain).abs().max() > 0.1  # the adapter changes the logits: the test can fail
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-3)
+    # a fused module split and fused again keeps its rank (one A); separate q, k and v add up theirs
+    if target == "phi3":
+        rank = converted.base_model.model.model.layers[0].self_attn.qkv_proj.lora_A["default"].weight.shape[0]
+        assert rank == (4 if source == "phi3-same" else 12)

@@ -87,6 +87,18 @@ def test_fuse_parts_stacks_a_and_places_b_with_the_scaling_folded_in():
     assert torch.equal(fused.delta_weight(), expected)
 
 
+def test_parts_sharing_one_a_fuse_back_at_their_rank():
+    """A split module's parts (one A, one scaling) fuse into one module of the same rank, each
+    part's B in its rows: the delta of every part, exactly, at no added inference cost."""
+    rows = fused_rows("concat", [2, 2, 2], heads=2)
+    shared = t([1, 0, 1])
+    parts = [LoraModule(shared, t([1], [2]), 2.0), None, LoraModule(shared.clone(), t([3], [4]), 2.0)]
+    fused = fuse_parts(parts, rows, 6)
+    assert fused.rank == 1 and fused.B.tolist() == [[1], [2], [0], [0], [3], [4]]
+    expected = torch.cat([parts[0].delta_weight(), torch.zeros(2, 3, dtype=torch.float64), parts[2].delta_weight()])
+    assert torch.equal(fused.delta_weight(), expected)
+
+
 def test_fuse_parts_follows_a_per_head_layout():
     rows = fused_rows("per_head", [2, 2, 2], heads=2)  # q 0,3; k 1,4; v 2,5
     fused = fuse_parts([Q, None, V], rows, 6)
