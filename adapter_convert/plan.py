@@ -460,7 +460,7 @@ def plan_conversion(
                                selection_only=selection_only, basis_change=basis_change, generative=writes_text(task_type))
     check_partial_roles(parsed, modules, source_arch, target_arch, layer_map)
     if alignment.method is not None:
-        _check_alignable(modules, embeddings, layer_map, fresh=alignment.method == FRESH)
+        _check_alignable(embeddings, layer_map, fresh=alignment.method == FRESH)
     if alignment.method == FRESH and parsed.heads:
         raise UnsupportedError(
             f"A fresh adapter has no task head to start from, and this adapter trains {', '.join(parsed.heads)}.",
@@ -704,7 +704,7 @@ def check_head_params(head: str, params: dict[str, torch.Tensor], target: Archit
     )
 
 
-def _check_alignable(modules: tuple[ModuleMapping, ...], embeddings: tuple[str, ...], layer_map: LayerMap, *, fresh: bool = False) -> None:
+def _check_alignable(embeddings: tuple[str, ...], layer_map: LayerMap, *, fresh: bool = False) -> None:
     """What a fitted alignment cannot map. A fresh adapter reads no source tensor: several source
     layers per target layer do not matter to it. Fused projections align part by part
     (``ConversionPlan.aligned_roles``)."""
