@@ -32,7 +32,7 @@ from .transform import convert_tensors
 from .verify import verify_adapter_folder
 from .reporting import Reporter
 from .writer import check_output, write_folder_atomically
-from .tasks import writes_text
+from .tasks import WRITES_TEXT
 
 # Stands for --out in the card's reproduce command: the card must not depend on (or reveal) a local path.
 OUT_PLACEHOLDER = "./converted-adapter"
@@ -315,7 +315,7 @@ def reproduce_command(prepared: PreparedConversion) -> str:
         words += ["--calibration-tokens", str(request.calibration_tokens), "--seed", str(request.seed)]
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
-            if writes_text(prepared.plan.task_type):  # output-space distillation: what the teacher writes
+            if prepared.plan.task_type in WRITES_TEXT:  # output-space distillation: what the teacher writes
                 words += ["--max-new-tokens", str(request.max_new_tokens), "--batch-size", str(request.batch_size)]
                 words += [w for stop in request.stop for w in ("--stop", stop)]
         if request.dtype:  # the device changes speed, not the result's meaning; the dtype can change numbers

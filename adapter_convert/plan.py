@@ -17,7 +17,7 @@ from .alignment_methods import METHODS
 from .architectures import Architecture, Dims, role_shape, roles
 from .errors import BadAdapterError, CompatibilityUnknownError, LayerMapError, UnsupportedError, UsageError, WidthMismatchError
 from .layer_maps import LayerMap, layer_map_for
-from .tasks import writes_text
+from .tasks import WRITES_TEXT
 
 PEFT_PREFIX = "base_model.model."
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
@@ -457,7 +457,7 @@ def plan_conversion(
     embeddings = tuple(parsed.embeddings)
     selection_only = peft_type == "IA3" or any("lora_magnitude_vector" in params for params in parsed.layers.values())
     alignment = plan_alignment(align, width_mismatch(modules, embeddings, source_dims, target_dims), verdict,
-                               selection_only=selection_only, basis_change=basis_change, generative=writes_text(task_type))
+                               selection_only=selection_only, basis_change=basis_change, generative=task_type in WRITES_TEXT)
     check_partial_roles(parsed, modules, source_arch, target_arch, layer_map)
     if alignment.method is not None:
         _check_alignable(embeddings, layer_map, fresh=alignment.method == FRESH)
@@ -535,7 +535,7 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
                                                for params in part.layers.values())
     # a seq2seq LM writes text: a fresh adapter distilled on the teacher's answers reads no source tensor,
     # so neither the widths nor the stacks' cross-attention matter to it; fitted maps capture one stack only
-    generative = writes_text(task_type)
+    generative = task_type in WRITES_TEXT
     if mismatch and not (generative and align != "none"):
         raise WidthMismatchError(
             f"Source and target differ in width: {mismatch}.",

@@ -24,18 +24,13 @@ TASKS: dict[str, Task] = {
     "SEQ_2_SEQ_LM": Task("AutoModelForSeq2SeqLM", "text2text-generation", writes_text=True),
 }
 LABELLED = ("TOKEN_CLS", "SEQ_CLS")  # tasks whose head has one output per label (config.num_labels)
+WRITES_TEXT = frozenset(name for name, task in TASKS.items() if task.writes_text)  # a causal LM, an encoder-decoder's seq2seq LM
 BARE = "AutoModel"  # the model without a task head
 
 
 def model_class_name(task_type: str | None, *, default: str = BARE) -> str:
     task = TASKS.get(task_type or "")
     return task.model_class if task else default
-
-
-def writes_text(task_type: str | None) -> bool:
-    """Whether the task's model writes text (a causal LM, an encoder-decoder's seq2seq LM)."""
-    task = TASKS.get(task_type or "")
-    return bool(task and task.writes_text)
 
 
 def pipeline_tag(task_type: str | None) -> str | None:

@@ -19,7 +19,7 @@ from ..calibration import MAX_LENGTH, ChatPrompt, PairedBatch, load_texts, paire
 from ..errors import CalibrationDataError, UnsupportedError
 from ..summary import (Agreement, AlignedModule, AlignmentMemory, AlignmentSummary, CalibrationSummary, Distillation,
                        GenerationFidelity)
-from ..tasks import LABELLED, model_class, writes_text
+from ..tasks import LABELLED, WRITES_TEXT, model_class
 from ..transform import AdapterModule, fuse_aligned, read_module, source_part
 from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
@@ -66,7 +66,7 @@ class AlignmentSession:
         self.has_head = bool(plan.heads)
         self.num_labels = parsed.num_labels
         # a model that writes text is distilled on what the teacher writes: the calibration texts are its prompts
-        self.generative = plan.alignment.refine and writes_text(self.task_type)
+        self.generative = plan.alignment.refine and self.task_type in WRITES_TEXT
         texts = list(calibration.texts) if calibration else load_texts()  # a file's texts were read in prepare
         if self.generative and len(texts) < MIN_PROMPTS:
             raise CalibrationDataError(
