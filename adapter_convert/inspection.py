@@ -45,7 +45,8 @@ def inspect_conversion(prepared: PreparedConversion, *, file_sizes=None) -> Insp
         supported=True,
         plan={key: as_json[key] for key in ("source_adapter", "source_base", "target_base", "peft_type", "task_type", "method",
                                              "layer_map", "modules", "heads", "dropped", "alignment")}
-        | {"width_mismatch": width_mismatch(plan.modules, plan.embeddings, plan.source_dims, plan.target_dims) is not None},
+        | {"width_mismatch": any(width_mismatch(p.modules, p.embeddings, p.source_dims, p.target_dims) is not None
+                                for p in (*plan.stacks, plan))},  # each layer stack's, and the embeddings
         compatibility=summary.compatibility,
         recommended=Recommendation(align=recommended, command=command, why=why),
         costs=costs,

@@ -543,16 +543,19 @@ def _plan_stacks(parsed: ParsedAdapter, *, peft_type: str, task_type: str | None
             + (", or pass --align fresh (or auto) to distil a new adapter on the source adapter's own answers." if generative else
                " (alignment across widths is defined for single-stack models and for seq2seq LMs, by distillation)."),
         )
-    alignment = plan_alignment(align, mismatch, verdict, selection_only=selection_only, basis_change=basis_change, generative=generative)
+    # a permuted copy's exact start (correlation) is a fitted map: a seq2seq LM starts fresh there too
+    alignment = plan_alignment(align, mismatch, verdict, selection_only=selection_only, basis_change=basis_change and not generative,
+                               generative=generative)
     fresh = alignment.method == FRESH
     # output distillation starts from a fresh adapter or from the copied tensors (--align distill between compatible bases)
     if alignment.needs_models and not (generative and alignment.method in (FRESH, None)):
         raise UnsupportedError(
             f"{alignment.reason[0].upper()}{alignment.reason[1:]}, but fitted alignment maps are defined for single-stack "
             f"models, not yet for {source_arch.model_type}'s {' and '.join(names)} joined by cross-attention.",
-            "Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a "
-            "student cut from the source's layers)" + (", or --align fresh to distil a new adapter on the source adapter's "
-                                                        "own answers." if generative else "."),
+            " ".join(fix for fix, applies in (
+                ("Pass --align none to copy the tensors (valid between bases that share their hidden spaces: a fine-tune, a "
+                 "student cut from the source's layers).", not mismatch),  # a copy needs equal widths
+                ("Pass --align fresh (or auto) to distil a new adapter on the source adapter's own answers.", generative)) if applies),
         )
     # a seq2seq adapter was saved from the task model even where its keys carry no backbone (t5's
     # seq2seq model keeps its stacks at its top): the target's keys go under the target's backbone

@@ -5,7 +5,9 @@ teacher taught in one chat format moved onto a target with another."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -37,6 +39,8 @@ def test_messages_lines_are_chat_prompts_without_their_answer(tmp_path):
     chat, plain = load_texts(path)
     assert isinstance(chat, ChatPrompt) and chat == "Be brief.\nred cat" and [m["role"] for m in chat.messages] == ["system", "user"]
     assert plain == "plain" and not isinstance(plain, ChatPrompt)
+    for copied in (copy.deepcopy(chat), pickle.loads(pickle.dumps(chat))):  # rebuilt from its messages
+        assert isinstance(copied, ChatPrompt) and copied == chat and copied.messages == chat.messages
     for bad in ([{"role": "assistant", "content": "only an answer"}], [{"role": "user"}], "red cat"):
         path.write_text(json.dumps({"messages": bad}) + "\n")
         with pytest.raises(CalibrationDataError, match="Line 1 .* chat 'messages'"):
@@ -58,6 +62,11 @@ def test_each_model_reads_chat_messages_in_its_own_template_and_plain_prompts_as
     assert prompt_text("Text: red\nAnswer:", teacher, side="source base") == "Text: red\nAnswer:"
     with pytest.raises(CalibrationDataError, match="the target base's tokenizer has no chat template"):
         prompt_text(chat, byte_bpe(420), side="target base")
+    strict = byte_bpe(420)  # a template that refuses a role (gemma's takes no system message)
+    strict.chat_template = "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}x"
+    system = ChatPrompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "red"}])
+    with pytest.raises(CalibrationDataError, match="target base's chat template cannot write these chat messages.*System role"):
+        prompt_text(system, strict, side="target base")
 
 
 def test_an_adapter_taught_in_one_chat_format_is_distilled_into_another(tmp_path, monkeypatch):
@@ -95,6 +104,8 @@ def test_an_adapter_taught_in_one_chat_format_is_distilled_into_another(tmp_path
     assert fidelity["token_f1"]["converted"] >= 0.9 > fidelity["token_f1"]["target base"]
     # the teacher wrote its answers to its own format, the target learnt and wrote in its own
     assert set(seen) == {TEACHER_TEMPLATE, TARGET_TEMPLATE}
+    # each of the 40 prompts written once at most: the probe's answers are not written again
+    assert len(seen[TEACHER_TEMPLATE]) <= 40 and fidelity["train_prompts"] <= 32
     assert all(p.startswith("<user>") and p.endswith("<assistant>") for p in seen[TEACHER_TEMPLATE])
     assert all(p.startswith("### user: ") and p.endswith("### answer:") for p in seen[TARGET_TEMPLATE])
     # the target answers its own format: new chats in the target's template

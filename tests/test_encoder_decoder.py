@@ -10,6 +10,7 @@ typed error; a seq2seq LM's adapter distils in output space (test_seq2seq_distil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -217,6 +218,10 @@ def test_onto_a_single_stack_model_or_with_alignment_is_refused(tmp_path):
     with pytest.raises(WidthMismatchError, match="An encoder-decoder adapter is only copied") as caught:
         prepare(request)
     assert caught.value.exit_code == 8 and "maps 32 -> 32 features in the source but 48 -> 32" in caught.value.problem
+    # fitted maps across widths: refused, naming the conversion that works there (a copy would not)
+    with pytest.raises(UnsupportedError, match="fitted alignment maps are defined for single-stack models") as caught:
+        prepare(dataclasses.replace(request, align="lstsq"))
+    assert "--align fresh" in caught.value.fix and "--align none" not in caught.value.fix
     assert not (tmp_path / "out").exists()
 
 
@@ -262,6 +267,11 @@ def test_inspect_recommends_the_copy_when_compatibility_is_unknown(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["recommended"]["align"] == "distill" and report["plan"]["method"] == "fresh adapter + distillation"
+    assert report["plan"]["width_mismatch"] is False
+    _config(T5 | {"d_model": 48}, 2, 2).save_pretrained(tmp_path / "wider")  # each stack's widths are compared
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "lm" / "adapter"), "--target", str(tmp_path / "wider"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["width_mismatch"] is True
 
 
 def test_an_explicit_map_that_does_not_fit_one_stack_names_that_stack(tmp_path):

@@ -131,7 +131,7 @@ def test_teacher_answers_are_written_only_as_training_reaches_them():
     # the probe's answers, written beforehand, are served first and not written again
     probe = [Example("p0", " x"), Example("p1", " y")]
     ahead = TeacherAnswers(["p0", "p1", "p2"], lambda ps: [Example(p, " z") for p in ps], seed=0, chunk=8)
-    ahead.add(probe)
+    ahead.add(["p0", "p1"], probe)
     assert ahead.batch(2) == probe and ahead.prompts_left == 1 and [e.answer for e in ahead.batch(1)] == [" z"]
     # a batch is unseen while all its answers are first reads: the student's loss on it is a held-out measurement
     fresh = TeacherAnswers(["p0", "p1", "p2"], lambda ps: [Example(p, " z") for p in ps], seed=0, chunk=8)

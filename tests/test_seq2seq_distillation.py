@@ -125,3 +125,13 @@ def test_a_copy_between_compatible_seq2seq_bases_is_refined_on_the_teachers_answ
     fidelity = summary["alignment"]["fidelity"]
     assert fidelity["bits_per_byte"]["start"] < fidelity["bits_per_byte"]["target base"]  # the copy starts where the teacher is
     assert fidelity["token_f1"]["converted"] == 1.0
+
+
+def test_the_decoder_starts_from_the_configs_token_else_the_generation_configs_else_pad():
+    tokenizer = byte_bpe(300)
+    model = seq2seq("t5", T5, len(tokenizer))
+    assert decoder_start(model) == 0
+    model.config.decoder_start_token_id, model.generation_config.decoder_start_token_id = None, 5
+    assert decoder_start(model) == 5
+    model.generation_config.decoder_start_token_id = None
+    assert decoder_start(model) == model.config.pad_token_id == 0

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..calibration import ChatPrompt
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, UnsupportedError
 from .capture import on_device
 
 IGNORE = -100  # cross-entropy's ignore_index: prompt and padding positions
@@ -83,7 +83,12 @@ def prompt_text(prompt: str, tokenizer, *, side: str) -> str:
             f"The calibration prompts are chat messages, but the {side}'s tokenizer has no chat template to write them in.",
             "Give plain prompts ({\"prompt\": ...} lines, written as the model reads them), or a base whose tokenizer has a "
             "chat template.")
-    text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # noqa: BLE001 - a template raises what it likes (gemma: "System role not supported")
+        raise CalibrationDataError(
+            f"The {side}'s chat template cannot write these chat messages ({type(err).__name__}: {err}).",
+            "Give messages in the roles the model's template takes (some take no system message), or plain prompts.") from None
     bos = tokenizer.bos_token
     if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
         text = text[len(bos):]
@@ -165,9 +170,17 @@ def cut_before(text: str, markers: Sequence[str]) -> str:
 
 
 def decoder_start(model) -> int | None:
-    """The token an encoder-decoder's decoder starts from; None for a causal LM (one sequence)."""
+    """The token an encoder-decoder's decoder starts from (its config's, else its generation
+    config's, else its pad token: t5's); None for a causal LM (one sequence)."""
     config = model.config
-    return config.decoder_start_token_id if getattr(config, "is_encoder_decoder", False) else None
+    if not getattr(config, "is_encoder_decoder", False):
+        return None
+    generation = getattr(model, "generation_config", None)
+    for start in (config.decoder_start_token_id, getattr(generation, "decoder_start_token_id", None), config.pad_token_id):
+        if start is not None:
+            return start
+    raise UnsupportedError(f"{config.model_type} is an encoder-decoder without a decoder start token in its config.",
+                           "Set decoder_start_token_id in the target's config.json.")
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int, decoder_start: int | None = None) -> dict[str, torch.Tensor]:
@@ -496,9 +509,11 @@ class TeacherAnswers:
         """The next ``count`` prompts in the shuffled order (to write now, e.g. to probe how answers end)."""
         return self._unwritten[:count]
 
-    def add(self, answers: Sequence[Example]) -> None:
-        """Answers written elsewhere (the probe's): served next, and their prompts not written again."""
-        done = {a.prompt for a in answers}
+    def add(self, prompts: Sequence[str], answers: Sequence[Example]) -> None:
+        """The answers to ``prompts`` (written elsewhere, as the probe's): served next, and those
+        prompts not written again. By the prompts as given, not as an answer holds them: a chat
+        prompt's answer holds it in the target's chat template."""
+        done = set(prompts)
         self._unwritten = [p for p in self._unwritten if p not in done]
         kept = [a for a in answers if a.answer.strip()]
         self.empty += len(answers) - len(kept)
@@ -524,7 +539,7 @@ class TeacherAnswers:
         while len(self._queue) < size:
             if self._unwritten:
                 chunk, self._unwritten = self._unwritten[: self._chunk], self._unwritten[self._chunk :]
-                self.add(self._write(chunk))
+                self.add(chunk, self._write(chunk))
             elif self.written:  # an epoch over what was written
                 self._queue = self._alike_in_runs(self._queue + [(a, False) for a in self._rng.sample(self.written, len(self.written))])
             else:

@@ -304,6 +304,10 @@ class AlignmentSession:
         request = self.options
         # the teacher answers a training prompt only when distillation reaches it: an early stop leaves the rest unwritten
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
+        chats = [p for p in train_prompts + self.held_texts if isinstance(p, ChatPrompt)]
+        for tokenizer, side in ((self.teacher_tokenizer, "source base"), (self.student_tokenizer, "target base")):
+            for chat in chats:  # chat messages both models can read, checked before anything runs
+                generative.prompt_text(chat, tokenizer, side=side)
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
         cut = self._say_cut_prompts(train_prompts + self.held_texts, request.max_new_tokens)
@@ -345,7 +349,7 @@ class AlignmentSession:
                         "raise --max-new-tokens if the task's answers are longer")
                 answer_end += f" ({note})"
                 self.reporter.stage(note[0].upper() + note[1:])
-            train.add(for_student(probe, probed))
+            train.add(probe, for_student(probe, probed))
             held = [a for a in for_student(self.held_texts, write(self.held_texts, lambda n: advance(amount=n))) if a.answer.strip()]
         if not train.written or not held:
             raise CalibrationDataError(

@@ -36,6 +36,9 @@ class ChatPrompt(str):
         prompt.messages = messages
         return prompt
 
+    def __getnewargs__(self) -> tuple:  # copy and pickle rebuild it from its messages, not its text
+        return (self.messages,)
+
 
 def load_texts(source: Path | None = None) -> list[str]:
     """The calibration texts; a file that is not UTF-8 text or holds no text is refused, naming it."""
