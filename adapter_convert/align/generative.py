@@ -203,8 +203,8 @@ def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int, 
         kept = keep_last(range(len(ids)), max_length, bos=0 if bos is not None and ids[0] == bos else None)
         rows.append([ids[i] for i in kept])
         labels.append([ids[i] if keep[i] else IGNORE for i in kept])
-    input_ids, attention = left_padded(rows, pad_id(tokenizer))
-    label_ids, _ = left_padded(labels, IGNORE)
+    input_ids, attention = padded(rows, pad_id(tokenizer), left=True)
+    label_ids, _ = padded(labels, IGNORE, left=True)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
             "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
 
@@ -241,20 +241,16 @@ def pad_id(tokenizer) -> int:
     return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
 
-def left_padded(rows: Sequence[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` padded on the left with ``fill`` to the longest, and the attention mask (1: a real token)."""
-    return padded(rows, fill, left=True)
-
-
 def padded(rows: Sequence[list[int]], fill: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` padded with ``fill`` to the longest, on the left or the right, and the attention mask."""
+    """``rows`` padded with ``fill`` to the longest, on the left or the right, and the attention
+    mask (1: a real token)."""
     width = max(len(r) for r in rows)
-    pads = [width - len(r) for r in rows]
-    if left:
-        return (torch.tensor([[fill] * n + list(r) for n, r in zip(pads, rows)]),
-                torch.tensor([[0] * n + [1] * len(r) for n, r in zip(pads, rows)]))
-    return (torch.tensor([list(r) + [fill] * n for n, r in zip(pads, rows)]),
-            torch.tensor([[1] * len(r) + [0] * n for n, r in zip(pads, rows)]))
+
+    def pad(values: list[int], filler: int) -> list[int]:
+        fillers = [filler] * (width - len(values))
+        return fillers + values if left else values + fillers
+
+    return torch.tensor([pad(list(r), fill) for r in rows]), torch.tensor([pad([1] * len(r), 0) for r in rows])
 
 
 def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -262,13 +258,13 @@ def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     that predict them (answers end every left-padded row): a 262k-token vocabulary head over
     the prompt's positions would cost more than the rest of the model."""
     labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     if "decoder_input_ids" in batch:  # an encoder-decoder: the decoder's positions are the answer's
-        logits = model(**on_device({k: v for k, v in batch.items() if k != "labels"}, model)).logits
+        logits = model(**on_device(inputs, model)).logits
         labels = labels.to(logits.device)
         return masked_nats(logits, labels), int((labels[:, 1:] != IGNORE).sum())
     labelled = (labels != IGNORE).any(0).nonzero()
     keep = int(labels.shape[1] - labelled.min()) + 1 if len(labelled) else 1
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**on_device(inputs, model), logits_to_keep=keep).logits
     tail = labels[:, -keep:].to(logits.device)
     return masked_nats(logits, tail), int((tail[:, 1:] != IGNORE).sum())

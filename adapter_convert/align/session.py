@@ -304,10 +304,9 @@ class AlignmentSession:
         request = self.options
         # the teacher answers a training prompt only when distillation reaches it: an early stop leaves the rest unwritten
         train_prompts = self.fit_texts[: max(1, request.distill_steps * request.batch_size)]
-        chats = [p for p in train_prompts + self.held_texts if isinstance(p, ChatPrompt)]
-        for tokenizer, side in ((self.teacher_tokenizer, "source base"), (self.student_tokenizer, "target base")):
-            for chat in chats:  # chat messages both models can read, checked before anything runs
-                generative.prompt_text(chat, tokenizer, side=side)
+        # chat messages both models can read, checked before anything runs (the teacher's side by _say_cut_prompts)
+        for chat in (p for p in train_prompts + self.held_texts if isinstance(p, ChatPrompt)):
+            generative.prompt_text(chat, self.student_tokenizer, side="target base")
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
         options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
         cut = self._say_cut_prompts(train_prompts + self.held_texts, request.max_new_tokens)
