@@ -283,6 +283,12 @@ def convert(
                                                    "first line break when the teacher's first 32 show it never stops and runs on "
                                                    "past one line.", rich_help_panel="Alignment", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Causal or seq2seq LM: prompts per distillation step.", rich_help_panel="Alignment", min=1)] = 4,
+    span_weight: Annotated[float, typer.Option(help="Causal LM: weight of a second distillation term (ALM's span likelihoods): "
+                                               "on each stretch of an answer that both tokenizers cut at the same characters, the "
+                                               "target's probability of writing it is pulled to the source's, recorded as it wrote the "
+                                               "answer. Measured: the target scores text more like the source (bits per byte of gold "
+                                               "answers 0.24 -> 0.19 on NER), its greedy answers no closer. 0: off.",
+                                               rich_help_panel="Alignment", min=0.0)] = 0.0,
     lr: Annotated[float, typer.Option(help="Learning rate of --align distill.", rich_help_panel="Alignment")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for distillation (results are reproducible).", rich_help_panel="Alignment")] = 0,
     device: Annotated[
@@ -354,6 +360,7 @@ def convert(
         max_new_tokens=max_new_tokens,
         stop=tuple(stop or ()),
         batch_size=batch_size,
+        span_weight=span_weight,
         min_fidelity=min_fidelity,
     )
     reporter = ConsoleReporter(console)

@@ -64,6 +64,7 @@ class ConversionRequest:
     max_new_tokens: int = 64  # the teacher's answer budget per prompt
     stop: tuple[str, ...] = ()  # strings that end an answer (kept in it), beside EOS
     batch_size: int = 4  # distillation batch, in prompts
+    span_weight: float = 0.0  # a causal LM's span term (ALM): the teacher's likelihood of the spans both tokenizers cut alike
     min_fidelity: float | None = None  # refuse (exit 20) a result whose measured fidelity is below this, before any push
 
 
@@ -103,6 +104,8 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--max-new-tokens", request.max_new_tokens, "a whole number from 1 to 4096")
     if request.batch_size < 1:
         raise bad("--batch-size", request.batch_size, "1 or more")
+    if not (isinstance(request.span_weight, (int, float)) and math.isfinite(request.span_weight) and request.span_weight >= 0):
+        raise bad("--span-weight", request.span_weight, "a finite number of 0 or more")
     if any(not s for s in request.stop):
         raise bad("--stop", "", "a non-empty string")
     if request.min_fidelity is not None and not (math.isfinite(request.min_fidelity) and 0 <= request.min_fidelity <= 1):
@@ -202,6 +205,9 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None, *, pla
             f"--min-fidelity {request.min_fidelity} needs a measured fidelity, but this conversion copies tensors "
             f"({_method(plan)}: {plan.alignment.reason}) and measures none.",
             "Drop --min-fidelity for a copy, or pass --align distill to measure the converted adapter against the source.")
+    if request.span_weight and plan.task_type != "CAUSAL_LM":  # spans of answers a causal LM writes, before any work
+        raise UsageError(f"--span-weight compares the spans of answers a causal LM writes; this adapter's task is {plan.task_type}.",
+                         "Leave --span-weight at 0 for this adapter.")
     calibration = None
     if plan.fetches_weights and not request.dry_run:  # activations need base weights
         if request.calibration_data:
@@ -317,6 +323,7 @@ def reproduce_command(prepared: PreparedConversion) -> str:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
             if prepared.plan.task_type in WRITES_TEXT:  # output-space distillation: what the teacher writes
                 words += ["--max-new-tokens", str(request.max_new_tokens), "--batch-size", str(request.batch_size)]
+                words += ["--span-weight", str(request.span_weight)] if request.span_weight else []
                 words += [w for stop in request.stop for w in ("--stop", stop)]
         if request.dtype:  # the device changes speed, not the result's meaning; the dtype can change numbers
             words += ["--dtype", request.dtype]

@@ -185,6 +185,7 @@ class Distillation(_Serialized):
     max_steps: int | None = None  # the cap; early stopping on held-out fidelity may end before it
     best_step: int | None = None  # the step whose adapter was kept (0: the start)
     cooldown_from: int | None = None  # output distillation that ended early: the step its 10-step cool-down began
+    span_weight: float | None = None  # output distillation's span term (--span-weight), when on
 
 
 @dataclass(frozen=True, kw_only=True)

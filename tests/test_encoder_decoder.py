@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from adapter_convert.architectures import get_architecture
 from adapter_convert.cli import app
-from adapter_convert.errors import UnsupportedError, WidthMismatchError
+from adapter_convert.errors import UnsupportedError, UsageError, WidthMismatchError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
 from helpers import delta_weights, save_adapter
 
@@ -187,6 +187,9 @@ def test_align_auto_copies_onto_a_student_measured_compatible_and_distils_betwee
         unrelated.shared.weight.copy_(torch.randn(unrelated.shared.weight.shape, generator=torch.Generator().manual_seed(5)))
     unrelated.save_pretrained(tmp_path / "unrelated")
     request = ConversionRequest(adapter=str(tmp_path / "adapter"), target=str(tmp_path / "unrelated"), out=tmp_path / "out2")
+    with pytest.raises(UsageError, match="--span-weight compares the spans of answers a causal LM writes; .* SEQ_2_SEQ_LM"):
+        prepare(dataclasses.replace(request, span_weight=1.0))  # ALM's span term: a causal LM's answers only
+    assert not (tmp_path / "out2").exists()
     plan = prepare(request).plan
     assert plan.alignment.method == "fresh" and plan.alignment.refine and "measured" in plan.alignment.reason
     assert [stack.alignment.method for stack in plan.stacks] == ["fresh", "fresh"]

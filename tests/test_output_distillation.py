@@ -5,6 +5,7 @@ another family, width and tokenizer with only its prompts."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +20,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
-from adapter_convert.align.generative import (IGNORE, Example, answer_positions, cut_at_stop, cut_before, encode_examples, generate,
+from adapter_convert.align.generative import (IGNORE, Example, answer_nats, answer_nats_and_spans, answer_positions, binary_kl, cut_at_stop,
+                                              cut_before, encode_examples, generate, likelihood_at_boundaries, shared_spans,
                                               masked_nats, token_f1)
 from adapter_convert.align.session import restart_marker
 from adapter_convert.cli import app
@@ -75,6 +77,63 @@ def test_masked_nats_is_the_cross_entropy_of_the_labelled_next_tokens():
     weights = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # label positions weighted: 2x the first
     weighted = expected + F.cross_entropy(logits[0, 1], torch.tensor(3)) - F.cross_entropy(logits[0, 2], torch.tensor(5))
     assert torch.allclose(masked_nats(logits, labels, weights), weighted)
+
+
+def test_shared_spans_are_where_both_tokenizations_cut_the_answer():
+    # " ORG: Tuvalu" cut by the teacher as " OR|G|:| Tu|valu" (log-probabilities -0.7, -0.1, -0.2, -0.5, -0.3)
+    # and by the student as " ORG|:| Tuv|alu": both cut at 4 (after "G"), 5 (after ":") and 12
+    teacher = [(3, -0.7), (4, -0.8), (5, -1.0), (8, -1.5), (12, -1.8)]
+    spans = shared_spans(teacher, [4, 5, 9, 12])
+    assert [(a, b) for a, b, _ in spans] == [(0, 4), (4, 5), (5, 12)]
+    assert [round(lp, 6) for *_, lp in spans] == [-0.8, -0.2, -0.8]
+    # the student merged the answer's first character into the prompt's last token: its answer starts at 1,
+    # where the teacher does not cut, so the first shared span starts at 4
+    assert [(a, b) for a, b, _ in shared_spans(teacher, [4, 5, 9, 12], student_start=1)] == [(4, 5), (5, 12)]
+    assert shared_spans([], [4, 5]) == []  # no teacher likelihood: nothing to compare
+
+
+def test_binary_kl_of_a_span_is_the_divergence_of_two_bernoullis():
+    t, s = torch.tensor([math.log(0.5), math.log(0.9), math.log(0.3)]), torch.tensor([math.log(0.9), math.log(0.9), math.log(0.3)])
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert torch.allclose(binary_kl(t, s), torch.tensor([expected, 0.0, 0.0]), atol=1e-6)
+    assert float(binary_kl(torch.tensor(0.0), torch.tensor(-20.0))) > 10  # a sure span the student finds unlikely costs much
+    assert torch.isfinite(binary_kl(torch.tensor(0.0), torch.tensor(0.0)))  # both sure: finite (clamped), not nan
+
+
+def test_the_teachers_likelihood_is_kept_at_its_token_boundaries_inside_the_answer():
+    tokenizer = byte_bpe(300)
+    text = " blue sky\nText: red"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    logprobs = [-0.1 * (i + 1) for i in range(len(ids))]
+    answer = " blue sky\n"  # cut at its first line: boundaries past it are dropped
+    found = likelihood_at_boundaries(tokenizer, ids, logprobs, answer)
+    ends = [len(tokenizer.decode(ids[:k])) for k in range(1, len(ids) + 1)]
+    assert [e for e, _ in found] == [e for e in ends if e <= len(answer)] and found[-1][0] == len(answer)
+    assert all(math.isclose(lp, sum(logprobs[: ends.index(e) + 1])) for e, lp in found)
+
+
+def test_the_span_term_reads_the_students_log_probability_of_each_shared_span():
+    torch.manual_seed(0)
+    tokenizer = byte_bpe(300)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", 2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
+                                                         bos_token_id=1, max_position_embeddings=64)).eval()
+    answers = [" blue sky\n", " red\n"]
+    examples = []
+    for prompt, answer in zip(["Text: red cat\nAnswer:", "Text: a longer green river\nAnswer:"], answers):
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        likelihood = likelihood_at_boundaries(tokenizer, ids, [-0.2] * len(ids), answer)
+        examples.append(Example(prompt, answer, ended=True, likelihood=likelihood))
+    batch = encode_examples(tokenizer, examples, max_length=64)
+    # the student's own tokenization is the teacher's here: every token is a span of its own
+    assert batch["span_columns"].shape[0] == sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    with torch.no_grad():
+        nats, tokens, divergence = answer_nats_and_spans(model, batch)
+        plain, plain_tokens = answer_nats(model, batch)
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       position_ids=batch["position_ids"]).logits.float(), -1)
+    assert torch.allclose(nats, plain, atol=1e-4) and tokens == plain_tokens
+    by_hand = [logp[r, a - 1 : b, :].gather(-1, batch["input_ids"][r, a : b + 1, None]).sum() for r, a, b in batch["span_columns"].tolist()]
+    assert torch.allclose(divergence, binary_kl(batch["span_teacher"], torch.stack(by_hand)).sum(), atol=1e-4)
 
 
 def test_token_f1_exact_and_partial():
@@ -369,6 +428,29 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
     assert str(taught / "prompts.jsonl") not in card and f"prompts.jsonl (sha256 {digest})" in card and "--calibration-data prompts.jsonl" in card
 
 
+def test_the_span_term_learns_from_the_likelihood_the_teacher_recorded_and_the_card_says_so(taught, tmp_path, monkeypatch):
+    from adapter_convert.align import generative
+
+    seen = []  # spans the steps compared (the teacher's likelihood came through to the student's batches)
+
+    def spy(model, batch):
+        seen.append(len(batch.get("span_columns", ())))
+        return answer_nats_and_spans(model, batch)
+
+    monkeypatch.setattr(generative, "answer_nats_and_spans", spy)
+    out = tmp_path / "out"
+    result = convert(taught, out, "--stop", "\n", "--distill-steps", "20", "--lr", "2e-2", "--seed", "1", "--span-weight", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["alignment"]
+    assert len(seen) == report["distill"]["steps"] and min(seen) > 0  # every step read spans, of every answer
+    assert report["distill"]["span_weight"] == 1.0
+    fidelity = report["fidelity"]
+    assert fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["target base"]
+    card = (out / "README.md").read_text()
+    assert "with the span likelihood term at weight 1.0" in card and "--span-weight 1.0" in card  # and its command redoes it
+    assert convert(taught, tmp_path / "bad", "--span-weight", "-1").exit_code == 2 and not (tmp_path / "bad").exists()
+
+
 def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("hello\n")
@@ -507,6 +589,21 @@ def test_a_merged_adapter_generates_the_same_answers_and_is_unmerged_after(taugh
     half = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher", dtype=torch.bfloat16), taught / "adapter")
     with merged_adapter(half):
         assert not any(m.merged for m in half.modules() if hasattr(m, "merged"))
+
+
+def test_the_teachers_likelihood_recorded_while_it_writes_is_its_own_score_of_the_answer(taught):
+    from transformers import AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter").eval()
+    tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
+    written = generate(model, tokenizer, prompts(6, offset=3), max_new_tokens=6, stops=("\n",), max_length=64, likelihood=True)
+    plain = generate(model, tokenizer, prompts(6, offset=3), max_new_tokens=6, stops=("\n",), max_length=64)
+    assert [w.answer for w in written] == [p.answer for p in plain] and not any(p.likelihood for p in plain)
+    for example in written:
+        assert example.likelihood and example.likelihood[-1][0] == len(example.answer)
+        with torch.no_grad():  # the same answer scored afterwards, teacher-forced
+            nats, _ = answer_nats(model, encode_examples(tokenizer, [dataclasses.replace(example, ended=False)], max_length=64))
+        assert math.isclose(example.likelihood[-1][1], -float(nats), rel_tol=1e-3, abs_tol=1e-4)
 
 
 def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):

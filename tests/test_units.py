@@ -470,7 +470,8 @@ def test_summary_to_json_known_answer():
         "memory": {"passes": 1, "statistics_dtype": "float64", "predicted_alignment_bytes": 1000, "budget_bytes": 4096},
         "agreement": {"metric": "predicted-label agreement", "value": 0.875, "held_out_tokens": 64},
         "agreement_before_distill": {"metric": "predicted-label agreement", "value": 0.5, "held_out_tokens": 64},
-        "distill": {"steps": 10, "lr": 0.001, "seed": 0, "final_loss": 0.25, "skipped": None, "max_steps": None, "best_step": None, "cooldown_from": None},
+        "distill": {"steps": 10, "lr": 0.001, "seed": 0, "final_loss": 0.25, "skipped": None, "max_steps": None, "best_step": None, "cooldown_from": None,
+                    "span_weight": None},
         "fidelity": None,
     }
     planned = summary().to_json()  # a plan: nothing written, nothing run

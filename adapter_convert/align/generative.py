@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..calibration import ChatPrompt
 from ..errors import CalibrationDataError, UnsupportedError
@@ -48,6 +48,9 @@ class Example:
     ended: bool = False  # the teacher stopped by its EOS: the student learns to stop there too
     finished: bool = False  # ended by EOS or a stop string (not by the token budget)
     loop: str = ""  # where the model looped: the repeats cut from the answer's end (loop_cut)
+    # the teacher's log-probability of its answer's first ``end`` characters, at each of its token
+    # boundaries, (end, log-probability), recorded as it wrote (generate(likelihood=True)): the span term reads it
+    likelihood: tuple[tuple[int, float], ...] = ()
 
 
 # ---- pure pieces ---------------------------------------------------------------------------------
@@ -58,6 +61,29 @@ def answer_positions(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> l
     A token straddling the boundary (a tokenizer merging the prompt's end into the answer) counts
     as prompt: the loss never rewards re-writing the prompt. Special tokens ((0, 0) spans) never count."""
     return [end > start and start >= prompt_chars for start, end in offsets]
+
+
+def shared_spans(teacher: Sequence[tuple[int, float]], student_ends: Sequence[int], student_start: int = 0) -> list[tuple[int, int, float]]:
+    """Spans of the answer that both tokenizations cut at the same characters (ALM's chunks):
+    (start, end, the teacher's log-probability of the span), in characters of the answer.
+    ``teacher``: its cumulative log-probability at each of its token boundaries (the answer's
+    start, 0, is one); ``student_ends``: where the student's answer tokens end, its first token
+    starting at ``student_start`` (after a token it merged across the prompt's end)."""
+    cumulative = {0: 0.0, **dict(teacher)}
+    points = [student_start] + [e for e in student_ends if e > student_start]
+    shared = [p for p in sorted(set(points)) if p in cumulative]
+    return [(a, b, cumulative[b] - cumulative[a]) for a, b in zip(shared, shared[1:])]
+
+
+def binary_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """ALM's binarised divergence of a span: KL(Bernoulli(p_teacher) || Bernoulli(p_student)) of the
+    probability that the span comes next, from log-probabilities (a span the teacher was sure of
+    pulls the student to sure; one it hesitated on, to the same hesitation)."""
+    t = teacher_logp.clamp(max=-1e-6)
+    s = student_logp.clamp(max=-1e-6)
+    log1m = lambda x: torch.log(-torch.expm1(x))  # noqa: E731 - log(1 - exp(x)), exact for small |x|
+    p = t.exp()
+    return p * (t - s) + (1 - p) * (log1m(t) - log1m(s))
 
 
 def keep_last(ids: Sequence[int], limit: int, *, bos: int | None) -> list[int]:
@@ -100,14 +126,19 @@ def prompt_tokens(max_length: int, max_new_tokens: int) -> int:
     return max(1, max_length - max_new_tokens)
 
 
-def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy (nats) over labelled positions: ``logits[:, t]`` predicts
-    ``labels[:, t + 1]``; ``IGNORE`` labels add nothing; optional per-label ``weights``."""
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each next label's log-probability, (rows, positions - 1): ``logits[:, t]`` predicts
+    ``labels[:, t + 1]``; 0 where the label is ``IGNORE``."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
-    if weights is not None:
-        nats = nats * weights[:, 1:].reshape(-1).to(nats.dtype)
-    return nats.sum()
+    return -nats.view(labels.shape)
+
+
+def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy (nats) over labelled positions (``label_logprobs``);
+    optional per-label ``weights``."""
+    logp = label_logprobs(logits, labels)
+    return -(logp if weights is None else logp * weights[:, 1:].to(logp.dtype)).sum()
 
 
 def token_f1(predicted: str, reference: str) -> float:
@@ -191,22 +222,46 @@ def encode_examples(tokenizer, examples: Sequence[Example], *, max_length: int, 
     An encoder-decoder (``decoder_start``): ``_encode_for_decoder``."""
     if decoder_start is not None:
         return _encode_for_decoder(tokenizer, examples, max_length=max_length, start=decoder_start)
-    rows, labels = [], []
+    rows, labels, spans = [], [], []
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     for example in examples:
         encoded = tokenizer(example.prompt + example.answer, return_offsets_mapping=True, add_special_tokens=True)
         ids = list(encoded["input_ids"])
         keep = answer_positions(encoded["offset_mapping"], len(example.prompt))
+        if example.likelihood:
+            spans.append(_student_spans(example, encoded["offset_mapping"], keep))
         if example.ended and eos is not None:
             ids.append(eos)
             keep.append(True)
         kept = keep_last(range(len(ids)), max_length, bos=0 if bos is not None and ids[0] == bos else None)
         rows.append([ids[i] for i in kept])
         labels.append([ids[i] if keep[i] else IGNORE for i in kept])
+        if example.likelihood:  # token indices -> columns of the row as kept (before its left padding)
+            column = {index: c for c, index in enumerate(kept)}
+            spans[-1] = [(len(rows) - 1, column[a], column[b], lp) for a, b, lp in spans[-1] if a in column]
     input_ids, attention = padded(rows, pad_id(tokenizer), left=True)
     label_ids, _ = padded(labels, IGNORE, left=True)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
-            "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids,
+             "position_ids": (attention.cumsum(-1) - 1).clamp_min(0)}
+    found = [span for row in spans for span in row]
+    if found:  # the padding shifts each row's columns right by its width's shortfall
+        width = input_ids.shape[1]
+        batch["span_columns"] = torch.tensor([(r, a + width - len(rows[r]), b + width - len(rows[r])) for r, a, b, _ in found])
+        batch["span_teacher"] = torch.tensor([lp for *_, lp in found], dtype=torch.float32)
+    return batch
+
+
+def _student_spans(example: Example, offsets: Sequence[tuple[int, int]], answer: Sequence[bool]) -> list[tuple[int, int, float]]:
+    """The shared spans (``shared_spans``) of an answer as (first token, last token, the teacher's
+    log-probability), the tokens' indices in the student's tokenization of prompt + answer."""
+    start = len(example.prompt)
+    tokens = [(i, a - start, b - start) for i, ((a, b), mine) in enumerate(zip(offsets, answer)) if mine]
+    if not tokens:
+        return []
+    teacher = [(end, lp) for end, lp in example.likelihood if end <= len(example.answer)]
+    by_start, by_end = {a: i for i, a, _ in tokens}, {b: i for i, _, b in tokens}
+    return [(by_start[a], by_end[b], lp) for a, b, lp in shared_spans(teacher, [b for *_, b in tokens], tokens[0][1])
+            if a in by_start and b in by_end]
 
 
 def _encode_for_decoder(tokenizer, examples: Sequence[Example], *, max_length: int, start: int) -> dict[str, torch.Tensor]:
@@ -253,21 +308,42 @@ def padded(rows: Sequence[list[int]], fill: int, *, left: bool) -> tuple[torch.T
     return torch.tensor([pad(list(r), fill) for r in rows]), torch.tensor([pad([1] * len(r), 0) for r in rows])
 
 
-def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed nats of the labelled tokens, and how many there are. Logits only for the positions
-    that predict them (answers end every left-padded row): a 262k-token vocabulary head over
-    the prompt's positions would cost more than the rest of the model."""
+def _scored_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict the batch's labels, and those labels. A causal LM's logits only for
+    the positions that predict them (answers end every left-padded row): a 262k-token vocabulary
+    head over the prompt's positions would cost more than the rest of the model."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("span_")}
     if "decoder_input_ids" in batch:  # an encoder-decoder: the decoder's positions are the answer's
         logits = model(**on_device(inputs, model)).logits
-        labels = labels.to(logits.device)
-        return masked_nats(logits, labels), int((labels[:, 1:] != IGNORE).sum())
+        return logits, labels.to(logits.device)
     labelled = (labels != IGNORE).any(0).nonzero()
     keep = int(labels.shape[1] - labelled.min()) + 1 if len(labelled) else 1
     logits = model(**on_device(inputs, model), logits_to_keep=keep).logits
-    tail = labels[:, -keep:].to(logits.device)
-    return masked_nats(logits, tail), int((tail[:, 1:] != IGNORE).sum())
+    return logits, labels[:, -keep:].to(logits.device)
+
+
+def answer_nats(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed nats of the labelled tokens, and how many there are."""
+    logits, labels = _scored_logits(model, batch)
+    return masked_nats(logits, labels), int((labels[:, 1:] != IGNORE).sum())
+
+
+def answer_nats_and_spans(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """``answer_nats``, and the summed divergence (``binary_kl``) of the batch's shared spans
+    (``span_columns``: row, first and last token column; ``span_teacher``: the teacher's
+    log-probability of each, ``encode_examples``), from the same forward pass."""
+    logits, labels = _scored_logits(model, batch)
+    logp = label_logprobs(logits, labels)
+    nats, count = -logp.sum(), int((labels[:, 1:] != IGNORE).sum())
+    if "span_columns" not in batch:
+        return nats, count, logp.new_zeros(())
+    # a label in column c of the row is predicted in logp's column c - shift; cumulative sums give each span's sum
+    shift = batch["labels"].shape[1] - labels.shape[1] + 1
+    cumulative = F.pad(logp.cumsum(1), (1, 0))
+    index = batch["span_columns"].to(logp.device)
+    student = cumulative[index[:, 0], index[:, 2] - shift + 1] - cumulative[index[:, 0], index[:, 1] - shift]
+    return nats, count, binary_kl(batch["span_teacher"].to(logp.device), student).sum()
 
 
 def batched(examples: Sequence[Example], size: int) -> list[list[Example]]:
@@ -290,9 +366,38 @@ def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: 
 # ---- generation ----------------------------------------------------------------------------------
 
 
+class ChosenLogProb(LogitsProcessor):
+    """Records, at each decoding step, each row's log-probability of the token greedy decoding
+    picks (the highest score; the last processor sees the scores greedy decoding reads): the
+    teacher's likelihood of its own answers, for free while it writes them."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(scores.float().log_softmax(-1).max(-1).values.cpu())
+        return scores
+
+
+def likelihood_at_boundaries(tokenizer, tokens: Sequence[int], logprobs: Sequence[float], text: str) -> tuple[tuple[int, float], ...]:
+    """(end, cumulative log-probability) at each token boundary of ``tokens`` that falls inside
+    ``text`` (their decoding, maybe cut): where decoding the first tokens gives a prefix of it
+    (a token ending inside a multi-byte character is no boundary)."""
+    found, total = [], 0.0
+    for count, logprob in enumerate(logprobs[: len(tokens)], start=1):
+        total += logprob
+        prefix = tokenizer.decode(tokens[:count], skip_special_tokens=True)
+        if len(prefix) > len(text):
+            break
+        if text.startswith(prefix) and prefix and (not found or len(prefix) > found[-1][0]):
+            found.append((len(prefix), total))
+    return tuple(found)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, stops: Sequence[str], restarts: Sequence[str] = (),
-             batch_size: int = 16, max_length: int, on_batch: Callable[[int], None] = lambda n: None) -> list[Example]:
+             batch_size: int = 16, max_length: int, on_batch: Callable[[int], None] = lambda n: None,
+             likelihood: bool = False) -> list[Example]:
     """Greedy continuations of ``prompts`` (an encoder-decoder's: its decoder's text), batched (the KV cache), each ended by EOS,
     cut after its first stop string, or cut before its first restart marker (the model began a new
     example); a row that loops ends there and keeps the loop's run once (``loop_cut``; the rest in
@@ -320,11 +425,16 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
         inputs = on_device({"input_ids": ids, "attention_mask": mask}, model)
         written_from = 1 if two_parts else ids.shape[1]  # the decoder writes after its start token
         loops = StoppingCriteriaList([LoopStop(written_from)])
+        recorder = ChosenLogProb() if likelihood and not two_parts else None
+        processors = LogitsProcessorList([recorder] if recorder else [])
         try:  # transformers stops a row at a stop string; the text is cut below either way
             out = model.generate(**inputs, **options, stop_strings=ends or None, tokenizer=tokenizer if ends else None,
-                                 stopping_criteria=loops)
+                                 stopping_criteria=loops, logits_processor=processors)
         except ValueError:  # a stop string its preprocessing cannot match to tokens: run to the budget
-            out = model.generate(**inputs, **options, stopping_criteria=loops)
+            if recorder:
+                recorder.steps.clear()
+            out = model.generate(**inputs, **options, stopping_criteria=loops, logits_processor=processors)
+        chosen = torch.stack(recorder.steps, 1) if recorder and recorder.steps else None
         for row, index in enumerate(chunk):
             new = out[row, written_from:].tolist()
             first_end = next((i for i, token in enumerate(new) if token in eos), None)
@@ -336,8 +446,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
             whole = tokenizer.decode(new, skip_special_tokens=True)
             text, stopped = cut_at_stop(tokenizer.decode(new[:cut], skip_special_tokens=True) if cut else whole, ends)
             loop = whole[len(text):] if cut and not stopped and whole.startswith(text) else ""
-            results[index] = Example(prompts[index], cut_before(text, restarts), ended=ended and not stopped, finished=ended or stopped,
-                                     loop=loop)
+            answer = cut_before(text, restarts)
+            scored = likelihood_at_boundaries(tokenizer, new, chosen[row].tolist(), answer) if chosen is not None else ()
+            results[index] = Example(prompts[index], answer, ended=ended and not stopped, finished=ended or stopped, loop=loop,
+                                     likelihood=scored)
         on_batch(len(chunk))
     return [results[i] for i in range(len(prompts))]
 
@@ -637,7 +749,7 @@ def no_window_gain(values: Sequence[float], patience: int) -> bool:
 
 def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequence[Example], *, steps: int, lr: float, seed: int,
                        batch_size: int, max_length: int, eval_every: int, patience: int, autocast: torch.dtype | None = None,
-                       start_bpb: float | None = None, cast_once: bool = False,
+                       start_bpb: float | None = None, cast_once: bool = False, span_weight: float = 0.0,
                        on_step: Callable[[float], None] = lambda loss: None) -> DistillRun:
     """Train the student's adapter on the teacher's answers (cross-entropy per answer token, prompt
     masked). The learning rate falls linearly from ``lr`` to zero at the ``steps`` cap. The model
@@ -676,10 +788,14 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         while step < end:
             chunk = train.batch(batch_size)
             with copies.swapped(), torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
-                nats, tokens = answer_nats(student, encode_examples(tokenizer, chunk, max_length=max_length, decoder_start=start))
+                encoded = encode_examples(tokenizer, chunk, max_length=max_length, decoder_start=start)
+                if span_weight:
+                    nats, tokens, divergence = answer_nats_and_spans(student, encoded)
+                else:
+                    (nats, tokens), divergence = answer_nats(student, encoded), 0.0
             if train.last_unseen:
                 window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
-            loss = nats / max(tokens, 1)
+            loss = (nats + span_weight * divergence) / max(tokens, 1)
             loss.backward()
             for group in optimizer.param_groups:
                 group["lr"] = lr * decay_rate(step, steps=steps, cooldown=cooldown, early_end=end if end < steps else None)

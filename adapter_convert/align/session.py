@@ -322,7 +322,7 @@ class AlignmentSession:
             texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
                 answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart, **options,
-                                              batch_size=GENERATION_BATCH, on_batch=advance)
+                                              batch_size=GENERATION_BATCH, on_batch=advance, likelihood=request.span_weight > 0)
             return [generative.first_line(a) for a in answers] if one_line else answers
 
         def for_student(prompts: list[str], answers: list[generative.Example]) -> list[generative.Example]:
@@ -366,7 +366,7 @@ class AlignmentSession:
                 run = generative.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
-                    start_bpb=start_bpb, cast_once=fast["student"] is not None,
+                    start_bpb=start_bpb, cast_once=fast["student"] is not None, span_weight=request.span_weight,
                     on_step=lambda loss: advance(f"loss {loss:.4f}, {len(train.written)} teacher answers"))
         final_bpb = min(v for _, v in run.held_out_bpb) if run else start_bpb
         held_prompts = [a.prompt for a in held]
@@ -401,7 +401,8 @@ class AlignmentSession:
                                                     dataset=calibration.hub_dataset if calibration else None)}
         if run is not None:
             report["distill"] = Distillation(steps=run.steps, lr=request.lr, seed=request.seed, final_loss=round(run.final_loss, 6),
-                                             max_steps=request.distill_steps, best_step=run.best_step, cooldown_from=run.cooldown_from)
+                                             max_steps=request.distill_steps, best_step=run.best_step, cooldown_from=run.cooldown_from,
+                                             span_weight=request.span_weight or None)
         else:
             report["distill"] = Distillation(skipped="--distill-steps 0")
         return report
