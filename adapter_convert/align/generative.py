@@ -14,6 +14,7 @@ Everything is measured per byte of text, never per token, so two tokenizers comp
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import re
@@ -72,7 +73,7 @@ def shared_spans(teacher: Sequence[tuple[int, float]], student_ends: Sequence[in
     cumulative = {0: 0.0, **dict(teacher)}
     points = [student_start] + [e for e in student_ends if e > student_start]
     shared = [p for p in sorted(set(points)) if p in cumulative]
-    return [(a, b, cumulative[b] - cumulative[a]) for a, b in zip(shared, shared[1:])]
+    return [(a, b, cumulative[b] - cumulative[a]) for a, b in itertools.pairwise(shared)]
 
 
 def binary_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
