@@ -54,7 +54,7 @@ class ConversionRequest:
     calibration_data: str | None = None  # a local file, or a Hub dataset id (user/name[@revision])
     calibration_tokens: int = 4096
     ridge: float = 1e-2
-    distill_steps: int = 100
+    distill_steps: int | None = None  # the most distillation steps; None: its kind's own cap (distill_cap)
     lr: float = 1e-3
     seed: int = 0
     device: str | None = None  # alignment and distillation: cpu, cuda[:N], or auto (accelerate's device_map); None: cuda if available
@@ -84,6 +84,17 @@ class PreparedConversion:
     undecided: str | None = None  # why --align auto could not decide, where prepare(plan_undecided=True) planned anyway
 
 
+# the most distillation steps when --distill-steps is not given: a model that writes text distils on
+# the teacher's answers and stops when held-out fidelity stops improving, which on SmolLM2 <->
+# gemma-3-270m took 170 and 180 steps and kept far more of the teacher's F1 than a cap of 100
+# (docs/benchmarks.md section 7); logits and hidden-state distillation run a fixed number of steps
+OUTPUT_DISTILL_STEPS, DISTILL_STEPS = 200, 100
+
+
+def distill_cap(task_type: str | None) -> int:
+    return OUTPUT_DISTILL_STEPS if task_type in WRITES_TEXT else DISTILL_STEPS
+
+
 def check_request(request: ConversionRequest) -> None:
     """Option values that no conversion can use, refused before any work (exit 2)."""
 
@@ -98,7 +109,7 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--ridge", request.ridge, "a finite number of 0 or more")
     if request.calibration_tokens < 16:
         raise bad("--calibration-tokens", request.calibration_tokens, "16 or more")
-    if request.distill_steps < 0:
+    if request.distill_steps is not None and request.distill_steps < 0:
         raise bad("--distill-steps", request.distill_steps, "0 or more")
     if not 1 <= request.max_new_tokens <= 4096:
         raise bad("--max-new-tokens", request.max_new_tokens, "a whole number from 1 to 4096")
@@ -200,6 +211,8 @@ def prepare(request: ConversionRequest, reporter: Reporter | None = None, *, pla
             plan = plan_for("distill")
         except UnsupportedError:
             plan = plan_for("none")
+    if request.distill_steps is None:
+        request = dataclasses.replace(request, distill_steps=distill_cap(plan.task_type))
     if request.min_fidelity is not None and not plan.alignment.needs_models:  # gate before any work, in a dry run too
         raise FidelityBelowMinimumError(
             f"--min-fidelity {request.min_fidelity} needs a measured fidelity, but this conversion copies tensors "

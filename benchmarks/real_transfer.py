@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="paired tokens for the least-squares start")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--distill-steps", type=int, default=100, help="the tool's default cap")
+    parser.add_argument("--distill-steps", type=int, default=None, help="default: the tool's own cap")
     parser.add_argument("--conversions", default=";".join(CONVERSIONS), help="names as in CONVERSIONS, ';'-separated")
     parser.add_argument("--scratch-dtypes", default=",".join(SCRATCH_DTYPES), help="dtypes the scratch LoRA trains in, ','-separated")
     parser.add_argument("--finetune", default="auto (fresh start + output distillation)", help="conversions then trained on the budgets")
