@@ -83,7 +83,7 @@ CONVERSIONS = {
     "auto (fresh start + output distillation)": (None, None, None, True),
     "lstsq start + output distillation": (AlignmentPlan("lstsq", True, "benchmark: least-squares maps as the start of output distillation"),
                                           None, None, True),
-    "auto, --distill-steps 50": (None, 50, None, True),  # the cost/quality trade: half the default cap
+    "auto, --distill-steps 50": (None, 50, None, True),  # the cost/quality trade: a quarter of the default cap
     # what a user of the Hub's checkpoints got before the CPU loaded them in float32: they are stored in bfloat16
     "auto, --dtype bfloat16": (None, None, "bfloat16", True),
     "auto, float32 steps (no autocast)": (None, None, None, False),  # the default before steps autocast

@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from adapter_convert.align.generative import (IGNORE, Example, answer_nats, answer_nats_and_spans, answer_positions, binary_kl, cut_at_stop,
-                                              cut_before, encode_examples, generate, likelihood_at_boundaries, shared_spans,
+                                              SURE, _student_spans, cut_before, encode_examples, generate, likelihood_at_boundaries,
+                                              shared_spans,
                                               masked_nats, token_f1)
 from adapter_convert.align.session import restart_marker
 from adapter_convert.cli import app
@@ -98,6 +100,41 @@ def test_binary_kl_of_a_span_is_the_divergence_of_two_bernoullis():
     assert torch.allclose(binary_kl(t, s), torch.tensor([expected, 0.0, 0.0]), atol=1e-6)
     assert float(binary_kl(torch.tensor(0.0), torch.tensor(-20.0))) > 10  # a sure span the student finds unlikely costs much
     assert torch.isfinite(binary_kl(torch.tensor(0.0), torch.tensor(0.0)))  # both sure: finite (clamped), not nan
+    # a student sure where the teacher hesitated: pushed down (a positive gradient on its log-probability), never by a spike
+    for sure in (0.0, -1e-7, -1e-5):
+        s = torch.tensor(sure, requires_grad=True)
+        binary_kl(torch.tensor(math.log(0.5)), s).backward()
+        assert 0 < float(s.grad) <= 0.5 / SURE + 1
+
+
+def test_a_span_over_a_character_split_into_byte_tokens_takes_all_of_them():
+    # "日" is three byte tokens for a byte-level BPE that never saw it, each with the character's span
+    tokenizer = byte_bpe(300)
+    prompt, answer = "Text: red cat\nAnswer:", " 日 sky\n"
+    encoded = tokenizer(prompt + answer, return_offsets_mapping=True)
+    start = len(prompt)
+    pieces = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if (a - start, b - start) == (1, 2)]
+    assert len(pieces) == 3
+    likelihood = tuple((end, -0.1 * end) for end in range(1, len(answer) + 1))  # a teacher that cut every character
+    spans = _student_spans(Example(prompt, answer, likelihood=likelihood), encoded["offset_mapping"],
+                           answer_positions(encoded["offset_mapping"], start))
+    assert (pieces[0], pieces[-1]) in [(a, b) for a, b, _ in spans]
+
+
+def test_spans_between_two_tokenizations_that_cut_the_answer_differently():
+    teacher, student = byte_bpe(300), byte_bpe(420)
+    prompt, answer = "Text: green river\nAnswer:", " blue sky over the green river\n"
+    ids = teacher(answer, add_special_tokens=False)["input_ids"]
+    likelihood = likelihood_at_boundaries(teacher, ids, [-0.5] * len(ids), answer)
+    student_ends = [b - len(prompt) for a, b in student(prompt + answer, return_offsets_mapping=True)["offset_mapping"] if a >= len(prompt)]
+    assert [e for e, _ in likelihood] != student_ends  # the two cut the answer differently
+    spans = shared_spans(likelihood, student_ends)
+    # the spans tile the answer from its start to its end, each where both cut, each the teacher's sum over its tokens
+    assert spans[0][0] == 0 and spans[-1][1] == len(answer) and all(a == b for (_, a, _), (b, _, _) in zip(spans, spans[1:]))
+    teacher_ends, cut = {e for e, _ in likelihood}, set(student_ends)
+    assert all(b in teacher_ends and b in cut for _, b, _ in spans)
+    assert all(math.isclose(lp, -0.5 * sum(a < e <= b for e in teacher_ends)) for a, b, lp in spans)
+    assert len(spans) < len(ids)  # some spans hold several teacher tokens
 
 
 def test_the_teachers_likelihood_is_kept_at_its_token_boundaries_inside_the_answer():
@@ -448,7 +485,23 @@ def test_the_span_term_learns_from_the_likelihood_the_teacher_recorded_and_the_c
     assert fidelity["bits_per_byte"]["converted"] < fidelity["bits_per_byte"]["target base"]
     card = (out / "README.md").read_text()
     assert "with the span likelihood term at weight 1.0" in card and "--span-weight 1.0" in card  # and its command redoes it
+    # the term changes what is learnt: the same run without it ends with other weights
+    assert convert(taught, tmp_path / "plain", "--stop", "\n", "--distill-steps", "20", "--lr", "2e-2", "--seed", "1").exit_code == 0
+    with_term, without = load_file(out / "adapter_model.safetensors"), load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    assert with_term.keys() == without.keys() and any(not torch.equal(with_term[k], without[k]) for k in with_term)
     assert convert(taught, tmp_path / "bad", "--span-weight", "-1").exit_code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_output_distillation_caps_at_its_own_default_and_the_command_that_redoes_it_says_so(taught, tmp_path):
+    from adapter_convert.pipeline import ConversionRequest, distill_cap, prepare, reproduce_command
+
+    request = ConversionRequest(adapter=str(taught / "adapter"), target=str(taught / "student"), out=tmp_path / "out",
+                                calibration_data=str(taught / "prompts.jsonl"), dry_run=True)
+    prepared = prepare(request)
+    assert prepared.plan.alignment.refine and prepared.request.distill_steps == 200  # early stopping usually ends it first
+    assert "--distill-steps 200" in reproduce_command(prepared)
+    assert prepare(dataclasses.replace(request, distill_steps=30)).request.distill_steps == 30  # given: kept
+    assert distill_cap("TOKEN_CLS") == distill_cap(None) == 100 and distill_cap("SEQ_2_SEQ_LM") == 200  # logits: a fixed 100
 
 
 def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp_path):

@@ -237,7 +237,8 @@ def test_explicit_layer_map_onto_unadapted_layers(tiny_pair):
 
 @pytest.mark.parametrize("option,value", [("--lr", "nan"), ("--lr", "-1"), ("--lr", "inf"), ("--seed", "99999999999999999999999"), ("--seed", "-1"),
                                           ("--memory-budget", "lots"), ("--memory-budget", "10KiB"), ("--min-fidelity", "1.5"),
-                                          ("--min-fidelity", "nan")])
+                                          ("--min-fidelity", "nan"), ("--span-weight", "nan"), ("--span-weight", "inf"),
+                                          ("--span-weight", "-1")])
 def test_bad_option_values(tiny_pair, option, value):
     result = run(*convert_args(tiny_pair, option, value))
     assert result.exit_code == 2, result.output

@@ -39,6 +39,7 @@ AFTER_SHARE = 0.5
 # a row that writes the same run of at most LOOP_PERIOD tokens LOOP_TIMES times over has looped (greedy
 # decoding does): generation ends it there, and its answer keeps the run once (loop_cut)
 LOOP_PERIOD, LOOP_TIMES = 8, 4
+SURE = 1e-4  # binary_kl holds a span's probability under 1 - SURE
 MIN_GAIN = 0.01  # a held-out check improves when bits per byte fall by more than 1% of the best so far
 
 
@@ -79,9 +80,12 @@ def shared_spans(teacher: Sequence[tuple[int, float]], student_ends: Sequence[in
 def binary_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
     """ALM's binarised divergence of a span: KL(Bernoulli(p_teacher) || Bernoulli(p_student)) of the
     probability that the span comes next, from log-probabilities (a span the teacher was sure of
-    pulls the student to sure; one it hesitated on, to the same hesitation)."""
-    t = teacher_logp.clamp(max=-1e-6)
-    s = student_logp.clamp(max=-1e-6)
+    pulls the student to sure; one it hesitated on, to the same hesitation). A probability is
+    held under 1 - 1e-4: log(1 - p) and its gradient grow without bound near 1. The student's is
+    held straight-through, so its gradient keeps its sign there and stays bounded."""
+    most = math.log1p(-SURE)
+    t = teacher_logp.clamp(max=most)
+    s = student_logp + (student_logp.clamp(max=most) - student_logp).detach()
     log1m = lambda x: torch.log(-torch.expm1(x))  # noqa: E731 - log(1 - exp(x)), exact for small |x|
     p = t.exp()
     return p * (t - s) + (1 - p) * (log1m(t) - log1m(s))
@@ -260,7 +264,9 @@ def _student_spans(example: Example, offsets: Sequence[tuple[int, int]], answer:
     if not tokens:
         return []
     teacher = [(end, lp) for end, lp in example.likelihood if end <= len(example.answer)]
-    by_start, by_end = {a: i for i, a, _ in tokens}, {b: i for i, _, b in tokens}
+    by_start, by_end = {}, {b: i for i, _, b in tokens}
+    for i, a, _ in tokens:  # a character split into byte tokens gives each the same span: a span starts at the first
+        by_start.setdefault(a, i)
     return [(by_start[a], by_end[b], lp) for a, b, lp in shared_spans(teacher, [b for *_, b in tokens], tokens[0][1])
             if a in by_start and b in by_end]
 
@@ -369,14 +375,15 @@ def bits_per_byte(model, tokenizer, examples: Sequence[Example], *, max_length: 
 
 class ChosenLogProb(LogitsProcessor):
     """Records, at each decoding step, each row's log-probability of the token greedy decoding
-    picks (the highest score; the last processor sees the scores greedy decoding reads): the
-    teacher's likelihood of its own answers, for free while it writes them."""
+    picks (the highest score; the last processor sees the scores greedy decoding reads, after any
+    the model's generation config adds, such as a repetition penalty): the teacher's likelihood of
+    its own answers, for free while it writes them."""
 
     def __init__(self):
-        self.steps: list[torch.Tensor] = []
+        self.steps: list[torch.Tensor] = []  # on the model's device: one copy to the CPU at the end, not a sync per step
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.steps.append(scores.float().log_softmax(-1).max(-1).values.cpu())
+        self.steps.append(scores.float().log_softmax(-1).max(-1).values)
         return scores
 
 
@@ -435,7 +442,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, s
             if recorder:
                 recorder.steps.clear()
             out = model.generate(**inputs, **options, stopping_criteria=loops, logits_processor=processors)
-        chosen = torch.stack(recorder.steps, 1) if recorder and recorder.steps else None
+        chosen = torch.stack(recorder.steps, 1).cpu() if recorder and recorder.steps else None
         for row, index in enumerate(chunk):
             new = out[row, written_from:].tolist()
             first_end = next((i for i, token in enumerate(new) if token in eos), None)

@@ -317,12 +317,14 @@ class AlignmentSession:
         computed = lambda dtype, model: f"{_dtype_name(dtype)} autocast" if dtype else _dtype_name(model.dtype)  # noqa: E731
         in_dtype = lambda dtype: f" ({_dtype_name(dtype)} autocast)" if dtype else ""  # noqa: E731 (for a progress label)
 
-        def write(prompts: list[str], advance=lambda n: None) -> list[generative.Example]:
-            """The teacher's answers, each with the prompt as the teacher read it."""
+        def write(prompts: list[str], advance=lambda n: None, *, learnt: bool = True) -> list[generative.Example]:
+            """The teacher's answers, each with the prompt as the teacher read it; those the student
+            learns from (``learnt``) with the teacher's likelihood when the span term is on."""
             texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
                 answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart, **options,
-                                              batch_size=GENERATION_BATCH, on_batch=advance, likelihood=request.span_weight > 0)
+                                              batch_size=GENERATION_BATCH, on_batch=advance,
+                                              likelihood=learnt and request.span_weight > 0)
             return [generative.first_line(a) for a in answers] if one_line else answers
 
         def for_student(prompts: list[str], answers: list[generative.Example]) -> list[generative.Example]:
@@ -349,7 +351,8 @@ class AlignmentSession:
                 answer_end += f" ({note})"
                 self.reporter.stage(note[0].upper() + note[1:])
             train.add(probe, for_student(probe, probed))
-            held = [a for a in for_student(self.held_texts, write(self.held_texts, lambda n: advance(amount=n))) if a.answer.strip()]
+            held = [a for a in for_student(self.held_texts, write(self.held_texts, lambda n: advance(amount=n), learnt=False))
+                    if a.answer.strip()]
         if not train.written or not held:
             raise CalibrationDataError(
                 f"The teacher wrote no answer to {train.empty + len(self.held_texts) - len(held)} of {len(probe) + len(self.held_texts)} "
