@@ -21,8 +21,8 @@ import transformers
 from adapter_convert import architectures
 from adapter_convert.architectures import get_architecture
 from adapter_convert.architectures import model as architecture_model
-from architecture_coverage import check_model_type
-from adapter_convert.architectures.derive import derive
+from architecture_coverage import check_model_type, tiny_config
+from adapter_convert.architectures.derive import _peft_moe_renames, derive
 from adapter_convert.errors import BadModelConfigError, UnsupportedError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +153,15 @@ def test_every_model_type(row, tmp_path):
     outcome = check_model_type(row["model_type"], tmp_path)
     assert outcome.status != "failed", outcome.reason
     recorded = {k: row[k] for k in ("status", "reason", "origin", "roles", "onto_llama")}
+    if row["roles"] and _peft_moe_renames(row["model_type"]):
+        # the installed peft renames this mixture-of-experts type's MLP targets onto its fused experts (peft 0.22 does
+        # for qwen2_moe, 0.21 did not): a shared expert's MLP roles cannot be targeted by name; derivation leaves
+        # them out, each for that reason
+        arch = get_architecture(row["model_type"], tiny_config(row["model_type"], 2))
+        left_out = [r for r in recorded["roles"] if r not in arch.modules]
+        assert all(r.startswith("mlp.") for r in left_out)
+        assert len([why for why in arch.unsupported.values() if "peft renames" in why]) >= len(left_out)
+        recorded["roles"] = [r for r in recorded["roles"] if r in arch.modules]
     assert {k: getattr(outcome, k) for k in recorded} == recorded
 
 

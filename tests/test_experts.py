@@ -12,6 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adapter_convert.architectures import get_architecture
+from adapter_convert.architectures.derive import _peft_moe_renames
 from architecture_coverage import tiny_config
 from adapter_convert.errors import UnsupportedError
 from adapter_convert.pipeline import ConversionRequest, execute, prepare
@@ -95,9 +96,15 @@ def test_expert_loras_onto_a_model_without_experts_are_refused(tmp_path):
 def test_shared_expert_modules_play_the_mlp_roles():
     config = tiny_config("qwen2_moe", 2)
     arch = get_architecture("qwen2_moe", config)
-    assert {role: arch.modules[role] for role in ("mlp.gate", "mlp.up", "mlp.down")} == {
-        "mlp.gate": "mlp.shared_expert.gate_proj", "mlp.up": "mlp.shared_expert.up_proj", "mlp.down": "mlp.shared_expert.down_proj"}
+    shared = {"mlp.gate": "mlp.shared_expert.gate_proj", "mlp.up": "mlp.shared_expert.up_proj", "mlp.down": "mlp.shared_expert.down_proj"}
     assert arch.experts == "mlp.experts"
+    if not _peft_moe_renames("qwen2_moe"):  # peft up to 0.21: a shared expert's projections can be targeted
+        assert {role: arch.modules[role] for role in shared} == shared
+        return
+    # peft 0.22 renames qwen2_moe targets named gate_proj, up_proj and down_proj onto the fused experts: a
+    # shared expert's projections cannot be targeted by name, and the architecture says so instead of mapping them
+    assert not set(shared) & set(arch.modules)
+    assert all("peft renames qwen2_moe targets" in arch.unsupported[path] for path in shared.values())
 
 
 def test_a_convolution_is_not_taken_for_experts():
