@@ -796,11 +796,9 @@ def distill_on_answers(student, tokenizer, train: TeacherAnswers, held_out: Sequ
         while step < end:
             chunk = train.batch(batch_size)
             with copies.swapped(), torch.autocast(student.device.type, dtype=autocast, enabled=autocast is not None):
-                encoded = encode_examples(tokenizer, chunk, max_length=max_length, decoder_start=start)
-                if span_weight:
-                    nats, tokens, divergence = answer_nats_and_spans(student, encoded)
-                else:
-                    (nats, tokens), divergence = answer_nats(student, encoded), 0.0
+                # answers carry the teacher's likelihood (so the batch its spans) only when the span term is on
+                nats, tokens, divergence = answer_nats_and_spans(student, encode_examples(tokenizer, chunk, max_length=max_length,
+                                                                                          decoder_start=start))
             if train.last_unseen:
                 window = [window[0] + nats.item(), window[1] + sum(len(e.answer.encode("utf-8")) for e in chunk), window[2] + 1]
             loss = (nats + span_weight * divergence) / max(tokens, 1)
