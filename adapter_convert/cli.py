@@ -276,9 +276,11 @@ def convert(
                                                       "Default: 200 for a causal or seq2seq LM, which stops earlier when held-out "
                                                       "fidelity stops improving; 100 otherwise.", rich_help_panel="Alignment", min=0,
                                                       show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Causal or seq2seq LM: the most tokens the source with its adapter writes per prompt "
-                                                "(prompt and answer fit 1024 tokens: a longer prompt loses its beginning, never its end).",
-                                                rich_help_panel="Alignment", min=1)] = 64,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        help="Causal or seq2seq LM: the most tokens the source with its adapter writes per prompt (prompt and answer fit 1024 "
+             "tokens: a longer prompt loses its beginning, never its end). Default: 64, raised to fit the answers (up to 256) "
+             "when most of the first 32 run past 64 tokens and end within 256; the card says so.",
+        rich_help_panel="Alignment", min=1, show_default=False)] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Causal or seq2seq LM: a string that ends an answer (kept in it), beside EOS; "
                                                    "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "
                                                    "prompts' common opening again, or loops. Without --stop, answers end at their "

@@ -61,7 +61,7 @@ class ConversionRequest:
     dtype: str | None = None  # float32, bfloat16, float16; None: each checkpoint's own
     memory_budget: str | None = None  # alignment working memory, e.g. "4GiB"; None: $ADAPTER_CONVERT_ALIGN_BUDGET or 4 GiB
     # output-space distillation of a causal LM (the teacher writes answers to the calibration prompts)
-    max_new_tokens: int = 64  # the teacher's answer budget per prompt
+    max_new_tokens: int | None = None  # the teacher's answer budget per prompt (None: 64, raised for longer answers; align/session.py)
     stop: tuple[str, ...] = ()  # strings that end an answer (kept in it), beside EOS
     batch_size: int = 4  # distillation batch, in prompts
     span_weight: float = 0.0  # a causal LM's span term (ALM): the teacher's likelihood of the spans both tokenizers cut alike
@@ -111,7 +111,7 @@ def check_request(request: ConversionRequest) -> None:
         raise bad("--calibration-tokens", request.calibration_tokens, "16 or more")
     if request.distill_steps is not None and request.distill_steps < 0:
         raise bad("--distill-steps", request.distill_steps, "0 or more")
-    if not 1 <= request.max_new_tokens <= 4096:
+    if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= 4096:
         raise bad("--max-new-tokens", request.max_new_tokens, "a whole number from 1 to 4096")
     if request.batch_size < 1:
         raise bad("--batch-size", request.batch_size, "1 or more")
@@ -335,7 +335,8 @@ def reproduce_command(prepared: PreparedConversion) -> str:
         if prepared.plan.alignment.refine:
             words += ["--distill-steps", str(request.distill_steps), "--lr", str(request.lr)]
             if prepared.plan.task_type in WRITES_TEXT:  # output-space distillation: what the teacher writes
-                words += ["--max-new-tokens", str(request.max_new_tokens), "--batch-size", str(request.batch_size)]
+                words += ["--max-new-tokens", str(request.max_new_tokens)] if request.max_new_tokens else []  # else chosen again alike
+                words += ["--batch-size", str(request.batch_size)]
                 words += ["--span-weight", str(request.span_weight)] if request.span_weight else []
                 words += [w for stop in request.stop for w in ("--stop", stop)]
         if request.dtype:  # the device changes speed, not the result's meaning; the dtype can change numbers

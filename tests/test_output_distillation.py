@@ -76,9 +76,6 @@ def test_masked_nats_is_the_cross_entropy_of_the_labelled_next_tokens():
     expected = (F.cross_entropy(logits[0, 1], torch.tensor(3), reduction="sum") + F.cross_entropy(logits[0, 2], torch.tensor(5))
                 + F.cross_entropy(logits[1, 0], torch.tensor(1)) + F.cross_entropy(logits[1, 2], torch.tensor(6)))
     assert torch.allclose(masked_nats(logits, labels), expected)
-    weights = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # label positions weighted: 2x the first
-    weighted = expected + F.cross_entropy(logits[0, 1], torch.tensor(3)) - F.cross_entropy(logits[0, 2], torch.tensor(5))
-    assert torch.allclose(masked_nats(logits, labels, weights), weighted)
 
 
 def test_shared_spans_are_where_both_tokenizations_cut_the_answer():
@@ -389,8 +386,9 @@ def taught(tmp_path_factory) -> Path:
     return root
 
 
-def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapter: Path, base: Path, check: list[str] | None = None) -> None:
-    """Train the peft ``model``'s adapter on ``examples`` (8 a step), check that it writes ANSWER to
+def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapter: Path, base: Path, check: list[str] | None = None,
+                 answer: str = ANSWER) -> None:
+    """Train the peft ``model``'s adapter on ``examples`` (8 a step), check that it writes ``answer`` to
     prompts it never saw (``check``; default: ``prompts``), and save it to ``adapter`` naming ``base`` as its base model."""
     from adapter_convert.align.generative import answer_nats, decoder_start
 
@@ -401,8 +399,9 @@ def teach_answer(model, tokenizer, examples: list[Example], *, steps: int, adapt
         (nats / tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
-    written = generate(model, tokenizer, check or prompts(8, offset=5), max_new_tokens=6, stops=("\n",), max_length=64)
-    assert all(w.answer == ANSWER for w in written), [w.answer for w in written]  # the teacher does its task
+    written = generate(model, tokenizer, check or prompts(8, offset=5), max_new_tokens=len(tokenizer(answer)["input_ids"]) + 2, stops=("\n",),
+                       max_length=64)
+    assert all(w.answer == answer for w in written), [w.answer for w in written]  # the teacher does its task
     model.save_pretrained(adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(base)}))
@@ -672,14 +671,16 @@ def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):
 
 
 def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tmp_path):
-    """ran_to_budget counts answers the budget cut inside their first line (not a run-on after a
-    line break, not a loop, not an answer that ended); a conversion whose probe answers mostly ran
-    to the budget says so in its output and in the card's answer_end, with the option to raise."""
+    """ran_to_budget counts answers the budget cut (not a loop, not an answer that ended); where the
+    answers are their first lines, only those cut inside it (not a run-on after a line break). A
+    conversion whose probe answers mostly ran to the budget says so in its output and in the
+    card's answer_end, with the option to raise."""
     from adapter_convert.align.generative import ran_to_budget
 
     answers = [Example("p", " a long answer cut"), Example("p", " done\n", finished=True), Example("p", " line\nrun on"),
                Example("p", " x;", loop=" x; x; x;"), Example("p", "\n second cut")]
-    assert ran_to_budget(answers) == 2  # the first and the last (a leading line break is no first line)
+    assert ran_to_budget(answers, first_lines=True) == 2  # the first and the last (a leading line break is no first line)
+    assert ran_to_budget(answers, first_lines=False) == 3  # and the answer of two lines
     result = convert(taught, tmp_path / "out", "--max-new-tokens", "2", "--distill-steps", "2")
     assert result.exit_code == 0, result.output
     fidelity = json.loads(result.stdout)["alignment"]["fidelity"]
@@ -688,6 +689,61 @@ def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tm
     assert fidelity["answer_end"].startswith("EOS") and "first line break" not in fidelity["answer_end"]  # no line break: no one-line rule
     short = json.loads(convert(taught, tmp_path / "short", "--stop", "\n", "--distill-steps", "2").stdout)["alignment"]["fidelity"]
     assert "longer than" not in short["answer_end"]  # the learnt answer ends at its line break, within 6 tokens
+
+
+def test_fitting_budget_holds_the_longest_answer_with_room_in_steps_of_16_up_to_its_cap():
+    from adapter_convert.align.generative import fitting_budget
+
+    words = lambda text: len(text.split())  # noqa: E731 (a token a word, for the known answer)
+    ended = [Example("p", " a b c\n", finished=True), Example("p", " " + "w " * 40 + "\n", finished=True), Example("p", " x y", finished=True)]
+    assert fitting_budget(ended, words, cap=256) == 64  # the longest, 40 words: half again is 60, up to a step of 16
+    assert fitting_budget(ended, words, cap=48) == 48  # never past the cap
+    assert fitting_budget(ended[:1], words, cap=256) == 16  # never under a step
+
+
+LONG_ANSWER = " " + " ".join(WORDS[:8]) + "\n"  # about 20 tokens: longer than the tiny models' default budget of 16
+
+
+@pytest.fixture(scope="module")
+def taught_long(taught, tmp_path_factory) -> Path:
+    """``taught``'s models and prompts, with a teacher that learnt an answer of 8 words (it never learnt to stop)."""
+    root = tmp_path_factory.mktemp("taught_long")
+    for part in ("teacher", "student", "prompts.jsonl"):
+        (root / part).symlink_to(taught / part)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(taught / "teacher")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(taught / "teacher"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=all_module_names("llama"), task_type="CAUSAL_LM"))
+    teach_answer(model, tokenizer, [Example(p, LONG_ANSWER) for p in prompts(48)], steps=200, adapter=root / "adapter",
+                 base=root / "teacher", answer=LONG_ANSWER)
+    return root
+
+
+def test_the_default_budget_rises_to_fit_answers_longer_than_it_and_a_budget_given_stays(taught_long, tmp_path):
+    """Without --max-new-tokens, a teacher whose probe answers all run past the default budget (16
+    tokens in the tiny models' 64-token window) writes them again with up to 32 (half the window);
+    they end there (a line break), so the budget rises to fit them and the student learns whole
+    answers. A budget the user gave is kept, cut answers and all, and the run says to raise it."""
+    teacher_tokens = len(PreTrainedTokenizerFast.from_pretrained(taught_long / "teacher")(LONG_ANSWER)["input_ids"])
+    assert 16 < teacher_tokens <= 24  # so half again the longest is within the most it may rise to
+    common = ["convert", str(taught_long / "adapter"), "--target", str(taught_long / "student"), "--json",
+              "--calibration-data", str(taught_long / "prompts.jsonl"), "--distill-steps", "30", "--lr", "2e-2"]
+    result = CliRunner().invoke(app, common + ["--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    fidelity = json.loads(result.stdout)["alignment"]["fidelity"]
+    assert fidelity["max_new_tokens"] == 32
+    assert "the budget rose from 16 to 32 tokens: 32 of 32 probe answers ran past 16, 32 of them ended within 32" in fidelity["answer_end"]
+    assert "probe prompts again, up to 32 tokens" in result.stderr and "The budget rose from 16 to 32" in result.stderr
+    card = (tmp_path / "auto" / "README.md").read_text()
+    assert "the budget rose from 16 to 32 tokens" in card and "--max-new-tokens" not in card  # the command chooses it again alike
+    assert fidelity["token_f1"]["converted"] > 0.9 > fidelity["token_f1"]["target base"]  # it writes the whole answer
+
+    given = CliRunner().invoke(app, common + ["--out", str(tmp_path / "given"), "--max-new-tokens", "16"])
+    assert given.exit_code == 0, given.output
+    kept = json.loads(given.stdout)["alignment"]["fidelity"]
+    assert kept["max_new_tokens"] == 16 and "again" not in given.stderr
+    assert "32 of 32 probe answers were longer than 16 tokens and were cut there: raise --max-new-tokens" in kept["answer_end"]
+    assert "--max-new-tokens 16" in (tmp_path / "given" / "README.md").read_text()
 
 
 def test_no_steps_says_so_in_what_each_part_computed_in(taught, tmp_path):

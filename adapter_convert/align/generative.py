@@ -139,11 +139,9 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -nats.view(labels.shape)
 
 
-def masked_nats(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy (nats) over labelled positions (``label_logprobs``);
-    optional per-label ``weights``."""
-    logp = label_logprobs(logits, labels)
-    return -(logp if weights is None else logp * weights[:, 1:].to(logp.dtype)).sum()
+def masked_nats(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy (nats) over labelled positions (``label_logprobs``)."""
+    return -label_logprobs(logits, labels).sum()
 
 
 def token_f1(predicted: str, reference: str) -> float:
@@ -520,10 +518,18 @@ def repeats_after_first_line(text: str, *, words: int = 4) -> bool:
     return False
 
 
-def ran_to_budget(answers: Sequence[Example]) -> int:
-    """How many answers the token budget cut inside their first line (no EOS, stop string, line
-    break or loop ended them): answers longer than the budget, not a teacher running on."""
-    return sum(not a.finished and not a.loop and "\n" not in a.answer.lstrip("\n") for a in answers)
+def ran_to_budget(answers: Sequence[Example], *, first_lines: bool) -> int:
+    """How many answers the token budget cut (no EOS, stop string or loop ended them): answers
+    longer than the budget. With ``first_lines`` (the answers are their first lines: the teacher
+    runs on after them), only those cut inside their first line."""
+    return sum(not a.finished and not a.loop and not (first_lines and "\n" in a.answer.lstrip("\n")) for a in answers)
+
+
+def fitting_budget(answers: Sequence[Example], tokens: Callable[[str], int], *, cap: int) -> int:
+    """A token budget for answers (as they will be learnt) that the teacher wrote with a budget of
+    ``cap`` and that mostly ended within it: half again the longest, in steps of 16, at most ``cap``."""
+    longest = max((tokens(a.answer) for a in answers), default=0)
+    return min(cap, max(16, -(-3 * longest // 32) * 16))
 
 
 def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEffect] | None = None, share: float = 0.8) -> str | None:

@@ -36,7 +36,12 @@ HELD_OUT_SHARE = 0.2  # of the calibration texts, kept apart to measure agreemen
 ANSWER_WINDOW = 1024
 MAX_HELD_OUT_PROMPTS = 32  # output-space fidelity: enough to see a change, few enough to generate twice
 PROBE_PROMPTS = 32  # the teacher's first answers (one generation batch), read to see how its answers end
-GENERATION_BATCH = 32  # prompts answered at once (left-padded, with the KV cache; 16 took a third longer on 2 CPU cores)
+# prompts answered at once (left-padded, with the KV cache). Measured on 2 CPU cores: 16 took a third longer; 64 took
+# a quarter less on ner's short answers but a third more on people's, where one long row holds the whole batch
+GENERATION_BATCH = 32
+# the teacher's answer budget when --max-new-tokens is not given: ANSWER_BUDGET tokens (a quarter of the window at
+# most), raised up to LONGEST_ANSWER_BUDGET (half the window at most) when most probe answers run past it and end within that
+ANSWER_BUDGET, LONGEST_ANSWER_BUDGET = 64, 256
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
 EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (generative.distill_on_answers says how)
@@ -308,21 +313,22 @@ class AlignmentSession:
         for chat in (p for p in train_prompts + self.held_texts if isinstance(p, ChatPrompt)):
             generative.prompt_text(chat, self.student_tokenizer, side="target base")
         stops, restart = tuple(request.stop), restart_marker(train_prompts + self.held_texts)
-        options = dict(max_new_tokens=request.max_new_tokens, max_length=self.answer_window)
-        cut = self._say_cut_prompts(train_prompts + self.held_texts, request.max_new_tokens)
-        answer_end = "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {request.max_new_tokens} tokens"
+        budget = request.max_new_tokens or min(ANSWER_BUDGET, self.answer_window // 4)
+        options = dict(max_new_tokens=budget, max_length=self.answer_window)
 
         # generation autocasts only where the frozen weights' copies fit (each decoding step would cast them again)
         fast = self._fast_dtypes(teacher=teacher, student=student)
         computed = lambda dtype, model: f"{_dtype_name(dtype)} autocast" if dtype else _dtype_name(model.dtype)  # noqa: E731
         in_dtype = lambda dtype: f" ({_dtype_name(dtype)} autocast)" if dtype else ""  # noqa: E731 (for a progress label)
 
-        def write(prompts: list[str], advance=lambda n: None, *, learnt: bool = True) -> list[generative.Example]:
-            """The teacher's answers, each with the prompt as the teacher read it; those the student
-            learns from (``learnt``) with the teacher's likelihood when the span term is on."""
+        def write(prompts: list[str], advance=lambda n: None, *, learnt: bool = True, tokens: int | None = None) -> list[generative.Example]:
+            """The teacher's answers (at most ``tokens``, else the budget), each with the prompt as the
+            teacher read it; those the student learns from (``learnt``) with the teacher's likelihood
+            when the span term is on."""
             texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
-                answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart, **options,
+                answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart,
+                                              **dict(options, max_new_tokens=tokens or options["max_new_tokens"]),
                                               batch_size=GENERATION_BATCH, on_batch=advance,
                                               likelihood=learnt and request.span_weight > 0)
             return [generative.first_line(a) for a in answers] if one_line else answers
@@ -336,21 +342,47 @@ class AlignmentSession:
         train = generative.TeacherAnswers(train_prompts, lambda prompts: for_student(prompts, write(prompts)), seed=request.seed,
                                           chunk=GENERATION_BATCH, group=request.batch_size)
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
-        with self.reporter.progress("Teacher writing answers (probe and held-out prompts)" + in_dtype(fast["teacher"]),
-                                    len(probe) + len(self.held_texts)) as advance:
+        teacher_writing = "Teacher writing answers ({})" + in_dtype(fast["teacher"])
+
+        def how_they_end(answers: list[generative.Example]) -> tuple[str | None, int, list[generative.Example]]:
+            """Why the answers are their first lines (or None), how many the budget cut short, and the answers as they will be learnt."""
+            effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, answers, max_length=self.answer_window)  # noqa: E731
+            rule = None if stops else generative.one_line_answers(answers, effect=effect)
+            too_long = generative.ran_to_budget(answers, first_lines=rule is not None)
+            return rule, too_long, [generative.first_line(a) for a in answers] if rule else answers
+
+        with self.reporter.progress(teacher_writing.format("probe prompts"), len(probe)) as advance:
             probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
-            longer = generative.ran_to_budget(probed)
-            effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, probed, max_length=self.answer_window)  # noqa: E731
-            one_line = None if stops else generative.one_line_answers(probed, effect=effect)
-            if one_line:  # the rest stop at their first line break, which saves most of the generation
-                stops, answer_end = ("\n",), one_line
-                probed = [generative.first_line(a) for a in probed]
-            if longer >= len(probed) / 2:  # the task's answers may be longer than the budget: the card and the run say so
-                note = (f"{longer} of {len(probed)} probe answers were longer than {request.max_new_tokens} tokens and were cut there: "
-                        "raise --max-new-tokens if the task's answers are longer")
-                answer_end += f" ({note})"
-                self.reporter.stage(note[0].upper() + note[1:])
-            train.add(probe, for_student(probe, probed))
+        one_line, too_long, probed = how_they_end(probed)
+        first_budget, fitted, too_long_again = budget, None, 0
+        longest = min(LONGEST_ANSWER_BUDGET, self.answer_window // 2)
+        # (not after a one-line rule: it needs four fifths of the answers past a line break, so at most a fifth cut inside one)
+        raise_to = longest if request.max_new_tokens is None and 2 * too_long >= len(probed) and longest > budget else None
+        if raise_to:  # answers longer than the default budget: do most end within the most it may rise to?
+            with self.reporter.progress(teacher_writing.format(f"probe prompts again, up to {raise_to} tokens"), len(probe)) as advance:
+                rule_again, too_long_again, again = how_they_end(write(probe, lambda n: advance(amount=n), tokens=raise_to))
+            if 2 * too_long_again < len(again):
+                count = lambda text: len(self.teacher_tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+                one_line, probed, fitted = rule_again, again, generative.fitting_budget(again, count, cap=raise_to)
+        if one_line:  # the rest stop at their first line break, which saves most of the generation
+            stops = ("\n",)
+        budget = options["max_new_tokens"] = fitted or budget
+        answer_end = one_line or "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {budget} tokens"
+        if fitted:  # the run and the card say why the budget rose
+            note = (f"the budget rose from {first_budget} to {budget} tokens: {too_long} of {len(probed)} probe answers ran past "
+                    f"{first_budget}, {len(probed) - too_long_again} of them ended within {raise_to}")
+        elif 2 * too_long >= len(probed):  # the task's answers may be longer than the budget: the card and the run say so
+            beyond = f" (and {too_long_again} longer than {raise_to} too)" if raise_to else ""
+            note = (f"{too_long} of {len(probed)} probe answers were longer than {budget} tokens{beyond} and were cut there: "
+                    "raise --max-new-tokens if the task's answers are longer")
+        else:
+            note = None
+        if note:
+            answer_end += f" ({note})"
+            self.reporter.stage(note[0].upper() + note[1:])
+        cut = self._say_cut_prompts(train_prompts + self.held_texts, budget)
+        train.add(probe, for_student(probe, probed))
+        with self.reporter.progress(teacher_writing.format("held-out prompts"), len(self.held_texts)) as advance:
             held = [a for a in for_student(self.held_texts, write(self.held_texts, lambda n: advance(amount=n), learnt=False))
                     if a.answer.strip()]
         if not train.written or not held:
@@ -375,7 +407,7 @@ class AlignmentSession:
         held_prompts = [a.prompt for a in held]
         # no held-out answer is scored past the teacher's longest: generation stops a little after it
         answer_tokens = [len(tokenizer(a.answer, add_special_tokens=False)["input_ids"]) for a in held]
-        gen = dict(stops=stops, restarts=restart, max_new_tokens=min(request.max_new_tokens, max(answer_tokens) + 8), max_length=length)
+        gen = dict(stops=stops, restarts=restart, max_new_tokens=min(budget, max(answer_tokens) + 8), max_length=length)
         with self.reporter.progress("Measuring held-out generations" + in_dtype(fast["student"]), 2 * len(held)) as advance:
             with student.disable_adapter(), generative.computing_in(student, fast["student"]):
                 written_base = generative.generate(student, tokenizer, held_prompts, **gen, batch_size=GENERATION_BATCH,
@@ -389,7 +421,7 @@ class AlignmentSession:
         if any(isinstance(p, ChatPrompt) for p in train_prompts + self.held_texts):
             source += "; chat messages, each model reading them in its own chat template"
         fidelity = GenerationFidelity(
-            prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=request.max_new_tokens, stop=stops,
+            prompts=source, train_prompts=len(train.written), held_out_prompts=len(held), max_new_tokens=budget, stop=stops,
             answer_end=answer_end, prompts_cut=cut,
             computed_in={"teacher answers": computed(fast["teacher"], teacher),
                          "training steps": computed(autocast, student) if run else "none (--distill-steps 0)",
