@@ -278,8 +278,9 @@ def convert(
                                                       show_default=False)] = None,
     max_new_tokens: Annotated[int | None, typer.Option(
         help="Causal or seq2seq LM: the most tokens the source with its adapter writes per prompt (prompt and answer fit 1024 "
-             "tokens: a longer prompt loses its beginning, never its end). Default: 64, raised to fit the answers (up to 256) "
-             "when most of the first 32 run past 64 tokens and end within 256; the card says so.",
+             "tokens: a longer prompt loses its beginning, never its end). Default: 64 (a quarter of the window at most), raised "
+             "to fit the answers (up to 256, half the window at most) when half or more of the first 32 run past it and most of "
+             "them end within 256 (with --calibration-data prompts); the card says so.",
         rich_help_panel="Alignment", min=1, show_default=False)] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Causal or seq2seq LM: a string that ends an answer (kept in it), beside EOS; "
                                                    "repeatable, e.g. --stop $'\\n'. Answers also end where the teacher begins the "

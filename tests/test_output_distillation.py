@@ -745,6 +745,12 @@ def test_the_default_budget_rises_to_fit_answers_longer_than_it_and_a_budget_giv
     assert "32 of 32 probe answers were longer than 16 tokens and were cut there: raise --max-new-tokens" in kept["answer_end"]
     assert "--max-new-tokens 16" in (tmp_path / "given" / "README.md").read_text()
 
+    # the built-in text (no prompts given) has no answers to fit: the budget stays, and the run says it cut them
+    builtin = [a for a in common if a not in ("--calibration-data", str(taught_long / "prompts.jsonl"))]
+    unfitted = CliRunner().invoke(app, builtin + ["--out", str(tmp_path / "builtin"), "--distill-steps", "2"])
+    assert unfitted.exit_code == 0, unfitted.output
+    assert json.loads(unfitted.stdout)["alignment"]["fidelity"]["max_new_tokens"] == 16 and "again" not in unfitted.stderr
+
 
 def test_no_steps_says_so_in_what_each_part_computed_in(taught, tmp_path):
     result = convert(taught, tmp_path / "out", "--stop", "\n", "--distill-steps", "0")

@@ -518,11 +518,16 @@ def repeats_after_first_line(text: str, *, words: int = 4) -> bool:
     return False
 
 
+def cut_by_budget(answers: Sequence[Example], *, first_lines: bool) -> list[bool]:
+    """Which answers the token budget cut (no EOS, stop string or loop ended them): answers longer
+    than the budget. With ``first_lines`` (the answers are their first lines: the teacher runs on
+    after them), only those cut inside their first line."""
+    return [not a.finished and not a.loop and not (first_lines and "\n" in a.answer.lstrip("\n")) for a in answers]
+
+
 def ran_to_budget(answers: Sequence[Example], *, first_lines: bool) -> int:
-    """How many answers the token budget cut (no EOS, stop string or loop ended them): answers
-    longer than the budget. With ``first_lines`` (the answers are their first lines: the teacher
-    runs on after them), only those cut inside their first line."""
-    return sum(not a.finished and not a.loop and not (first_lines and "\n" in a.answer.lstrip("\n")) for a in answers)
+    """How many answers the token budget cut (``cut_by_budget``)."""
+    return sum(cut_by_budget(answers, first_lines=first_lines))
 
 
 def fitting_budget(answers: Sequence[Example], tokens: Callable[[str], int], *, cap: int) -> int:

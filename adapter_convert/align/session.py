@@ -321,17 +321,19 @@ class AlignmentSession:
         computed = lambda dtype, model: f"{_dtype_name(dtype)} autocast" if dtype else _dtype_name(model.dtype)  # noqa: E731
         in_dtype = lambda dtype: f" ({_dtype_name(dtype)} autocast)" if dtype else ""  # noqa: E731 (for a progress label)
 
-        def write(prompts: list[str], advance=lambda n: None, *, learnt: bool = True, tokens: int | None = None) -> list[generative.Example]:
+        def write(prompts: list[str], advance=lambda n: None, *, learnt: bool = True, tokens: int | None = None,
+                  as_written: bool = False) -> list[generative.Example]:
             """The teacher's answers (at most ``tokens``, else the budget), each with the prompt as the
-            teacher read it; those the student learns from (``learnt``) with the teacher's likelihood
-            when the span term is on."""
+            teacher read it, cut to their first lines where that rule holds (not ``as_written``: the
+            probe's, which decide it); those the student learns from (``learnt``) with the teacher's
+            likelihood when the span term is on."""
             texts = [generative.prompt_text(p, self.teacher_tokenizer, side="source base") for p in prompts]
             with generative.merged_adapter(teacher), generative.computing_in(teacher, fast["teacher"]):
                 answers = generative.generate(teacher, self.teacher_tokenizer, texts, stops=stops, restarts=restart,
                                               **dict(options, max_new_tokens=tokens or options["max_new_tokens"]),
                                               batch_size=GENERATION_BATCH, on_batch=advance,
                                               likelihood=learnt and request.span_weight > 0)
-            return [generative.first_line(a) for a in answers] if one_line else answers
+            return [generative.first_line(a) for a in answers] if one_line and not as_written else answers
 
         def for_student(prompts: list[str], answers: list[generative.Example]) -> list[generative.Example]:
             """The answers with each prompt as the target reads it (chat messages: in its own chat template)."""
@@ -344,35 +346,40 @@ class AlignmentSession:
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
         teacher_writing = "Teacher writing answers ({})" + in_dtype(fast["teacher"])
 
-        def how_they_end(answers: list[generative.Example]) -> tuple[str | None, int, list[generative.Example]]:
-            """Why the answers are their first lines (or None), how many the budget cut short, and the answers as they will be learnt."""
+        def how_they_end(answers: list[generative.Example]) -> tuple[str | None, list[bool], list[generative.Example]]:
+            """Why the answers are their first lines (or None), which the budget cut short, and the answers as they will be learnt."""
             effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, answers, max_length=self.answer_window)  # noqa: E731
             rule = None if stops else generative.one_line_answers(answers, effect=effect)
-            too_long = generative.ran_to_budget(answers, first_lines=rule is not None)
-            return rule, too_long, [generative.first_line(a) for a in answers] if rule else answers
+            cut_short = generative.cut_by_budget(answers, first_lines=rule is not None)
+            return rule, cut_short, [generative.first_line(a) for a in answers] if rule else answers
 
         with self.reporter.progress(teacher_writing.format("probe prompts"), len(probe)) as advance:
-            probed = write(probe, lambda n: advance(amount=n))  # how do its answers end? measured on the first batch
-        one_line, too_long, probed = how_they_end(probed)
-        first_budget, fitted, too_long_again = budget, None, 0
+            probed = write(probe, lambda n: advance(amount=n), as_written=True)  # how do its answers end? measured on the first batch
+        one_line, cut_short, probed = how_they_end(probed)
+        too_long, first_budget, fitted, cut_again = sum(cut_short), budget, None, [True] * len(probed)
         longest = min(LONGEST_ANSWER_BUDGET, self.answer_window // 2)
-        # (not after a one-line rule: it needs four fifths of the answers past a line break, so at most a fifth cut inside one)
-        raise_to = longest if request.max_new_tokens is None and 2 * too_long >= len(probed) and longest > budget else None
+        # only for the user's prompts (the built-in text has no answers to fit) and a budget not given
+        raise_to = (longest if request.max_new_tokens is None and self.calibration is not None and probed and 2 * too_long >= len(probed)
+                    and longest > budget else None)
         if raise_to:  # answers longer than the default budget: do most end within the most it may rise to?
+            # (its prompts keep window - raise_to tokens, the rest window - budget: the same unless a prompt is that long)
             with self.reporter.progress(teacher_writing.format(f"probe prompts again, up to {raise_to} tokens"), len(probe)) as advance:
-                rule_again, too_long_again, again = how_they_end(write(probe, lambda n: advance(amount=n), tokens=raise_to))
-            if 2 * too_long_again < len(again):
+                rule_again, cut_again, again = how_they_end(write(probe, lambda n: advance(amount=n), tokens=raise_to, as_written=True))
+            if 2 * sum(cut_again) < len(again):
                 count = lambda text: len(self.teacher_tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-                one_line, probed, fitted = rule_again, again, generative.fitting_budget(again, count, cap=raise_to)
+                one_line, probed = rule_again, again
+                # a one-line rule seen only in the longer answers may leave first lines within the first budget
+                fitted = max(first_budget, generative.fitting_budget(again, count, cap=raise_to))
         if one_line:  # the rest stop at their first line break, which saves most of the generation
             stops = ("\n",)
         budget = options["max_new_tokens"] = fitted or budget
         answer_end = one_line or "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {budget} tokens"
-        if fitted:  # the run and the card say why the budget rose
+        if fitted and budget > first_budget:  # the run and the card say why the budget rose
+            ended = sum(first and not again for first, again in zip(cut_short, cut_again))
             note = (f"the budget rose from {first_budget} to {budget} tokens: {too_long} of {len(probed)} probe answers ran past "
-                    f"{first_budget}, {len(probed) - too_long_again} of them ended within {raise_to}")
-        elif 2 * too_long >= len(probed):  # the task's answers may be longer than the budget: the card and the run say so
-            beyond = f" (and {too_long_again} longer than {raise_to} too)" if raise_to else ""
+                    f"{first_budget}, {ended} of them ended within {raise_to}")
+        elif not fitted and probed and 2 * too_long >= len(probed):  # answers may be longer than the budget: the card and the run say so
+            beyond = f" (and {sum(cut_again)} longer than {raise_to} too)" if raise_to else ""
             note = (f"{too_long} of {len(probed)} probe answers were longer than {budget} tokens{beyond} and were cut there: "
                     "raise --max-new-tokens if the task's answers are longer")
         else:
