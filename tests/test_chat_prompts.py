@@ -87,14 +87,16 @@ def test_an_adapter_taught_in_one_chat_format_is_distilled_into_another(tmp_path
                  check=[prompt_text(c, teacher_tok, side="source base") for c in chats(8, offset=5)])
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"messages": list(c.messages)}) + "\n" for c in chats(40, offset=2)))
     # what each model is given: the teacher's generations and the target's steps, spied on
-    from adapter_convert.align import generative
+    from adapter_convert.align import answer_training, generative
 
     seen: dict[str, list[str]] = {}  # by the reading tokenizer's chat template
     real_generate, real_encode = generative.generate, generative.encode_examples
     monkeypatch.setattr(generative, "generate", lambda model, tok, texts, **kw: seen.setdefault(tok.chat_template, []).extend(texts)
                         or real_generate(model, tok, texts, **kw))
-    monkeypatch.setattr(generative, "encode_examples", lambda tok, examples, **kw: seen.setdefault(tok.chat_template, []).extend(
-        e.prompt for e in examples) or real_encode(tok, examples, **kw))
+    spy_encode = lambda tok, examples, **kw: seen.setdefault(tok.chat_template, []).extend(e.prompt for e in examples) or real_encode(  # noqa: E731
+        tok, examples, **kw)
+    monkeypatch.setattr(generative, "encode_examples", spy_encode)  # the checks
+    monkeypatch.setattr(answer_training, "encode_examples", spy_encode)  # the steps
     result = run_cli("convert", tmp_path / "adapter", "--target", tmp_path / "target", "--out", tmp_path / "out", "--json",
                      "--calibration-data", tmp_path / "prompts.jsonl", "--max-new-tokens", "6", "--stop", "\n",
                      "--distill-steps", "60", "--lr", "2e-2", "--seed", "1")

@@ -203,7 +203,7 @@ def test_encoded_examples_are_left_padded_with_labels_on_the_answer_and_eos_wher
 
 
 def test_teacher_answers_are_written_only_as_training_reaches_them():
-    from adapter_convert.align.generative import TeacherAnswers
+    from adapter_convert.align.answer_training import TeacherAnswers
 
     asked: list[list[str]] = []
 
@@ -239,7 +239,7 @@ def test_teacher_answers_are_written_only_as_training_reaches_them():
 def test_teacher_answers_come_in_runs_of_alike_length():
     """With ``group``, each chunk written is served in runs of ``group`` answers of about the same
     length (a batch of one run pads little); every answer still comes once."""
-    from adapter_convert.align.generative import TeacherAnswers
+    from adapter_convert.align.answer_training import TeacherAnswers
 
     prompts_by_length = ["p" * n for n in (1, 9, 2, 8, 3, 7, 4, 6)]
     answers = TeacherAnswers(prompts_by_length, lambda ps: [Example(p, " a") for p in ps], seed=0, chunk=4, group=2)
@@ -316,7 +316,8 @@ def test_frozen_copies_cover_the_gpt2_familys_conv1d():
 def test_distillation_steps_run_without_dropout():
     """The steps keep the model in eval mode: with the adapter's dropout at 0.9 and a learning rate
     of 0, the step's loss is the loss of the answers measured in eval mode, to the last digit."""
-    from adapter_convert.align.generative import TeacherAnswers, answer_nats, distill_on_answers
+    from adapter_convert.align.generative import answer_nats
+    from adapter_convert.align.answer_training import TeacherAnswers, distill_on_answers
 
     tokenizer = byte_bpe(300)
     torch.manual_seed(0)
@@ -337,7 +338,7 @@ def test_distillation_steps_run_without_dropout():
 
 
 def test_the_learning_rate_falls_to_zero_at_the_cap_or_at_an_early_end():
-    from adapter_convert.align.generative import decay_rate
+    from adapter_convert.align.answer_training import decay_rate
 
     to_cap = [decay_rate(done, steps=10, cooldown=4) for done in range(11)]
     assert to_cap == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])  # linear, as transformers' Trainer
@@ -347,7 +348,7 @@ def test_the_learning_rate_falls_to_zero_at_the_cap_or_at_an_early_end():
 
 
 def test_a_run_stalls_on_a_fixed_set_after_patience_checks_and_on_windows_only_by_their_mean():
-    from adapter_convert.align.generative import no_gain, no_window_gain
+    from adapter_convert.align.answer_training import no_gain, no_window_gain
 
     assert not no_gain([1.0, 0.5, 0.5, 0.5], patience=3)  # two checks without a gain
     assert no_gain([1.0, 0.5, 0.5, 0.5, 0.499], patience=3)  # three: 0.499 is no 1% gain on 0.5
@@ -465,7 +466,7 @@ def test_auto_distils_a_fresh_adapter_on_the_teachers_answers_and_it_writes_them
 
 
 def test_the_span_term_learns_from_the_likelihood_the_teacher_recorded_and_the_card_says_so(taught, tmp_path, monkeypatch):
-    from adapter_convert.align import generative
+    from adapter_convert.align import answer_training
 
     seen = []  # spans the steps compared (the teacher's likelihood came through to the student's batches)
 
@@ -473,7 +474,7 @@ def test_the_span_term_learns_from_the_likelihood_the_teacher_recorded_and_the_c
         seen.append(len(batch.get("span_columns", ())))
         return answer_nats_and_spans(model, batch)
 
-    monkeypatch.setattr(generative, "answer_nats_and_spans", spy)
+    monkeypatch.setattr(answer_training, "answer_nats_and_spans", spy)
     out = tmp_path / "out"
     result = convert(taught, out, "--stop", "\n", "--distill-steps", "20", "--lr", "2e-2", "--seed", "1", "--span-weight", "1")
     assert result.exit_code == 0, result.output
@@ -518,7 +519,7 @@ def test_too_few_prompts_or_tokens_stop_with_exit_17_saying_how_many(taught, tmp
 
 
 def test_one_line_answers_are_measured_from_the_teachers_loops():
-    from adapter_convert.align.generative import LineEffect, first_line, one_line_answers, repeats_after_first_line
+    from adapter_convert.align.answer_ends import LineEffect, first_line, one_line_answers, repeats_after_first_line
 
     looping = Example("p", " PER: Ada\nLOC: Paris\nLOC: Paris\nLOC: Par")
     assert repeats_after_first_line(looping.answer) and not repeats_after_first_line(" PER: Ada\nLOC: Paris\nORG: UN")
@@ -563,7 +564,7 @@ def test_the_taught_teacher_stops_where_it_loops(taught):
 
 
 def test_one_line_answers_without_loops_are_decided_by_the_adapters_effect_after_the_first_line():
-    from adapter_convert.align.generative import LineEffect, one_line_answers
+    from adapter_convert.align.answer_ends import LineEffect, one_line_answers
 
     def never():
         raise AssertionError("the loops (or the finished answers) decide; the effect is not measured")
@@ -583,7 +584,7 @@ def test_the_adapters_effect_is_measured_on_the_first_line_and_after_it(taught):
     none on a line of words it never learnt to write next, and as many on the learnt line again."""
     from transformers import AutoTokenizer
 
-    from adapter_convert.align.generative import AFTER_SHARE, line_effect
+    from adapter_convert.align.answer_ends import AFTER_SHARE, line_effect
 
     tokenizer = AutoTokenizer.from_pretrained(taught / "teacher")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(taught / "teacher"), taught / "adapter").eval()
@@ -675,7 +676,7 @@ def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tm
     answers are their first lines, only those cut inside it (not a run-on after a line break). A
     conversion whose probe answers mostly ran to the budget says so in its output and in the
     card's answer_end, with the option to raise."""
-    from adapter_convert.align.generative import ran_to_budget
+    from adapter_convert.align.answer_ends import ran_to_budget
 
     answers = [Example("p", " a long answer cut"), Example("p", " done\n", finished=True), Example("p", " line\nrun on"),
                Example("p", " x;", loop=" x; x; x;"), Example("p", "\n second cut")]
@@ -692,7 +693,7 @@ def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tm
 
 
 def test_fitting_budget_holds_the_longest_answer_with_room_in_steps_of_16_up_to_its_cap():
-    from adapter_convert.align.generative import fitting_budget
+    from adapter_convert.align.answer_ends import fitting_budget
 
     words = lambda text: len(text.split())  # noqa: E731 (a token a word, for the known answer)
     ended = [Example("p", " a b c\n", finished=True), Example("p", " " + "w " * 40 + "\n", finished=True), Example("p", " x y", finished=True)]
@@ -765,7 +766,7 @@ def test_bfloat16_autocast_steps_learn_the_answers_and_keep_float32_weights(taug
     teacher's answers as float32 steps do; the adapter's parameters and the checks stay float32."""
     from transformers import AutoTokenizer
 
-    from adapter_convert.align.generative import TeacherAnswers, distill_on_answers
+    from adapter_convert.align.answer_training import TeacherAnswers, distill_on_answers
 
     tokenizer = AutoTokenizer.from_pretrained(taught / "student")
     held = [Example(p, ANSWER) for p in prompts(4, offset=60)]

@@ -25,7 +25,7 @@ from .budget import budget_bytes, point_shapes, schedule
 from .capture import LAST_HIDDEN, collect_statistics, input_point, output_point
 from .fit import fit_point
 from .fold import fold_head, fold_input, fold_output
-from . import generative
+from . import answer_ends, answer_training, generative
 from .fresh import fresh_module
 from .placement import available_memory, free_bytes, load_dtype, resolve_device, training_autocast
 from .refine import agreement, distill
@@ -44,7 +44,7 @@ GENERATION_BATCH = 32
 ANSWER_BUDGET, LONGEST_ANSWER_BUDGET = 64, 256
 MIN_PROMPTS = 4  # output-space distillation: at least this many prompts (one held out)
 MIN_PAIRED_TOKENS = 64  # a fitted map needs at least this many paired tokens (or all that --calibration-tokens asks)
-EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (generative.distill_on_answers says how)
+EVAL_EVERY, PATIENCE = 10, 3  # a check every 10 steps; end after 3 without a gain (answer_training.distill_on_answers says how)
 GENERATION_AGREEMENT = "token F1 of greedy generations vs the teacher's"
 MIXED_PRECISION = True  # output distillation's steps and generations autocast where the device is fast at it (placement.training_autocast)
 
@@ -333,7 +333,7 @@ class AlignmentSession:
                                               **dict(options, max_new_tokens=tokens or options["max_new_tokens"]),
                                               batch_size=GENERATION_BATCH, on_batch=advance,
                                               likelihood=learnt and request.span_weight > 0)
-            return [generative.first_line(a) for a in answers] if one_line and not as_written else answers
+            return [answer_ends.first_line(a) for a in answers] if one_line and not as_written else answers
 
         def for_student(prompts: list[str], answers: list[generative.Example]) -> list[generative.Example]:
             """The answers with each prompt as the target reads it (chat messages: in its own chat template)."""
@@ -341,17 +341,17 @@ class AlignmentSession:
                     for p, a in zip(prompts, answers)]
 
         one_line = None
-        train = generative.TeacherAnswers(train_prompts, lambda prompts: for_student(prompts, write(prompts)), seed=request.seed,
+        train = answer_training.TeacherAnswers(train_prompts, lambda prompts: for_student(prompts, write(prompts)), seed=request.seed,
                                           chunk=GENERATION_BATCH, group=request.batch_size)
         probe = train.first(PROBE_PROMPTS)  # the first prompts training reads: their answers serve it too
         teacher_writing = "Teacher writing answers ({})" + in_dtype(fast["teacher"])
 
         def how_they_end(answers: list[generative.Example]) -> tuple[str | None, list[bool], list[generative.Example]]:
             """Why the answers are their first lines (or None), which the budget cut short, and the answers as they will be learnt."""
-            effect = lambda: generative.line_effect(teacher, self.teacher_tokenizer, answers, max_length=self.answer_window)  # noqa: E731
-            rule = None if stops else generative.one_line_answers(answers, effect=effect)
-            cut_short = generative.cut_by_budget(answers, first_lines=rule is not None)
-            return rule, cut_short, [generative.first_line(a) for a in answers] if rule else answers
+            effect = lambda: answer_ends.line_effect(teacher, self.teacher_tokenizer, answers, max_length=self.answer_window)  # noqa: E731
+            rule = None if stops else answer_ends.one_line_answers(answers, effect=effect)
+            cut_short = answer_ends.cut_by_budget(answers, first_lines=rule is not None)
+            return rule, cut_short, [answer_ends.first_line(a) for a in answers] if rule else answers
 
         with self.reporter.progress(teacher_writing.format("probe prompts"), len(probe)) as advance:
             probed = write(probe, lambda n: advance(amount=n), as_written=True)  # how do its answers end? measured on the first batch
@@ -369,7 +369,7 @@ class AlignmentSession:
                 count = lambda text: len(self.teacher_tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
                 one_line, probed = rule_again, again
                 # a one-line rule seen only in the longer answers may leave first lines within the first budget
-                fitted = max(first_budget, generative.fitting_budget(again, count, cap=raise_to))
+                fitted = max(first_budget, answer_ends.fitting_budget(again, count, cap=raise_to))
         if one_line:  # the rest stop at their first line break, which saves most of the generation
             stops = ("\n",)
         budget = options["max_new_tokens"] = fitted or budget
@@ -405,7 +405,7 @@ class AlignmentSession:
         run, autocast = None, self._autocast(student)
         if request.distill_steps > 0:
             with self.reporter.progress("Distilling on the teacher's answers" + in_dtype(autocast), request.distill_steps) as advance:
-                run = generative.distill_on_answers(
+                run = answer_training.distill_on_answers(
                     student, tokenizer, train, held, steps=request.distill_steps, lr=request.lr, seed=request.seed,
                     batch_size=request.batch_size, max_length=length, eval_every=EVAL_EVERY, patience=PATIENCE, autocast=autocast,
                     start_bpb=start_bpb, cast_once=fast["student"] is not None, span_weight=request.span_weight,
