@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,28 @@ def people_example(words: list[str], tags: list[str]) -> Example:
     return Example(f"Text: {' '.join(words)}\nPeople:", f" {'; '.join(people) or 'none'}\n")
 
 
+def tagged_example(words: list[str], tags: list[str]) -> Example:
+    """The text written again with each entity in brackets and its type: long answers (about 100
+    SmolLM2 tokens for three sentences), past the default answer budget of 64."""
+    out, index = [], 0
+    while index < len(words):
+        if tags[index] == "O":
+            out.append(words[index])
+            index += 1
+            continue
+        end = index + 1
+        while end < len(words) and tags[end].startswith("I-"):
+            end += 1
+        out.append(f"[{' '.join(words[index:end])}|{tags[index][2:]}]")
+        index = end
+    return Example(f"Text: {' '.join(words)}\nTagged:", f" {' '.join(out)}\n")
+
+
+def parse_tagged(answer: str) -> set[tuple[str, str]]:
+    line = answer.strip().split("\n")[0]
+    return {(kind.strip(), span.strip()) for span, kind in re.findall(r"\[([^\[\]|]+)\|([^\[\]|]+)\]", line)}
+
+
 def parse_ner(answer: str) -> set[tuple[str, str]]:
     items = set()
     for part in answer.strip().split("\n")[0].split(";"):
@@ -147,7 +170,10 @@ def parse_people(answer: str) -> set[str]:
 # task -> (example from words and tags, parser of an answer, sentences per example)
 TASKS = {"ner": (ner_example, parse_ner, 1), "types": (types_example, parse_types, 1),
          # long prompts (four sentences, about 150 tokens): a window that cut a prompt's end would lose the cue "People:"
-         "people": (people_example, parse_people, 4)}
+         "people": (people_example, parse_people, 4),
+         # long answers (three sentences written again, entities tagged inline): the answer budget must rise past 64 tokens
+         "tagged": (tagged_example, parse_tagged, 3)}
+ANSWER_TOKENS = {"tagged": 192}  # a test generation's budget where answers are longer than the default 48
 
 
 def load_examples(task: str, path: Path, limit: int, max_words: int = 30) -> list[Example]:
@@ -197,7 +223,8 @@ def bits_per_byte(model, tokenizer, examples: list[Example], batch_size: int = 8
 
 def generation_f1(task: str, model, tokenizer, examples: list[Example]) -> float:
     """F1 of the model's greedy answers (first line, parsed) against the gold answers."""
-    written = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=48, stops=("\n",), max_length=512)
+    written = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=ANSWER_TOKENS.get(task, 48), stops=("\n",),
+                       max_length=512)
     return micro_f1(task, [w.answer for w in written], [e.answer for e in examples])
 
 

@@ -107,7 +107,7 @@ def test_the_real_transfer_tasks_write_and_parse_their_answers():
     words = ["Ada", "Lovelace", "met", "Babbage", "in", "London", "."]
     tags = ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC", "O"]
     expected = {"ner": {("PER", "Ada Lovelace"), ("PER", "Babbage"), ("LOC", "London")}, "types": {"LOC", "PER"},
-                "people": {"Ada Lovelace", "Babbage"}}
+                "people": {"Ada Lovelace", "Babbage"}, "tagged": {("PER", "Ada Lovelace"), ("PER", "Babbage"), ("LOC", "London")}}
     for task, (build, parse, _) in real_transfer.TASKS.items():
         example = build(words, tags)
         assert example.prompt.endswith(":") and example.answer.endswith("\n")
