@@ -672,16 +672,16 @@ def test_checks_on_answers_not_yet_read_run_no_held_out_pass(taught, tmp_path):
 
 
 def test_answers_longer_than_the_budget_are_counted_and_the_user_told(taught, tmp_path):
-    """ran_to_budget counts answers the budget cut (not a loop, not an answer that ended); where the
+    """cut_by_budget says which answers the budget cut (not a loop, not an answer that ended); where the
     answers are their first lines, only those cut inside it (not a run-on after a line break). A
     conversion whose probe answers mostly ran to the budget says so in its output and in the
     card's answer_end, with the option to raise."""
-    from adapter_convert.align.answer_ends import ran_to_budget
+    from adapter_convert.align.answer_ends import cut_by_budget
 
     answers = [Example("p", " a long answer cut"), Example("p", " done\n", finished=True), Example("p", " line\nrun on"),
                Example("p", " x;", loop=" x; x; x;"), Example("p", "\n second cut")]
-    assert ran_to_budget(answers, first_lines=True) == 2  # the first and the last (a leading line break is no first line)
-    assert ran_to_budget(answers, first_lines=False) == 3  # and the answer of two lines
+    assert cut_by_budget(answers, first_lines=True) == [True, False, False, False, True]  # a leading line break is no first line
+    assert cut_by_budget(answers, first_lines=False) == [True, False, True, False, True]  # and the answer of two lines
     result = convert(taught, tmp_path / "out", "--max-new-tokens", "2", "--distill-steps", "2")
     assert result.exit_code == 0, result.output
     fidelity = json.loads(result.stdout)["alignment"]["fidelity"]
@@ -700,6 +700,23 @@ def test_fitting_budget_holds_the_longest_answer_with_room_in_steps_of_16_up_to_
     assert fitting_budget(ended, words, cap=256) == 64  # the longest, 40 words: half again is 60, up to a step of 16
     assert fitting_budget(ended, words, cap=48) == 48  # never past the cap
     assert fitting_budget(ended[:1], words, cap=256) == 16  # never under a step
+
+
+def test_the_budget_note_counts_what_ran_past_the_first_budget_and_what_ended_within_the_second():
+    from adapter_convert.align.answer_ends import budget_note
+
+    first, again = [True, True, True, False], [False, True, False, False]  # 3 of 4 ran past 64; of those, 2 ended within 256
+    assert budget_note(first, again, first_budget=64, budget=192, raise_to=256, adopted=True) == (
+        "the budget rose from 64 to 192 tokens: 3 of 4 probe answers ran past 64, 2 of them ended within 256")
+    # longer answers kept, but a one-line rule seen only in them left first lines within the first budget: nothing to say
+    assert budget_note(first, again, first_budget=64, budget=64, raise_to=256, adopted=True) is None
+    assert budget_note(first, [True, True, True, False], first_budget=64, budget=64, raise_to=256, adopted=False) == (
+        "3 of 4 probe answers were longer than 64 tokens (and 3 longer than 256 too) and were cut there: "
+        "raise --max-new-tokens if the task's answers are longer")
+    assert budget_note(first, None, first_budget=16, budget=16, raise_to=None, adopted=False).startswith(
+        "3 of 4 probe answers were longer than 16 tokens and were cut there")  # a budget given: no second probe
+    assert budget_note([True, False, False, False], None, first_budget=64, budget=64, raise_to=None, adopted=False) is None
+    assert budget_note([], None, first_budget=64, budget=64, raise_to=None, adopted=False) is None
 
 
 LONG_ANSWER = " " + " ".join(WORDS[:8]) + "\n"  # about 20 tokens: longer than the tiny models' default budget of 16

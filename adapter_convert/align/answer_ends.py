@@ -48,16 +48,30 @@ def cut_by_budget(answers: Sequence[Example], *, first_lines: bool) -> list[bool
     return [not a.finished and not a.loop and not (first_lines and "\n" in a.answer.lstrip("\n")) for a in answers]
 
 
-def ran_to_budget(answers: Sequence[Example], *, first_lines: bool) -> int:
-    """How many answers the token budget cut (``cut_by_budget``)."""
-    return sum(cut_by_budget(answers, first_lines=first_lines))
-
-
 def fitting_budget(answers: Sequence[Example], tokens: Callable[[str], int], *, cap: int) -> int:
     """A token budget for answers (as they will be learnt) that the teacher wrote with a budget of
     ``cap`` and that mostly ended within it: half again the longest, in steps of 16, at most ``cap``."""
     longest = max((tokens(a.answer) for a in answers), default=0)
     return min(cap, max(16, -(-3 * longest // 32) * 16))
+
+
+def budget_note(cut_first: Sequence[bool], cut_again: Sequence[bool] | None, *, first_budget: int, budget: int, raise_to: int | None,
+                adopted: bool) -> str | None:
+    """What the run and the card say of the answer budget, or None. ``cut_first``: which probe
+    answers the first budget cut (``cut_by_budget``); ``cut_again``: which the budget of
+    ``raise_to`` cut when the probe was written again (None: it was not); ``adopted``: those longer
+    answers were kept, and ``budget`` fitted to them. A budget that rose says from what to what and
+    why; half or more of the answers cut (and not adopted) says to raise ``--max-new-tokens``."""
+    too_long, count = sum(cut_first), len(cut_first)
+    if budget > first_budget:
+        ended = sum(first and not again for first, again in zip(cut_first, cut_again or ()))
+        return (f"the budget rose from {first_budget} to {budget} tokens: {too_long} of {count} probe answers ran past "
+                f"{first_budget}, {ended} of them ended within {raise_to}")
+    if adopted or not count or 2 * too_long < count:
+        return None
+    beyond = f" (and {sum(cut_again)} longer than {raise_to} too)" if cut_again is not None else ""
+    return (f"{too_long} of {count} probe answers were longer than {budget} tokens{beyond} and were cut there: "
+            "raise --max-new-tokens if the task's answers are longer")
 
 
 def one_line_answers(answers: Sequence[Example], *, effect: Callable[[], LineEffect] | None = None, share: float = 0.8) -> str | None:

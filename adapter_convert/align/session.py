@@ -356,7 +356,7 @@ class AlignmentSession:
         with self.reporter.progress(teacher_writing.format("probe prompts"), len(probe)) as advance:
             probed = write(probe, lambda n: advance(amount=n), as_written=True)  # how do its answers end? measured on the first batch
         one_line, cut_short, probed = how_they_end(probed)
-        too_long, first_budget, fitted, cut_again = sum(cut_short), budget, None, [True] * len(probed)
+        too_long, first_budget, fitted, cut_again = sum(cut_short), budget, None, None
         longest = min(LONGEST_ANSWER_BUDGET, self.answer_window // 2)
         # only for the user's prompts (the built-in text has no answers to fit) and a budget not given
         raise_to = (longest if request.max_new_tokens is None and self.calibration is not None and probed and 2 * too_long >= len(probed)
@@ -374,16 +374,9 @@ class AlignmentSession:
             stops = ("\n",)
         budget = options["max_new_tokens"] = fitted or budget
         answer_end = one_line or "EOS" + "".join(f", {s!r}" for s in stops + restart) + f" or {budget} tokens"
-        if fitted and budget > first_budget:  # the run and the card say why the budget rose
-            ended = sum(first and not again for first, again in zip(cut_short, cut_again))
-            note = (f"the budget rose from {first_budget} to {budget} tokens: {too_long} of {len(probed)} probe answers ran past "
-                    f"{first_budget}, {ended} of them ended within {raise_to}")
-        elif not fitted and probed and 2 * too_long >= len(probed):  # answers may be longer than the budget: the card and the run say so
-            beyond = f" (and {sum(cut_again)} longer than {raise_to} too)" if raise_to else ""
-            note = (f"{too_long} of {len(probed)} probe answers were longer than {budget} tokens{beyond} and were cut there: "
-                    "raise --max-new-tokens if the task's answers are longer")
-        else:
-            note = None
+        # why the budget rose, or that the answers were cut: the run and the card say so
+        note = answer_ends.budget_note(cut_short, cut_again, first_budget=first_budget, budget=budget, raise_to=raise_to,
+                                       adopted=fitted is not None)
         if note:
             answer_end += f" ({note})"
             self.reporter.stage(note[0].upper() + note[1:])
